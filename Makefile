@@ -1,0 +1,25 @@
+# Energy web server — the two commands a new user needs are `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export UV_PYTHON_DOWNLOADS := never
+VENV := .venv/bin
+
+.PHONY: help setup run test test-fast lint bench docs-check
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+setup: ## Install uv, the locked environment and redis-server when missing
+	@scripts/setup.sh
+
+run: setup ## Start everything on this machine (http://127.0.0.1:8080), Ctrl-C to stop
+	@$(VENV)/ews up
+
+test: setup ## Run the whole test suite (unit, integration on real servers, end to end)
+	@$(VENV)/pytest -q
+
+test-fast: setup ## Unit tests only (no servers)
+	@$(VENV)/pytest -q -m "not integration and not e2e"
+
+lint: setup ## ruff
+	@$(VENV)/ruff check .

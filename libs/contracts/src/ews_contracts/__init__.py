@@ -1,0 +1,1 @@
+"""Shared contracts: what crosses a service boundary (events, subjects, streams, site file, profiles)."""

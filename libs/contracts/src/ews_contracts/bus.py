@@ -1,0 +1,84 @@
+"""NATS JetStream plumbing shared by every service: broker, streams, publishing events."""
+
+from __future__ import annotations
+
+import logging
+
+from faststream.nats import JStream, NatsBroker
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+from .events import Event
+from .streams import ALL_STREAMS, StreamSpec, stream_for
+
+log = logging.getLogger("ews.bus")
+
+
+def make_broker(nats_url: str, name: str) -> NatsBroker:
+    """A FastStream NATS broker that reconnects forever (a service outlives NATS restarts)."""
+    return NatsBroker(
+        nats_url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        logger=logging.getLogger(f"ews.{name}.broker"),
+        log_level=logging.DEBUG,
+    )
+
+
+def jstream(spec: StreamSpec) -> JStream:
+    """The FastStream declaration of a stream (subscribers pass it as ``stream=``)."""
+    return JStream(
+        name=spec.name,
+        description=spec.description,
+        subjects=spec.subjects,
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        max_age=spec.max_age or None,
+        max_bytes=spec.max_bytes,
+        duplicate_window=spec.duplicate_window,
+        declare=False,  # ensure_streams() owns creation and updates
+    )
+
+
+def _config(spec: StreamSpec) -> StreamConfig:
+    return StreamConfig(
+        name=spec.name,
+        description=spec.description,
+        subjects=spec.subjects,
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        max_age=spec.max_age or None,
+        max_bytes=spec.max_bytes,
+        duplicate_window=spec.duplicate_window,
+    )
+
+
+async def ensure_streams(broker: NatsBroker) -> None:
+    """Create every stream of ``streams.ALL_STREAMS`` or bring its config up to date (idempotent)."""
+    js = broker.connection.jetstream()
+    for spec in ALL_STREAMS:
+        config = _config(spec)
+        try:
+            await js.stream_info(spec.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+                log.info("created stream %s %s", spec.name, spec.subjects)
+            except BadRequestError as exc:  # created concurrently by another service
+                if "already in use" not in (exc.description or ""):
+                    raise
+        else:
+            await js.update_stream(config)
+
+
+async def publish_event(broker: NatsBroker, event: Event) -> None:
+    """Publish an event to its stream with ``Nats-Msg-Id`` = ``event_id`` (JetStream dedupes retries)."""
+    await broker.publish(
+        event.model_dump(mode="json"),
+        subject=event.subject,
+        headers=event.headers(),
+        stream=stream_for(event.KIND).name,
+        timeout=5.0,
+    )

@@ -1,0 +1,181 @@
+"""Events and commands that cross service boundaries (and the AsyncAPI catalogue's payloads).
+
+Every event carries ``event_id`` (also sent as ``Nats-Msg-Id``), ``site``, UTC ``occurred_at`` and
+``schema_version``. Names are past tense.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from .subjects import Kind, subject
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("occurred_at must carry a time zone (UTC)")
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Event(BaseModel):
+    """Common envelope of every event."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    KIND: ClassVar[Kind]
+
+    event_id: str = Field(default_factory=new_id, description="Unique id, also the Nats-Msg-Id header (dedupe).")
+    site: str = Field(description="Site id of the site file.", examples=["demo"])
+    occurred_at: UtcDatetime = Field(default_factory=utcnow, description="When it happened, UTC.")
+    schema_version: int = Field(default=1, description="Version of this event's schema.")
+
+    @property
+    def subject_key(self) -> str:
+        """The last subject token (a device id, or a role for audit events)."""
+        return getattr(self, "device")
+
+    @property
+    def subject(self) -> str:
+        return subject(self.site, self.KIND, self.subject_key)
+
+    def headers(self) -> dict[str, str]:
+        return {"Nats-Msg-Id": self.event_id}
+
+
+class ReadingTaken(Event):
+    """One poll of one device: decoded values in canonical units (see ``ews_contracts.quantities``)."""
+
+    KIND: ClassVar[Kind] = Kind.READING
+
+    device: str = Field(description="Device id in the site file.", examples=["m1"])
+    profile: str = Field(description="Device profile id.", examples=["multifunction-meter-412045"])
+    values: dict[str, float] = Field(
+        default_factory=dict,
+        description="Quantity name -> value in the quantity's canonical unit (Wh, W, V, A, dm³ ...).",
+        examples=[{"energy_active_import": 1234560.0, "power_active": 5230.5}],
+    )
+    states: dict[str, str] = Field(
+        default_factory=dict,
+        description="Named states read from status registers (breaker, charger ...).",
+        examples=[{"charger": "charging"}],
+    )
+
+    @staticmethod
+    def id_for(site: str, device: str, occurred_at: datetime) -> str:
+        """Deterministic id: a re-published poll is dropped by JetStream's dedupe and by the store."""
+        return f"{site}.{device}.{int(occurred_at.timestamp() * 1000)}"
+
+
+DeviceState = Literal["on", "off", "comm-error", "fault"]
+
+
+class DeviceStatusChanged(Event):
+    """A device's communication state or a named state (breaker, charger) changed."""
+
+    KIND: ClassVar[Kind] = Kind.STATUS
+
+    device: str = Field(examples=["ev1"])
+    state: DeviceState = Field(description="Device state: on, off, comm-error or fault.", examples=["on"])
+    previous: DeviceState | None = Field(default=None, examples=["comm-error"])
+    states: dict[str, str] = Field(default_factory=dict, examples=[{"breaker": "closed"}])
+    reason: str = Field(default="", description="Human-readable cause (e.g. the last Modbus error).")
+
+
+class CommandRequested(Event):
+    """Someone asked for a device command; the commands service executes it."""
+
+    KIND: ClassVar[Kind] = Kind.COMMAND_REQUESTED
+
+    command_id: str = Field(default_factory=new_id, description="Id returned to the caller.")
+    device: str = Field(examples=["ev1"])
+    action: str = Field(description="A command declared by the device profile.", examples=["charge"])
+    value: str | None = Field(default=None, description="One of the action's allowed values.", examples=["start"])
+    requested_by: str = Field(default="", description="Role that asked.", examples=["greenUp"])
+
+
+class CommandCompleted(Event):
+    """The command was written and its read-back matched."""
+
+    KIND: ClassVar[Kind] = Kind.COMMAND_COMPLETED
+
+    command_id: str
+    device: str
+    action: str
+    value: str | None = None
+    readback: str | None = Field(default=None, description="Value read back after the write.")
+
+
+class CommandFailed(Event):
+    """The command was refused or could not be executed."""
+
+    KIND: ClassVar[Kind] = Kind.COMMAND_FAILED
+
+    command_id: str
+    device: str
+    action: str
+    value: str | None = None
+    error: str = Field(description="One line naming the problem.")
+
+
+AuditAction = Literal[
+    "login-succeeded", "login-failed", "locked-out", "logout", "lock", "code-changed"
+]
+
+
+class AuditRecorded(Event):
+    """A security-relevant action (login, failure, lockout, Logout, Lock, code change)."""
+
+    KIND: ClassVar[Kind] = Kind.AUDIT
+
+    action: AuditAction
+    role: str = Field(default="unknown", examples=["administrator"])
+    client: str = Field(default="", description="Client address or browser id.")
+    detail: str = ""
+
+    @property
+    def subject_key(self) -> str:
+        return self.role
+
+
+# --- auth request/reply (core NATS, see subjects.auth_rpc) ---------------------------------------
+
+
+class LoginRequest(BaseModel):
+    pin: str = Field(description="5-digit PIN.")
+    puk: str | None = Field(default=None, description="14-digit PUK, with or without spaces.")
+    unlock_token: str | None = Field(default=None, description="This browser's unlock (PUK step) token.")
+    client: str = Field(default="", description="Client address, for rate limits and audit.")
+
+
+class LoginReply(BaseModel):
+    ok: bool
+    role: str | None = None
+    puk_required: bool = False
+    unlock_token: str | None = Field(default=None, description="New unlock token after a PUK step.")
+    error: str | None = None
+    retry_after: float | None = None
+
+
+class RevokeUnlockRequest(BaseModel):
+    unlock_token: str
+    role: str
+    mode: Literal["logout", "lock"]
+    client: str = ""
+
+
+def payload(event: Event) -> dict[str, Any]:
+    return event.model_dump(mode="json")

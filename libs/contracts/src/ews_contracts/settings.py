@@ -1,0 +1,63 @@
+"""Settings read from the environment at start-up (never at import), shared by every service."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BUNDLED_DEMO_SITE = Path(__file__).parent / "sites" / "demo.yaml"
+
+
+class Settings(BaseSettings):
+    """Environment variables (documented in the README's configuration table)."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    site_file: Path | None = Field(
+        default=None, alias="EWS_SITE_FILE", description="Site file (YAML). Unset: the bundled simulated demo site."
+    )
+    data_dir: Path = Field(default=Path("data"), alias="EWS_DATA_DIR", description="Folder for all local state.")
+    nats_url: str = Field(default="nats://127.0.0.1:4222", alias="NATS_URL")
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", alias="REDIS_URL")
+    clickhouse_url: str | None = Field(
+        default=None,
+        alias="CLICKHOUSE_URL",
+        description="http(s)://user:pass@host:8123/db for a ClickHouse server; unset = embedded chDB in EWS_DATA_DIR.",
+    )
+    clickhouse_database: str = Field(default="ews", alias="CLICKHOUSE_DATABASE")
+    http_host: str = Field(default="127.0.0.1", alias="EWS_HTTP_HOST")
+    http_port: int = Field(default=8080, alias="EWS_HTTP_PORT")
+    simulator_bind: str = Field(default="127.0.0.1", alias="EWS_SIMULATOR_BIND")
+    profiles_dir: Path | None = Field(
+        default=None, alias="EWS_PROFILES_DIR", description="Extra folder of device profiles (YAML)."
+    )
+    poll_interval: float = Field(default=2.0, alias="EWS_POLL_INTERVAL", description="Seconds between counter polls.")
+    secure_cookies: bool = Field(default=False, alias="EWS_SECURE_COOKIES", description="Set behind HTTPS.")
+    log_level: str = Field(default="INFO", alias="EWS_LOG_LEVEL")
+
+    @property
+    def site_path(self) -> Path:
+        return self.site_file or BUNDLED_DEMO_SITE
+
+    @property
+    def uses_demo_site(self) -> bool:
+        return self.site_file is None
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        if self.clickhouse_url:
+            return self.clickhouse_url
+        return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def uses_chdb(self) -> bool:
+        return self.clickhouse_dsn.startswith("chdb:")
+
+    @cached_property
+    def site(self):  # -> Site (import here keeps settings light)
+        from .site import load_site
+
+        return load_site(self.site_path)

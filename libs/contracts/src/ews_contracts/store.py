@@ -1,0 +1,44 @@
+"""Async facade over clickhouse-connect: chDB embedded (``chdb://``) or a ClickHouse server, same SQL.
+
+chDB runs one engine per process, so the client is shared per DSN within a process (the aggregator
+and gateway-api targets share it when run together) and calls go through one worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from typing import Any
+
+
+class Store:
+    def __init__(self, dsn: str) -> None:
+        import clickhouse_connect
+
+        self.dsn = dsn
+        self.is_chdb = dsn.startswith("chdb:")
+        self.client = clickhouse_connect.get_client(dsn=dsn)
+        self._executor = ThreadPoolExecutor(1 if self.is_chdb else 4, thread_name_prefix="clickhouse")
+
+    async def _run(self, fn, *args, **kwargs):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    async def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        return await self._run(self.client.command, sql, parameters=parameters)
+
+    async def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
+        result = await self._run(self.client.query, sql, parameters=parameters)
+        return result.result_rows
+
+    async def insert(self, table: str, rows: Sequence[Sequence[Any]], column_names: Sequence[str]) -> None:
+        if rows:
+            await self._run(self.client.insert, table, list(rows), column_names=list(column_names))
+
+
+@lru_cache(maxsize=4)
+def get_store(dsn: str) -> Store:
+    """The process-wide store for a DSN."""
+    return Store(dsn)

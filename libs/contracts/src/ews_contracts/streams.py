@@ -1,0 +1,50 @@
+"""JetStream streams: declared here once, created (or updated) on start-up by every service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .subjects import PREFIX, Kind
+
+DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    kinds: tuple[Kind, ...]
+    description: str
+    max_age: float = 0  # seconds; 0 = keep forever (bounded by max_bytes)
+    max_bytes: int = -1
+    duplicate_window: float = 120.0  # Nats-Msg-Id dedupe window, seconds
+
+    @property
+    def subjects(self) -> list[str]:
+        return [f"{PREFIX}.*.{kind}.*" for kind in self.kinds]
+
+
+READINGS = StreamSpec(
+    name="EWS_READINGS",
+    kinds=(Kind.READING, Kind.STATUS),
+    description="Every reading and device status change; the aggregator's source of truth (ews replay).",
+    duplicate_window=600.0,
+)
+COMMANDS = StreamSpec(
+    name="EWS_COMMANDS",
+    kinds=(Kind.COMMAND_REQUESTED, Kind.COMMAND_COMPLETED, Kind.COMMAND_FAILED),
+    description="Commands and their outcomes: the command audit log.",
+)
+AUDIT = StreamSpec(
+    name="EWS_AUDIT",
+    kinds=(Kind.AUDIT,),
+    description="Logins, failures, lockouts, Lock/Logout and code changes.",
+)
+
+ALL_STREAMS: tuple[StreamSpec, ...] = (READINGS, COMMANDS, AUDIT)
+
+
+def stream_for(kind: Kind | str) -> StreamSpec:
+    for spec in ALL_STREAMS:
+        if Kind(kind) in spec.kinds:
+            return spec
+    raise KeyError(kind)

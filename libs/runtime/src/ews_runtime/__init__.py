@@ -1,0 +1,1 @@
+"""Process runtime of the energy web server: targets, managed servers, the `ews` CLI."""

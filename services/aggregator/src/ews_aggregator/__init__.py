@@ -1,0 +1,1 @@
+"""Aggregator: turns readings into hourly/daily/monthly/yearly energy and cost in ClickHouse"""

@@ -1,0 +1,11 @@
+"""Service entry point (target)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ews_contracts.settings import Settings
+
+
+async def serve(settings: Settings) -> None:
+    raise NotImplementedError("not built yet")

@@ -1,0 +1,1 @@
+"""Commands: executes CommandRequested on Modbus, serialized per gateway, verified by read-back"""

@@ -1,0 +1,1 @@
+"""Gateway API: the Litestar JSON API and web UI, guarded by role, sessions in Redis"""

@@ -1,0 +1,1 @@
+"""Poller: polls Modbus gateways and publishes ReadingTaken / DeviceStatusChanged on JetStream"""

@@ -1,0 +1,1 @@
+"""Device simulator: a pymodbus TCP server serving every profile's twin with realistic load curves"""
