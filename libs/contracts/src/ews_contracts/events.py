@@ -46,7 +46,7 @@ class Event(BaseModel):
     @property
     def subject_key(self) -> str:
         """The last subject token (a device id, or a role for audit events)."""
-        return getattr(self, "device")
+        return self.device
 
     @property
     def subject(self) -> str:

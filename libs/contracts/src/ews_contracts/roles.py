@@ -43,3 +43,38 @@ def format_puk(puk: str) -> str:
 def normalize_puk(puk: str) -> str:
     """Accept the PUK with or without its spaces."""
     return "".join(puk.split())
+
+
+class Permission(StrEnum):
+    VIEW_CONSUMPTION = "view-consumption"
+    VIEW_INSTALLATION = "view-installation"
+    GREENUP_DETAILS = "greenup-details"
+    GREENUP_MANAGEMENT = "greenup-management"
+    COMMAND_DEVICES = "command-devices"
+    CONFIGURE_SITE = "configure-site"
+    MANAGE_CODES = "manage-codes"
+    BACKUP_RESTORE = "backup-restore"
+
+
+_ALL = frozenset(Permission)
+PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.ADMINISTRATOR: _ALL - {Permission.GREENUP_DETAILS, Permission.GREENUP_MANAGEMENT},
+    Role.INSTALLER: _ALL - {Permission.GREENUP_DETAILS, Permission.GREENUP_MANAGEMENT, Permission.MANAGE_CODES},
+    Role.GREENUP: frozenset(
+        {
+            Permission.VIEW_CONSUMPTION,
+            Permission.VIEW_INSTALLATION,
+            Permission.GREENUP_DETAILS,
+            Permission.GREENUP_MANAGEMENT,
+            Permission.COMMAND_DEVICES,
+        }
+    ),
+    Role.USER: frozenset({Permission.VIEW_CONSUMPTION}),
+}
+
+
+def allowed(role: str | None, permission: Permission) -> bool:
+    try:
+        return role is not None and permission in PERMISSIONS[Role(role)]
+    except ValueError:
+        return False

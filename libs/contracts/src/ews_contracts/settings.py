@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     http_host: str = Field(default="127.0.0.1", alias="EWS_HTTP_HOST")
     http_port: int = Field(default=8080, alias="EWS_HTTP_PORT")
     simulator_bind: str = Field(default="127.0.0.1", alias="EWS_SIMULATOR_BIND")
+    simulate: bool | None = Field(
+        default=None,
+        alias="EWS_SIMULATE",
+        description="`ews up` also runs the device simulator for the site's gateways (default: only for the demo site).",
+    )
     profiles_dir: Path | None = Field(
         default=None, alias="EWS_PROFILES_DIR", description="Extra folder of device profiles (YAML)."
     )
@@ -45,6 +50,10 @@ class Settings(BaseSettings):
     @property
     def uses_demo_site(self) -> bool:
         return self.site_file is None
+
+    @property
+    def runs_simulator(self) -> bool:
+        return self.uses_demo_site if self.simulate is None else self.simulate
 
     @property
     def clickhouse_dsn(self) -> str:

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .yamlfile import load_yaml_model
+from .yamlfile import LocatedError, load_yaml_model
 
 MAX_DEVICES = 255
 RECOMMENDED_DEVICES = 128
@@ -109,26 +109,26 @@ class Site(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Site:
-        def unique(kind: str, ids: list[str]) -> set[str]:
+        def unique(kind: str, items: list) -> set[str]:
             seen: set[str] = set()
-            for i in ids:
-                if i in seen:
-                    raise ValueError(f"duplicate {kind} id {i!r}")
-                seen.add(i)
+            for n, item in enumerate(items):
+                if item.id in seen:
+                    raise LocatedError((f"{kind}s", n, "id"), f"duplicate {kind} id {item.id!r}")
+                seen.add(item.id)
             return seen
 
-        gateways = unique("gateway", [g.id for g in self.gateways])
-        panels = unique("panel", [p.id for p in self.panels])
-        zones = unique("zone", [z.id for z in self.zones])
-        circuits = unique("circuit", [c.id for c in self.circuits])
-        unique("device", [d.id for d in self.devices])
+        gateways = unique("gateway", self.gateways)
+        panels = unique("panel", self.panels)
+        zones = unique("zone", self.zones)
+        circuits = unique("circuit", self.circuits)
+        unique("device", self.devices)
         if len(self.devices) > MAX_DEVICES:
-            raise ValueError(f"{len(self.devices)} devices: a site manages at most {MAX_DEVICES}")
-        for c in self.circuits:
+            raise LocatedError(("devices",), f"{len(self.devices)} devices: a site manages at most {MAX_DEVICES}")
+        for n, c in enumerate(self.circuits):
             if c.zone and c.zone not in zones:
-                raise ValueError(f"circuit {c.id!r}: unknown zone {c.zone!r}")
+                raise LocatedError(("circuits", n, "zone"), f"circuit {c.id!r}: unknown zone {c.zone!r}")
         per_gateway: dict[str, set[tuple[int, int | None, str | None]]] = {}
-        for d in self.devices:
+        for n, d in enumerate(self.devices):
             for kind, ref, known in (
                 ("gateway", d.gateway, gateways),
                 ("panel", d.panel, panels),
@@ -136,19 +136,25 @@ class Site(_Strict):
                 ("circuit", d.circuit, circuits),
             ):
                 if ref is not None and ref not in known:
-                    raise ValueError(f"device {d.id!r}: unknown {kind} {ref!r}")
+                    raise LocatedError(
+                        ("devices", n, kind), f"device {d.id!r}: unknown {kind} {ref!r}; declare it under '{kind}s'"
+                    )
             slots = per_gateway.setdefault(d.gateway, set())
             slot = (d.address, d.position, d.side)
             if slot in slots:
-                raise ValueError(f"device {d.id!r}: address {d.address} is already used on gateway {d.gateway!r}")
+                raise LocatedError(
+                    ("devices", n, "address"),
+                    f"device {d.id!r}: address {d.address} is already used on gateway {d.gateway!r}",
+                )
             slots.add(slot)
             if len(slots) > MAX_ADDRESSES_PER_GATEWAY:
-                raise ValueError(
-                    f"gateway {d.gateway!r}: more than {MAX_ADDRESSES_PER_GATEWAY} addresses or pulse meters"
+                raise LocatedError(
+                    ("devices", n, "gateway"),
+                    f"gateway {d.gateway!r}: more than {MAX_ADDRESSES_PER_GATEWAY} addresses or pulse meters",
                 )
         dates = [t.effective_from for t in self.tariffs]
         if dates != sorted(set(dates)):
-            raise ValueError("tariffs must be in increasing 'effective_from' order, one per date")
+            raise LocatedError(("tariffs",), "tariffs must be in increasing 'effective_from' order, one per date")
         return self
 
     @cached_property

@@ -15,6 +15,14 @@ class ConfigFileError(ValueError):
     """A configuration file is unreadable or invalid; ``str()`` is one line naming line and field."""
 
 
+class LocatedError(ValueError):
+    """Raised by a model-level validator to point at the field at fault (e.g. ``("devices", 3, "gateway")``)."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
 def _node_at(node: yaml.Node, loc: tuple[Any, ...]) -> yaml.Node:
     for key in loc:
         if isinstance(node, yaml.MappingNode):
@@ -52,6 +60,9 @@ def load_yaml_model(path: Path, model: type[M], what: str) -> M:
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, LocatedError):
+            loc = loc + cause.loc
         node = _node_at(root, loc)
         field = ".".join(str(p) for p in loc) or "(top level)"
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""

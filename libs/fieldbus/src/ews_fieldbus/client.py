@@ -55,7 +55,7 @@ class ModbusGateway:
                     rr = await self._client.read_input_registers(address, count=count, device_id=unit)
                 else:
                     raise FieldbusError(f"function code {function_code} is not a register read")
-            except (ModbusException, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ModbusException, OSError) as exc:
                 raise FieldbusError(f"unit {unit} FC{function_code} @{address}+{count}: {exc}") from exc
         if rr.isError():
             raise FieldbusError(f"unit {unit} FC{function_code} @{address}+{count}: exception response {rr}")
@@ -70,7 +70,7 @@ class ModbusGateway:
             self.transactions += 1
             try:
                 rr = await self._client.write_register(address, value, device_id=unit)
-            except (ModbusException, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ModbusException, OSError) as exc:
                 raise FieldbusError(f"unit {unit} write @{address}={value}: {exc}") from exc
         if rr.isError():
             raise FieldbusError(f"unit {unit} write @{address}={value}: exception response {rr}")

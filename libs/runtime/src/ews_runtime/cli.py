@@ -17,9 +17,10 @@ from pathlib import Path
 
 from ews_contracts.settings import Settings
 from ews_contracts.yamlfile import ConfigFileError
+from pydantic import ValidationError
 
 from .servers import StartupError
-from .targets import available_targets, run_targets
+from .targets import available_targets, resolve, run_targets
 
 
 def _configure_logging(level: str, prefix: str) -> None:
@@ -37,13 +38,22 @@ def _settings(args: argparse.Namespace) -> Settings:
         os.environ["EWS_SITE_FILE"] = str(Path(args.site).resolve())
     if getattr(args, "data", None):
         os.environ["EWS_DATA_DIR"] = str(Path(args.data).resolve())
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err["loc"])
+        raise StartupError(f"environment variable {name}: {err['msg']} (got {err.get('input')!r})") from None
     settings.site  # validate the site file before anything starts  # noqa: B018
     return settings
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
+    try:
+        resolve(names)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
     settings = _settings(args)
     _configure_logging(settings.log_level, "+".join(names))
     asyncio.run(run_targets(names, settings))
@@ -97,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigFileError, StartupError, ValueError) as exc:
+    except (ConfigFileError, StartupError) as exc:
         print(f"ews: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

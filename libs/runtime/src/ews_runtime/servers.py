@@ -165,3 +165,26 @@ def env_with(**values: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(values)
     return env
+
+
+def probe(host: str, port: int, timeout: float = 1.0) -> str | None:
+    """What answers on host:port: 'nats' (with JetStream), 'nats-no-jetstream', 'redis', 'other', or None."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            try:
+                first = s.recv(4096)
+            except TimeoutError:
+                first = b""
+            if first.startswith(b"INFO "):
+                return "nats" if b'"jetstream":true' in first.replace(b" ", b"") else "nats-no-jetstream"
+            s.sendall(b"PING\r\n")
+            try:
+                answer = s.recv(64)
+            except TimeoutError:
+                answer = b""
+            if answer.startswith((b"+PONG", b"-NOAUTH")):
+                return "redis"
+            return "other"
+    except OSError:
+        return None

@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from ews_contracts.settings import Settings
 
 from .servers import NatsServer, RedisServer, free_port

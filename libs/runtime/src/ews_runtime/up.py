@@ -1,6 +1,6 @@
 """`ews up`: the whole product on one box, supervised.
 
-Starts (or reuses, when NATS_URL / REDIS_URL are set) nats-server with JetStream on disk and
+Starts (or reuses, when one already answers at NATS_URL / REDIS_URL) nats-server with JetStream on disk and
 redis-server in the data folder, then every target as its own process (`ews run …`), restarts a
 target that dies, and stops everything cleanly on Ctrl-C. The data folder survives restarts.
 """
@@ -19,7 +19,17 @@ from dataclasses import dataclass, field
 from ews_contracts.roles import DEFAULT_CODES, format_puk
 from ews_contracts.settings import Settings
 
-from .servers import NatsServer, RedisServer, StartupError, host_port, port_in_use, wait_for_port
+from .servers import (
+    NatsServer,
+    RedisServer,
+    StartupError,
+    host_port,
+    nats_server_binary,
+    port_in_use,
+    probe,
+    redis_server_binary,
+    wait_for_port,
+)
 
 log = logging.getLogger("ews.up")
 
@@ -35,20 +45,32 @@ class Child:
 
 
 def target_groups(settings: Settings) -> list[str]:
-    groups = ["simulator"] if settings.uses_demo_site else []
+    groups = ["simulator"] if settings.runs_simulator else []
     groups += ["poller", "commands", "auth"]
     # chDB is one engine per process: the targets that touch ClickHouse share one.
     groups += ["aggregator,gateway-api"] if settings.uses_chdb else ["aggregator", "gateway-api"]
     return groups
 
 
-def _check_ports(settings: Settings, manage_nats: bool, manage_redis: bool) -> None:
+def _reuse(url: str, default_port: int, kind: str) -> bool:
+    """True when a usable server already answers at url (reuse it); False when the port is free (start one)."""
+    host, port = host_port(url, default_port)
+    found = probe(host, port)
+    if found is None:
+        return False
+    if found == kind:
+        log.info("reusing the %s server already running on %s:%s", kind, host, port)
+        return True
+    what = {"nats-no-jetstream": "a NATS server without JetStream"}.get(found, f"a program that is not {kind}")
+    raise StartupError(
+        f"port {port} ({url}) is already in use by {what}: stop it, or point "
+        f"{'NATS_URL' if kind == 'nats' else 'REDIS_URL'} at another address"
+    )
+
+
+def _check_ports(settings: Settings) -> None:
     wanted: list[tuple[str, int, str]] = [(settings.http_host, settings.http_port, "the web server (EWS_HTTP_PORT)")]
-    if manage_nats:
-        wanted.append((*host_port(settings.nats_url, 4222), "nats-server (NATS_URL)"))
-    if manage_redis:
-        wanted.append((*host_port(settings.redis_url, 6379), "redis-server (REDIS_URL)"))
-    if settings.uses_demo_site:
+    if settings.runs_simulator:
         wanted += [(settings.simulator_bind, g.port, "the device simulator") for g in settings.site.gateways]
     for host, port, what in wanted:
         if port_in_use(host, port):
@@ -77,9 +99,13 @@ def _wait_http(url: str, timeout: float, children: list[Child]) -> None:
 def up(settings: Settings) -> int:
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
-    manage_nats = "NATS_URL" not in os.environ
-    manage_redis = "REDIS_URL" not in os.environ
-    _check_ports(settings, manage_nats, manage_redis)
+    _check_ports(settings)
+    manage_nats = not _reuse(settings.nats_url, 4222, "nats")
+    manage_redis = not _reuse(settings.redis_url, 6379, "redis")
+    if manage_nats:
+        nats_server_binary()  # fail before starting anything
+    if manage_redis:
+        redis_server_binary()
 
     stopping = False
 
@@ -161,7 +187,7 @@ def _banner(url: str, settings: Settings) -> None:
     lines = [
         "",
         f"  Energy web server is running: {url}",
-        f"  site: {site.name} ({len(site.devices)} devices){'  — simulated' if settings.uses_demo_site else ''}",
+        f"  site: {site.name} ({len(site.devices)} devices){'  — simulated' if settings.runs_simulator else ''}",
         "  default codes (change them in Configuration):",
         *(f"    {role:<14} PIN {pin}   PUK {format_puk(puk)}" for role, (pin, puk) in DEFAULT_CODES.items()),
         f"  API: {url}/api/v1   OpenAPI: {url}/schema   data: {settings.data_dir.resolve()}",
