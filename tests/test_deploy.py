@@ -4,7 +4,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import yaml
-
 from ews_contracts.settings import BUNDLED_DEMO_SITE, Settings
 from ews_contracts.site import load_site
 from ews_runtime.targets import available_targets

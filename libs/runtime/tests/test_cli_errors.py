@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from ews_runtime.servers import free_port
 
 EWS = [sys.executable, "-m", "ews_runtime.cli"]

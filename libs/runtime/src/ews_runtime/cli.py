@@ -4,6 +4,7 @@
     ews run <target>[,<t>…]    one service or a set per process (docker-compose, clusters)
     ews targets                list the installed targets
     ews check-site FILE        validate a site file
+    ews asyncapi [--check]     write (or check) the AsyncAPI event catalogue
 """
 
 from __future__ import annotations
@@ -82,6 +83,22 @@ def cmd_check_site(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    from ews_contracts.catalogue import catalogue_json
+
+    path = Path(args.output)
+    text = catalogue_json()
+    if args.check:
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            raise StartupError(f"{path} is out of date with the event models: run `ews asyncapi` and commit it")
+        print(f"{path}: up to date")
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ews", description="Energy web server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
     p = sub.add_parser("targets", help="list the installed targets")
     p.set_defaults(fn=cmd_targets)
+    p = sub.add_parser("asyncapi", help="write the AsyncAPI event catalogue (docs/asyncapi.json)")
+    p.add_argument("--output", default="docs/asyncapi.json")
+    p.add_argument("--check", action="store_true", help="fail if the committed file is out of date")
+    p.set_defaults(fn=cmd_asyncapi)
     p = sub.add_parser("check-site", help="validate a site file")
     p.add_argument("file")
     p.set_defaults(fn=cmd_check_site)

@@ -1,0 +1,68 @@
+"""Helpers for cross-service tests: a demo site on free ports, `ews` subprocesses, polling until true."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from ews_contracts.settings import BUNDLED_DEMO_SITE
+
+T = TypeVar("T")
+
+
+def demo_site_on_port(folder: Path, gateway_port: int) -> Path:
+    """A copy of the bundled demo site whose simulated gateway listens on ``gateway_port``."""
+    text = BUNDLED_DEMO_SITE.read_text()
+    assert "port: 5020" in text
+    path = folder / "site.yaml"
+    path.write_text(text.replace("port: 5020", f"port: {gateway_port}"))
+    return path
+
+
+def clean_env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EWS_", "NATS_", "REDIS_", "CLICKHOUSE_"))}
+    env.update(values)
+    return env
+
+
+def start_ews(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ews_runtime.cli", *args],
+        env=env,
+        stdout=open(log, "ab"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
+def wait_until(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
+    """Call ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as exc:  # noqa: BLE001 — retried until the deadline, reported below
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error!r})")
