@@ -61,6 +61,11 @@ def test_ews_up_then_restart_keeps_history(tmp_path: Path):
                 )
                 assert done["status"] == "completed", done
                 assert done["readback"] == value
+                wait_until(
+                    lambda state=state: client.get("/api/v1/devices/ev1").json()["states"].get("charger") == state,
+                    20,
+                    f"the charger to show {state}",
+                )
         before_stop = today_total_fresh(base)
     finally:
         code = stop(proc, signal.SIGINT)
