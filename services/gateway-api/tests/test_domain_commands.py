@@ -1,0 +1,244 @@
+"""domain/commands.py against a real nats-server and redis-server.
+
+The routes run in a minimal Litestar app that does what the core lifespan promises (app.state.settings,
+.site, .broker, .redis) with server-side sessions; a test-only route puts a role in the session (the
+login flow itself is the auth domain's business). The outcome side is driven by publishing
+CommandCompleted / CommandFailed on JetStream, exactly as the commands service does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import nats
+import pytest
+import redis.asyncio as aioredis
+from ews_contracts.bus import ensure_streams, make_broker, publish_event
+from ews_contracts.events import CommandCompleted, CommandFailed, CommandRequested
+from ews_contracts.settings import Settings
+from ews_gateway_api.domain import commands
+from litestar import Litestar, Request, post
+from litestar.middleware.session.server_side import ServerSideSessionConfig
+from litestar.stores.memory import MemoryStore
+from litestar.testing import AsyncTestClient
+
+pytestmark = pytest.mark.integration
+
+
+@post("/test/session", status_code=204)
+async def _set_role(request: Request[Any, Any, Any], data: dict[str, str]) -> None:
+    request.set_session({"role": data["role"]})
+
+
+def make_app(settings: Settings) -> Litestar:
+    @asynccontextmanager
+    async def core(app: Litestar) -> AsyncIterator[None]:
+        broker = make_broker(settings.nats_url, "gateway-api-test")
+        await broker.connect()
+        await ensure_streams(broker)
+        app.state.settings = settings
+        app.state.site = settings.site
+        app.state.broker = broker
+        app.state.redis = aioredis.from_url(settings.redis_url)
+        try:
+            yield
+        finally:
+            await app.state.redis.aclose()
+            await broker.stop()
+
+    return Litestar(
+        route_handlers=[commands.router, _set_role],
+        lifespan=[core, commands.lifespan],
+        middleware=[ServerSideSessionConfig().middleware],
+        stores={"sessions": MemoryStore()},
+    )
+
+
+@pytest.fixture
+async def app_client(nats_url: str, redis_clean: str, tmp_path) -> AsyncIterator[AsyncTestClient]:
+    settings = Settings(NATS_URL=nats_url, REDIS_URL=redis_clean, EWS_DATA_DIR=str(tmp_path))
+    async with AsyncTestClient(app=make_app(settings)) as client:
+        yield client
+
+
+async def login(client: AsyncTestClient, role: str) -> None:
+    assert (await client.post("/test/session", json={"role": role})).status_code == 204
+
+
+async def requests_on_stream(nats_url: str) -> list[CommandRequested]:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info("EWS_COMMANDS", subjects_filter="ews.demo.command-requested.*")
+        if not info.state.messages:
+            return []
+        sub = await js.pull_subscribe("ews.demo.command-requested.*", stream="EWS_COMMANDS")
+        try:
+            msgs = await sub.fetch(10, timeout=1.0)
+        except nats.errors.TimeoutError:
+            return []
+        return [CommandRequested.model_validate_json(m.data) for m in msgs]
+    finally:
+        await nc.close()
+
+
+async def wait_status(client: AsyncTestClient, command_id: str, status: str) -> dict[str, Any]:
+    for _ in range(100):
+        resp = await client.get(f"/api/v1/commands/{command_id}")
+        assert resp.status_code == 200, resp.text
+        if resp.json()["status"] == status:
+            return resp.json()
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"command {command_id} never became {status}: {resp.json()}")
+
+
+async def test_anonymous_and_wrong_role_are_refused(app_client: AsyncTestClient) -> None:
+    body = {"device": "ev1", "action": "charge", "value": "start"}
+    assert (await app_client.post("/api/v1/commands", json=body)).status_code == 401
+    assert (await app_client.get("/api/v1/commands/abc")).status_code == 401
+    await login(app_client, "user")
+    assert (await app_client.post("/api/v1/commands", json=body)).status_code == 403
+    assert (await app_client.get("/api/v1/commands/abc")).status_code == 403
+
+
+async def test_command_requested_then_completed(
+    app_client: AsyncTestClient, nats_url: str, redis_clean: str
+) -> None:
+    await login(app_client, "greenUp")
+    resp = await app_client.post(
+        "/api/v1/commands", json={"device": "ev1", "action": "charge", "value": "start"}
+    )
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert (body["status"], body["device"], body["action"], body["value"], body["requested_by"]) == (
+        "requested",
+        "ev1",
+        "charge",
+        "start",
+        "greenUp",
+    )
+    command_id = body["id"]
+
+    # the request is on the stream, as the commands service will see it
+    (published,) = await requests_on_stream(nats_url)
+    assert (
+        published.command_id,
+        published.device,
+        published.action,
+        published.value,
+        published.requested_by,
+    ) == (command_id, "ev1", "charge", "start", "greenUp")
+    # the record is in Redis with a TTL of a few days
+    r = aioredis.from_url(redis_clean)
+    try:
+        ttl = await r.ttl(f"ews:demo:command:{command_id}")
+    finally:
+        await r.aclose()
+    assert 2 * 86_400 < ttl <= commands.RECORD_TTL
+
+    assert (await app_client.get(f"/api/v1/commands/{command_id}")).json()["status"] == "requested"
+
+    broker = make_broker(nats_url, "fake-commands-service")
+    await broker.connect()
+    try:
+        await publish_event(
+            broker,
+            CommandCompleted(
+                event_id=f"{command_id}.outcome",
+                site="demo",
+                command_id=command_id,
+                device="ev1",
+                action="charge",
+                value="start",
+                readback="start",
+            ),
+        )
+        done = await wait_status(app_client, command_id, "completed")
+        assert done["readback"] == "start" and done["error"] is None and done["finished_at"]
+        assert done["requested_by"] == "greenUp" and done["requested_at"]
+
+        # a late duplicate outcome does not rewrite a finished record
+        await publish_event(
+            broker,
+            CommandFailed(
+                site="demo", command_id=command_id, device="ev1", action="charge", value="start", error="late"
+            ),
+        )
+        await asyncio.sleep(0.3)
+        assert (await app_client.get(f"/api/v1/commands/{command_id}")).json()["status"] == "completed"
+    finally:
+        await broker.stop()
+
+
+async def test_command_failed_and_single_value_default(app_client: AsyncTestClient, nats_url: str) -> None:
+    await login(app_client, "administrator")
+    resp = await app_client.post(
+        "/api/v1/commands", json={"device": "ev1", "action": "ev-socket", "value": "disable"}
+    )
+    assert resp.status_code == 202, resp.text
+    command_id = resp.json()["id"]
+    broker = make_broker(nats_url, "fake-commands-service")
+    await broker.connect()
+    try:
+        await publish_event(
+            broker,
+            CommandFailed(
+                event_id=f"{command_id}.outcome",
+                site="demo",
+                command_id=command_id,
+                device="ev1",
+                action="ev-socket",
+                value="disable",
+                error="write failed: gw1: cannot connect to 127.0.0.1:5020",
+            ),
+        )
+        failed = await wait_status(app_client, command_id, "failed")
+    finally:
+        await broker.stop()
+    assert failed["error"] == "write failed: gw1: cannot connect to 127.0.0.1:5020"
+    assert failed["readback"] is None
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"device": "nope", "action": "charge", "value": "start"}, 404, "unknown device 'nope'"),
+        ({"device": "ev1", "action": "boost", "value": "on"}, 400, "has no command 'boost'"),
+        (
+            {"device": "ev1", "action": "charge", "value": "go"},
+            400,
+            "does not accept 'go'; allowed: start, wait",
+        ),
+        ({"device": "ev1", "action": "charge"}, 400, "needs a value: one of start, wait"),
+        ({"device": "m1", "action": "charge", "value": "start"}, 400, "accepts no commands"),
+        ({"device": "ev1"}, 400, ""),
+    ],
+)
+async def test_bad_requests_are_refused_before_publishing(
+    app_client: AsyncTestClient, nats_url: str, body: dict, status: int, fragment: str
+) -> None:
+    await login(app_client, "installer")
+    resp = await app_client.post("/api/v1/commands", json=body)
+    assert resp.status_code == status, resp.text
+    detail = resp.json()["detail"]
+    assert fragment in detail and "\n" not in detail
+    assert await requests_on_stream(nats_url) == []
+
+
+async def test_unknown_command_is_404(app_client: AsyncTestClient) -> None:
+    await login(app_client, "greenUp")
+    resp = await app_client.get("/api/v1/commands/0123456789abcdef")
+    assert resp.status_code == 404
+    assert "unknown command '0123456789abcdef'" in resp.json()["detail"]
+
+
+def test_routes_declare_permission_and_operation_id() -> None:
+    handlers = [commands.request_command, commands.get_command]
+    assert [h.operation_id for h in handlers] == ["requestCommand", "getCommand"]
+    for h in handlers:
+        assert [getattr(g, "permission", None) for g in h.guards] == ["command-devices"]
+    json.dumps([h.operation_id for h in handlers])
