@@ -26,7 +26,9 @@ def demo_site_on_port(folder: Path, gateway_port: int) -> Path:
 
 
 def clean_env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EWS_", "NATS_", "REDIS_", "CLICKHOUSE_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("EWS_", "NATS_", "REDIS_", "CLICKHOUSE_"))
+    }
     env.update(values)
     return env
 

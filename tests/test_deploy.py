@@ -47,7 +47,11 @@ def test_urls_point_at_compose_services_and_their_ports():
             assert url.port == known_ports[url.hostname]
     ch = SERVICES["clickhouse"]["environment"]
     url = urlparse(ews_services()["aggregator"]["environment"]["CLICKHOUSE_URL"])
-    assert (url.username, url.password, url.path.strip("/")) == (ch["CLICKHOUSE_USER"], ch["CLICKHOUSE_PASSWORD"], ch["CLICKHOUSE_DB"])
+    assert (url.username, url.password, url.path.strip("/")) == (
+        ch["CLICKHOUSE_USER"],
+        ch["CLICKHOUSE_PASSWORD"],
+        ch["CLICKHOUSE_DB"],
+    )
 
 
 def test_gateway_api_port_and_bind():

@@ -51,18 +51,24 @@ def test_ews_up_then_restart_keeps_history(tmp_path: Path):
             wait_until(lambda: today_total(client) > first, 60, "today's consumption to grow")
 
             for value, state in (("start", "charging"), ("wait", "waiting")):
-                r = client.post("/api/v1/commands", json={"device": "ev1", "action": "charge", "value": value})
+                r = client.post(
+                    "/api/v1/commands", json={"device": "ev1", "action": "charge", "value": value}
+                )
                 assert r.status_code in (200, 201, 202), r.text
                 cid = r.json()["id"]
                 done = wait_until(
-                    lambda cid=cid: (c := client.get(f"/api/v1/commands/{cid}").json())["status"] != "requested" and c,
+                    lambda cid=cid: (
+                        (c := client.get(f"/api/v1/commands/{cid}").json())["status"] != "requested" and c
+                    ),
                     30,
                     f"command {value} to finish",
                 )
                 assert done["status"] == "completed", done
                 assert done["readback"] == value
                 wait_until(
-                    lambda state=state: client.get("/api/v1/devices/ev1").json()["states"].get("charger") == state,
+                    lambda state=state: (
+                        client.get("/api/v1/devices/ev1").json()["states"].get("charger") == state
+                    ),
                     20,
                     f"the charger to show {state}",
                 )
@@ -74,7 +80,9 @@ def test_ews_up_then_restart_keeps_history(tmp_path: Path):
 
     proc = start_ews(["up"], env, log)
     try:
-        wait_until(lambda: httpx.get(f"{base}/health").status_code == 200, 90, "the API to answer after restart")
+        wait_until(
+            lambda: httpx.get(f"{base}/health").status_code == 200, 90, "the API to answer after restart"
+        )
         assert today_total_fresh(base) >= before_stop
     finally:
         assert stop(proc, signal.SIGINT) == 0

@@ -1,18 +1,23 @@
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from pydantic import ValidationError
-
 from ews_contracts.events import AuditRecorded, CommandRequested, ReadingTaken
 from ews_contracts.roles import PERMISSIONS, Permission, Role, allowed, format_puk, normalize_puk
 from ews_contracts.streams import ALL_STREAMS, stream_for
 from ews_contracts.subjects import Kind
+from pydantic import ValidationError
 
 
 def test_reading_subject_headers_and_deterministic_id():
     at = datetime(2026, 11, 24, 10, 0, 1, 500000, tzinfo=UTC)
-    ev = ReadingTaken(event_id=ReadingTaken.id_for("demo", "m12", at), site="demo", device="m12",
-                      profile="p", occurred_at=at, values={"energy_active_import": 1.0})
+    ev = ReadingTaken(
+        event_id=ReadingTaken.id_for("demo", "m12", at),
+        site="demo",
+        device="m12",
+        profile="p",
+        occurred_at=at,
+        values={"energy_active_import": 1.0},
+    )
     assert ev.subject == "ews.demo.reading.m12"
     assert ev.headers() == {"Nats-Msg-Id": "demo.m12.1795514401500"}
     assert stream_for(ev.KIND).name == "EWS_READINGS"

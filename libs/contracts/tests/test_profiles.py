@@ -1,9 +1,6 @@
 """Device profiles: every bundled profile loads; raw <-> value conversions are exact inverses."""
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from ews_contracts.profiles import (
     DATA_TYPES,
     DataType,
@@ -17,12 +14,18 @@ from ews_contracts.profiles import (
 )
 from ews_contracts.quantities import Quantity
 from ews_contracts.yamlfile import ConfigFileError
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 def test_bundled_profiles_load_with_provenance():
     profiles = load_profiles()
-    assert {"multifunction-meter-412045", "energy-meter-rs485-3ph", "pulse-concentrator-004687",
-            "ev-station-greenup"} <= set(profiles)
+    assert {
+        "multifunction-meter-412045",
+        "energy-meter-rs485-3ph",
+        "pulse-concentrator-004687",
+        "ev-station-greenup",
+    } <= set(profiles)
     for p in profiles.values():
         assert p.source
 
@@ -60,7 +63,9 @@ def test_float32_roundtrip():
 
 
 def test_scale_offset_invalid_and_derived_scale():
-    reg = Register(quantity=Quantity.POWER_FACTOR, address=0, type=DataType.INT16, scale=0.001, invalid=[-32768])
+    reg = Register(
+        quantity=Quantity.POWER_FACTOR, address=0, type=DataType.INT16, scale=0.001, invalid=[-32768]
+    )
     assert scaled(-32768, reg) is None
     assert scaled(950, reg) == pytest.approx(0.95)
     assert unscaled(0.95, reg) == 950
@@ -83,7 +88,9 @@ def test_profile_id_must_match_file_name(tmp_path):
 
 def test_unknown_quantity_is_a_clear_error(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("id: bad\nname: x\nfamily: D2\nsource: assumed\nfunctions: [measure]\n"
-                    "registers:\n  - {quantity: energy_magic, address: 0}\n")
+    path.write_text(
+        "id: bad\nname: x\nfamily: D2\nsource: assumed\nfunctions: [measure]\n"
+        "registers:\n  - {quantity: energy_magic, address: 0}\n"
+    )
     with pytest.raises(ConfigFileError, match=r"bad\.yaml:7: field 'registers\.0\.quantity'"):
         load_profile(path)

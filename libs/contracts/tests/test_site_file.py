@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from ews_contracts.settings import BUNDLED_DEMO_SITE
 from ews_contracts.site import load_site
 from ews_contracts.yamlfile import ConfigFileError
@@ -29,7 +28,11 @@ def test_bundled_demo_site_loads():
     [
         (("timezone: Europe/Paris", "timezone: Mars/Olympus"), 4, "timezone"),
         (("address: 8,", "address: 300,"), None, "devices.4.address"),
-        (("profile: ev-station-greenup, gateway: gw1", "profile: ev-station-greenup, gateway: gw9"), 31, "devices.4.gateway"),
+        (
+            ("profile: ev-station-greenup, gateway: gw1", "profile: ev-station-greenup, gateway: gw9"),
+            31,
+            "devices.4.gateway",
+        ),
         (("currency: EUR", "currency: euro"), 5, "currency"),
     ],
 )

@@ -13,7 +13,9 @@ EWS = [sys.executable, "-m", "ews_runtime.cli"]
 
 
 def run_ews(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("EWS_", "NATS_", "REDIS_", "CLICKHOUSE_"))}
+    base = {
+        k: v for k, v in os.environ.items() if not k.startswith(("EWS_", "NATS_", "REDIS_", "CLICKHOUSE_"))
+    }
     base.update(
         EWS_DATA_DIR=str(tmp_path / "data"),
         NATS_URL=f"nats://127.0.0.1:{free_port()}",
@@ -52,8 +54,10 @@ def test_missing_redis_server(tmp_path):
 
 def test_malformed_site_file(tmp_path):
     site = tmp_path / "site.yaml"
-    site.write_text("site: demo\nname: x\ntimezone: Nowhere/Land\ntariffs: [{effective_from: 2020-01-01, "
-                    "electricity_per_kwh: 0.2}]\ngateways: [{id: g, host: h}]\ndevices: []\n")
+    site.write_text(
+        "site: demo\nname: x\ntimezone: Nowhere/Land\ntariffs: [{effective_from: 2020-01-01, "
+        "electricity_per_kwh: 0.2}]\ngateways: [{id: g, host: h}]\ndevices: []\n"
+    )
     result = run_ews(["up", "--site", str(site)], tmp_path)
     assert_one_line_error(result, f"{site}:3:", "timezone")
 

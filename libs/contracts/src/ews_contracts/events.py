@@ -38,7 +38,9 @@ class Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     KIND: ClassVar[Kind]
 
-    event_id: str = Field(default_factory=new_id, description="Unique id, also the Nats-Msg-Id header (dedupe).")
+    event_id: str = Field(
+        default_factory=new_id, description="Unique id, also the Nats-Msg-Id header (dedupe)."
+    )
     site: str = Field(description="Site id of the site file.", examples=["demo"])
     occurred_at: UtcDatetime = Field(default_factory=utcnow, description="When it happened, UTC.")
     schema_version: int = Field(default=1, description="Version of this event's schema.")
@@ -103,7 +105,9 @@ class CommandRequested(Event):
     command_id: str = Field(default_factory=new_id, description="Id returned to the caller.")
     device: str = Field(examples=["ev1"])
     action: str = Field(description="A command declared by the device profile.", examples=["charge"])
-    value: str | None = Field(default=None, description="One of the action's allowed values.", examples=["start"])
+    value: str | None = Field(
+        default=None, description="One of the action's allowed values.", examples=["start"]
+    )
     requested_by: str = Field(default="", description="Role that asked.", examples=["greenUp"])
 
 
@@ -131,9 +135,7 @@ class CommandFailed(Event):
     error: str = Field(description="One line naming the problem.")
 
 
-AuditAction = Literal[
-    "login-succeeded", "login-failed", "locked-out", "logout", "lock", "code-changed"
-]
+AuditAction = Literal["login-succeeded", "login-failed", "locked-out", "logout", "lock", "code-changed"]
 
 
 class AuditRecorded(Event):

@@ -54,7 +54,9 @@ class _Strict(BaseModel):
 
 
 class ScaleStep(_Strict):
-    below: float | None = Field(default=None, description="Applies while the scale register's value is below this.")
+    below: float | None = Field(
+        default=None, description="Applies while the scale register's value is below this."
+    )
     scale: float
 
 

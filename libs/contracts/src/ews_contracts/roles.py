@@ -59,7 +59,8 @@ class Permission(StrEnum):
 _ALL = frozenset(Permission)
 PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMINISTRATOR: _ALL - {Permission.GREENUP_DETAILS, Permission.GREENUP_MANAGEMENT},
-    Role.INSTALLER: _ALL - {Permission.GREENUP_DETAILS, Permission.GREENUP_MANAGEMENT, Permission.MANAGE_CODES},
+    Role.INSTALLER: _ALL
+    - {Permission.GREENUP_DETAILS, Permission.GREENUP_MANAGEMENT, Permission.MANAGE_CODES},
     Role.GREENUP: frozenset(
         {
             Permission.VIEW_CONSUMPTION,

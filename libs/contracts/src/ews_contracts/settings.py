@@ -17,9 +17,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
 
     site_file: Path | None = Field(
-        default=None, alias="EWS_SITE_FILE", description="Site file (YAML). Unset: the bundled simulated demo site."
+        default=None,
+        alias="EWS_SITE_FILE",
+        description="Site file (YAML). Unset: the bundled simulated demo site.",
     )
-    data_dir: Path = Field(default=Path("data"), alias="EWS_DATA_DIR", description="Folder for all local state.")
+    data_dir: Path = Field(
+        default=Path("data"), alias="EWS_DATA_DIR", description="Folder for all local state."
+    )
     nats_url: str = Field(default="nats://127.0.0.1:4222", alias="NATS_URL")
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", alias="REDIS_URL")
     clickhouse_url: str | None = Field(
@@ -39,7 +43,9 @@ class Settings(BaseSettings):
     profiles_dir: Path | None = Field(
         default=None, alias="EWS_PROFILES_DIR", description="Extra folder of device profiles (YAML)."
     )
-    poll_interval: float = Field(default=2.0, alias="EWS_POLL_INTERVAL", description="Seconds between counter polls.")
+    poll_interval: float = Field(
+        default=2.0, alias="EWS_POLL_INTERVAL", description="Seconds between counter polls."
+    )
     secure_cookies: bool = Field(default=False, alias="EWS_SECURE_COOKIES", description="Set behind HTTPS.")
     log_level: str = Field(default="INFO", alias="EWS_LOG_LEVEL")
 

@@ -123,7 +123,9 @@ class Site(_Strict):
         circuits = unique("circuit", self.circuits)
         unique("device", self.devices)
         if len(self.devices) > MAX_DEVICES:
-            raise LocatedError(("devices",), f"{len(self.devices)} devices: a site manages at most {MAX_DEVICES}")
+            raise LocatedError(
+                ("devices",), f"{len(self.devices)} devices: a site manages at most {MAX_DEVICES}"
+            )
         for n, c in enumerate(self.circuits):
             if c.zone and c.zone not in zones:
                 raise LocatedError(("circuits", n, "zone"), f"circuit {c.id!r}: unknown zone {c.zone!r}")
@@ -137,7 +139,8 @@ class Site(_Strict):
             ):
                 if ref is not None and ref not in known:
                     raise LocatedError(
-                        ("devices", n, kind), f"device {d.id!r}: unknown {kind} {ref!r}; declare it under '{kind}s'"
+                        ("devices", n, kind),
+                        f"device {d.id!r}: unknown {kind} {ref!r}; declare it under '{kind}s'",
                     )
             slots = per_gateway.setdefault(d.gateway, set())
             slot = (d.address, d.position, d.side)
@@ -154,7 +157,9 @@ class Site(_Strict):
                 )
         dates = [t.effective_from for t in self.tariffs]
         if dates != sorted(set(dates)):
-            raise LocatedError(("tariffs",), "tariffs must be in increasing 'effective_from' order, one per date")
+            raise LocatedError(
+                ("tariffs",), "tariffs must be in increasing 'effective_from' order, one per date"
+            )
         return self
 
     @cached_property

@@ -31,8 +31,14 @@ class ModbusGateway:
         framer = FramerType.RTU if transport == "rtu-over-tcp" else FramerType.SOCKET
         self.name = name
         self._client = AsyncModbusTcpClient(
-            host, port=port, framer=framer, timeout=timeout, retries=retries, reconnect_delay=0.5,
-            reconnect_delay_max=10, name=name,
+            host,
+            port=port,
+            framer=framer,
+            timeout=timeout,
+            retries=retries,
+            reconnect_delay=0.5,
+            reconnect_delay_max=10,
+            name=name,
         )
         self.lock = asyncio.Lock()
         self.transactions = 0
@@ -40,8 +46,10 @@ class ModbusGateway:
     async def _ensure_connected(self) -> None:
         if not self._client.connected:
             if not await self._client.connect():
-                raise FieldbusError(f"{self.name}: cannot connect to {self._client.comm_params.host}:"
-                                    f"{self._client.comm_params.port}")
+                raise FieldbusError(
+                    f"{self.name}: cannot connect to {self._client.comm_params.host}:"
+                    f"{self._client.comm_params.port}"
+                )
 
     async def read(self, unit: int, function_code: int, address: int, count: int) -> list[int]:
         """Read ``count`` registers (FC3 holding or FC4 input) starting at ``address``."""
@@ -60,7 +68,9 @@ class ModbusGateway:
         if rr.isError():
             raise FieldbusError(f"unit {unit} FC{function_code} @{address}+{count}: exception response {rr}")
         if len(rr.registers) != count:
-            raise FieldbusError(f"unit {unit} FC{function_code} @{address}: {len(rr.registers)} of {count} registers")
+            raise FieldbusError(
+                f"unit {unit} FC{function_code} @{address}: {len(rr.registers)} of {count} registers"
+            )
         return list(rr.registers)
 
     async def write_register(self, unit: int, address: int, value: int) -> None:

@@ -1,10 +1,10 @@
 """The `ews` command.
 
-    ews up                     everything on one box (nats-server, redis-server, chDB, all services)
-    ews run <target>[,<t>…]    one service or a set per process (docker-compose, clusters)
-    ews targets                list the installed targets
-    ews check-site FILE        validate a site file
-    ews asyncapi [--check]     write (or check) the AsyncAPI event catalogue
+ews up                     everything on one box (nats-server, redis-server, chDB, all services)
+ews run <target>[,<t>…]    one service or a set per process (docker-compose, clusters)
+ews targets                list the installed targets
+ews check-site FILE        validate a site file
+ews asyncapi [--check]     write (or check) the AsyncAPI event catalogue
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ def cmd_check_site(args: argparse.Namespace) -> int:
     from ews_contracts.site import load_site
 
     site = load_site(Path(args.file))
-    print(f"{args.file}: site {site.site!r}, {len(site.devices)} devices on {len(site.gateways)} gateways — OK")
+    print(
+        f"{args.file}: site {site.site!r}, {len(site.devices)} devices on {len(site.gateways)} gateways — OK"
+    )
     return 0
 
 
@@ -90,7 +92,9 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
     text = catalogue_json()
     if args.check:
         if not path.exists() or path.read_text(encoding="utf-8") != text:
-            raise StartupError(f"{path} is out of date with the event models: run `ews asyncapi` and commit it")
+            raise StartupError(
+                f"{path} is out of date with the event models: run `ews asyncapi` and commit it"
+            )
         print(f"{path}: up to date")
         return 0
     path.parent.mkdir(parents=True, exist_ok=True)

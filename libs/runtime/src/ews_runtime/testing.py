@@ -55,7 +55,9 @@ def clickhouse_database() -> str:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, nats_url: str, redis_url: str, chdb_dsn: str, clickhouse_database: str, monkeypatch):
+def settings(
+    tmp_path: Path, nats_url: str, redis_url: str, chdb_dsn: str, clickhouse_database: str, monkeypatch
+):
     """Settings for a test: real servers, a temporary data folder, the bundled demo site."""
     env = {
         "NATS_URL": nats_url,

@@ -34,7 +34,6 @@ from .servers import (
 log = logging.getLogger("ews.up")
 
 
-
 @dataclass
 class Child:
     targets: str
@@ -61,7 +60,9 @@ def _reuse(url: str, default_port: int, kind: str) -> bool:
     if found == kind:
         log.info("reusing the %s server already running on %s:%s", kind, host, port)
         return True
-    what = {"nats-no-jetstream": "a NATS server without JetStream"}.get(found, f"a program that is not {kind}")
+    what = {"nats-no-jetstream": "a NATS server without JetStream"}.get(
+        found, f"a program that is not {kind}"
+    )
     raise StartupError(
         f"port {port} ({url}) is already in use by {what}: stop it, or point "
         f"{'NATS_URL' if kind == 'nats' else 'REDIS_URL'} at another address"
@@ -69,7 +70,9 @@ def _reuse(url: str, default_port: int, kind: str) -> bool:
 
 
 def _check_ports(settings: Settings) -> None:
-    wanted: list[tuple[str, int, str]] = [(settings.http_host, settings.http_port, "the web server (EWS_HTTP_PORT)")]
+    wanted: list[tuple[str, int, str]] = [
+        (settings.http_host, settings.http_port, "the web server (EWS_HTTP_PORT)")
+    ]
     if settings.runs_simulator:
         wanted += [(settings.simulator_bind, g.port, "the device simulator") for g in settings.site.gateways]
     for host, port, what in wanted:
@@ -161,7 +164,7 @@ def up(settings: Settings) -> int:
                 if time.monotonic() - child.started_at > 60:
                     child.restarts = 0
                 child.restarts += 1
-                delay = min(30.0, 0.5 * 2 ** child.restarts)
+                delay = min(30.0, 0.5 * 2**child.restarts)
                 child.next_start = time.monotonic() + delay
                 log.error("target %s exited with code %s; restarting in %.0f s", child.targets, code, delay)
     finally:

@@ -5,11 +5,10 @@ The session (server-side, in Redis) holds ``role`` once logged in. Anonymous -> 
 
 from __future__ import annotations
 
+from ews_contracts.roles import Permission, allowed
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
-
-from ews_contracts.roles import Permission, allowed
 
 SESSION_ROLE = "role"
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from ews_contracts.settings import Settings
 
 
