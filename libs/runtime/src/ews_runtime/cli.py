@@ -21,7 +21,7 @@ from ews_contracts.yamlfile import ConfigFileError
 from pydantic import ValidationError
 
 from .servers import StartupError
-from .targets import available_targets, resolve, run_targets
+from .targets import TargetFailed, available_targets, resolve, run_targets
 
 
 def _configure_logging(level: str, prefix: str) -> None:
@@ -57,7 +57,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise StartupError(str(exc)) from None
     settings = _settings(args)
     _configure_logging(settings.log_level, "+".join(names))
-    asyncio.run(run_targets(names, settings))
+    try:
+        asyncio.run(run_targets(names, settings))
+    except TargetFailed as exc:
+        raise StartupError(f"{args.targets}: {exc} (EWS_LOG_LEVEL=DEBUG shows the traceback)") from None
     return 0
 
 

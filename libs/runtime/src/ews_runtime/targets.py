@@ -47,10 +47,17 @@ async def run_targets(names: list[str], settings: Settings) -> None:
     for task in done:
         if task is not stopper and not task.cancelled() and task.exception() is not None:
             failure = task.exception()
-            log.error("target %s failed: %s", tasks[task], failure)
+            log.error(
+                "target %s stopped: %s", tasks[task], " ".join(str(failure).split()) or type(failure).__name__
+            )
+            log.debug("target %s stopped", tasks[task], exc_info=failure)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     stopper.cancel()
     if failure is not None:
-        raise failure
+        raise TargetFailed(f"{type(failure).__name__}: {' '.join(str(failure).split())}") from failure
+
+
+class TargetFailed(Exception):
+    """A target ended with an error (already logged on one line; the traceback at DEBUG level)."""

@@ -1,9 +1,387 @@
-"""Service entry point (target)."""
+"""Poller service: polls every enabled device of the site and publishes what it reads.
+
+- One task per gateway (gateways in parallel); on a gateway, devices are polled one after the other, each
+  as the fewest block reads its profile allows (``plan.py``), every ``poll_interval`` seconds.
+- Each successful device poll -> one ``ReadingTaken`` (``event_id = ReadingTaken.id_for(site, device,
+  occurred_at)``, sent as ``Nats-Msg-Id``) on ``ews.<site>.reading.<device>``; a status change
+  (``status.py``) -> one ``DeviceStatusChanged`` on ``ews.<site>.status.<device>``.
+- Events go through an outbox: one publisher task sends them in order and retries the same event (same
+  ``Nats-Msg-Id``: JetStream drops a duplicate) while NATS is away, so polling never waits for NATS. The
+  outbox is bounded; when it overflows the oldest events are dropped (logged).
+- Live state: ``LiveDevice`` JSON at ``live_key(site, device)`` in Redis, written by its own task from the
+  latest state of each device (a Redis outage delays it, never the polls).
+- Nothing stops a loop: Modbus timeouts, exception responses, short or garbled answers, NATS and Redis
+  errors are logged on one line (once per distinct problem, and once on recovery).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import redis.asyncio as aioredis
+from ews_contracts.bus import ensure_streams, make_broker, publish_event
+from ews_contracts.events import DeviceStatusChanged, Event, ReadingTaken
+from ews_contracts.live import LiveDevice, live_key
+from ews_contracts.profiles import Profile, load_profiles
 from ews_contracts.settings import Settings
+from ews_contracts.site import Device, Gateway, Site
+from ews_fieldbus import FieldbusError, ModbusGateway
+
+from .decode import RegisterImage, decode_device, fault_states
+from .plan import MAX_GAP, ReadBlock, plan_reads
+from .status import FAILURE_THRESHOLD, StatusTracker, Transition
+
+log = logging.getLogger("ews.poller")
+
+OUTBOX_LIMIT = 50_000
+NATS_CONNECT_TIMEOUT = 5.0
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _describe(exc: BaseException) -> str:
+    return one_line(str(exc) or type(exc).__name__)
+
+
+class Complaints:
+    """Log a problem once per key until it changes or clears (a 10-minute outage is not 3000 lines)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.log = logger
+        self._current: dict[str, str] = {}
+
+    def complain(self, key: str, message: str) -> None:
+        if self._current.get(key) != message:
+            self._current[key] = message
+            self.log.warning("%s: %s", key, message)
+
+    def clear(self, key: str, message: str = "ok again") -> None:
+        if self._current.pop(key, None) is not None:
+            self.log.info("%s: %s", key, message)
+
+
+@dataclass
+class Target:
+    """One device to poll."""
+
+    device: Device
+    profile: Profile
+    reads: list[ReadBlock]
+    tracker: StatusTracker
+    live: LiveDevice = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.live = LiveDevice(device=self.device.id, state="comm-error", reason="not polled yet")
+
+
+def build_targets(
+    site: Site, profiles: dict[str, Profile], *, threshold: int = FAILURE_THRESHOLD, max_gap: int = MAX_GAP
+) -> dict[str, list[Target]]:
+    """Gateway id -> the devices polled on it (enabled, with a known profile that has something to read)."""
+    targets: dict[str, list[Target]] = {g.id: [] for g in site.gateways}
+    for device in site.devices:
+        if not device.enabled:
+            continue
+        profile = profiles.get(device.profile)
+        if profile is None:
+            log.error("poller: device %s: unknown device profile %r; not polled", device.id, device.profile)
+            continue
+        reads = plan_reads(profile, device, max_gap=max_gap)
+        if not reads:
+            log.info("poller: device %s (%s) has nothing to read; not polled", device.id, profile.id)
+            continue
+        tracker = StatusTracker(faults=fault_states(profile), threshold=threshold)
+        targets[device.gateway].append(Target(device, profile, reads, tracker))
+    return targets
+
+
+def _now_ms() -> datetime:
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class Poller:
+    """The service's state; ``start()`` / ``stop()`` (``serve`` wraps them)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        site: Site | None = None,
+        profiles: dict[str, Profile] | None = None,
+        poll_interval: float | None = None,
+        failure_threshold: int = FAILURE_THRESHOLD,
+        max_gap: int = MAX_GAP,
+    ) -> None:
+        self.settings = settings
+        self.site = site or settings.site
+        self.profiles = profiles if profiles is not None else load_profiles(settings.profiles_dir)
+        self.poll_interval = poll_interval if poll_interval is not None else settings.poll_interval
+        if self.poll_interval <= 0:
+            raise ValueError("poll interval must be positive")
+        self.targets = build_targets(self.site, self.profiles, threshold=failure_threshold, max_gap=max_gap)
+        self.broker = make_broker(settings.nats_url, "poller")
+        self.redis = aioredis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.complaints = Complaints(log)
+        self._outbox: asyncio.Queue[Event] = asyncio.Queue()
+        self._dropped = 0
+        self._dirty: dict[str, LiveDevice] = {}
+        self._dirty_event = asyncio.Event()
+        self._gateways: dict[str, ModbusGateway] = {}
+        self._polls: list[asyncio.Task[None]] = []
+        self._workers: list[asyncio.Task[None]] = []
+        self._nats_connected = False
+        self._nats_ready = False
+        self.published = 0  # events acknowledged by JetStream (for tests and logs)
+
+    # --- life cycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._workers = [
+            asyncio.create_task(self._publisher(), name="poller-publisher"),
+            asyncio.create_task(self._live_writer(), name="poller-live"),
+        ]
+        for gateway in self.site.gateways:
+            targets = self.targets.get(gateway.id, [])
+            if not targets:
+                continue
+            client = ModbusGateway(
+                gateway.host,
+                gateway.port,
+                timeout=gateway.timeout,
+                retries=gateway.retries,
+                transport=gateway.transport,
+                name=gateway.id,
+            )
+            self._gateways[gateway.id] = client
+            self._polls.append(
+                asyncio.create_task(self._poll_gateway(gateway, client, targets), name=f"poll-{gateway.id}")
+            )
+            log.info(
+                "poller: gateway %s (%s:%s): %d devices every %.1f s",
+                gateway.id,
+                gateway.host,
+                gateway.port,
+                len(targets),
+                self.poll_interval,
+            )
+
+    async def stop(self, drain: float = 2.0) -> None:
+        await _cancel(self._polls)
+        self._polls = []
+        if self._nats_ready and not self._outbox.empty():  # give queued events a moment to get out
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._outbox.join(), drain)
+        await _cancel(self._workers)
+        self._workers = []
+        for client in self._gateways.values():
+            with contextlib.suppress(Exception):
+                await client.close()
+        self._gateways = {}
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(self.broker.stop(), 5)
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+
+    # --- polling ------------------------------------------------------------------------------------
+
+    async def _poll_gateway(self, gateway: Gateway, client: ModbusGateway, targets: list[Target]) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            try:
+                await self.poll_round(client, targets)
+            except Exception as exc:  # a bug in one round must not stop the gateway's polling
+                log.error("poller: gateway %s: poll round failed: %s", gateway.id, _describe(exc))
+            next_at += self.poll_interval
+            now = loop.time()
+            if next_at < now:  # overran: skip the missed slots
+                late = now - next_at
+                next_at += (late // self.poll_interval + 1) * self.poll_interval
+                self.complaints.complain(
+                    f"gateway {gateway.id}", f"a poll round takes longer than {self.poll_interval:.1f} s"
+                )
+            await asyncio.sleep(next_at - now)
+
+    async def poll_round(self, client: ModbusGateway, targets: list[Target]) -> None:
+        """Poll every target once, in order. When the gateway itself cannot be reached, the remaining devices
+        fail with the same reason without another connection attempt each."""
+        unreachable: str | None = None
+        for target in targets:
+            if unreachable is not None:
+                self._failed(target, unreachable)
+                continue
+            try:
+                blocks = {
+                    block: await client.read(target.device.address, block.fc, block.address, block.count)
+                    for block in target.reads
+                }
+            except FieldbusError as exc:
+                reason = _describe(exc)
+                self._failed(target, reason)
+                if "cannot connect" in reason:
+                    unreachable = reason
+                continue
+            except Exception as exc:  # anything pymodbus lets through (garbled frame, …)
+                self._failed(target, f"{type(exc).__name__}: {_describe(exc)}")
+                continue
+            self._succeeded(target, blocks, _now_ms())
+
+    def _succeeded(self, target: Target, blocks: dict[ReadBlock, list[int]], at: datetime) -> None:
+        device = target.device
+        try:
+            decoded = decode_device(target.profile, device, RegisterImage(blocks))
+        except ValueError as exc:  # a block of the wrong length or with out-of-range words
+            self._failed(target, f"bad answer: {_describe(exc)}")
+            return
+        if decoded.problems:
+            self.complaints.complain(f"device {device.id} decode", "; ".join(decoded.problems))
+        else:
+            self.complaints.clear(f"device {device.id} decode")
+        self.complaints.clear(f"device {device.id}", "answering again")
+        transition = target.tracker.success(decoded.states)
+        if transition is not None:
+            self._status(target, transition, at)
+        self._outbox_put(
+            ReadingTaken(
+                event_id=ReadingTaken.id_for(self.site.site, device.id, at),
+                site=self.site.site,
+                occurred_at=at,
+                device=device.id,
+                profile=target.profile.id,
+                values=decoded.values,
+                states=decoded.states,
+            )
+        )
+        target.live = LiveDevice(
+            device=device.id,
+            state=target.tracker.state or "on",
+            reason=target.tracker.reason,
+            updated_at=at,
+            values=decoded.values,
+            states=decoded.states,
+        )
+        self._mark_live(target)
+
+    def _failed(self, target: Target, reason: str) -> None:
+        self.complaints.complain(f"device {target.device.id}", reason)
+        transition = target.tracker.failure(reason)
+        if transition is None:
+            return
+        self._status(target, transition, _now_ms())
+        target.live = target.live.model_copy(update={"state": transition.state, "reason": reason})
+        self._mark_live(target)
+
+    def _status(self, target: Target, transition: Transition, at: datetime) -> None:
+        device = target.device.id
+        log.info(
+            "poller: device %s: %s -> %s%s%s",
+            device,
+            transition.previous or "unknown",
+            transition.state,
+            f" ({transition.reason})" if transition.reason else "",
+            f" {transition.states}" if transition.states else "",
+        )
+        self._outbox_put(
+            DeviceStatusChanged(
+                site=self.site.site,
+                occurred_at=at,
+                device=device,
+                state=transition.state,
+                previous=transition.previous,
+                states=transition.states,
+                reason=transition.reason,
+            )
+        )
+
+    # --- NATS ---------------------------------------------------------------------------------------
+
+    def _outbox_put(self, event: Event) -> None:
+        if self._outbox.qsize() >= OUTBOX_LIMIT:
+            self._outbox.get_nowait()
+            self._outbox.task_done()
+            self._dropped += 1
+            if self._dropped == 1 or self._dropped % 1000 == 0:
+                log.warning(
+                    "poller: outbox full (NATS away too long): %d oldest events dropped", self._dropped
+                )
+        self._outbox.put_nowait(event)
+
+    async def _connect_nats(self) -> None:
+        if not self._nats_connected:  # afterwards nats-py reconnects by itself (forever)
+            await asyncio.wait_for(self.broker.connect(), NATS_CONNECT_TIMEOUT)
+            self._nats_connected = True
+        await ensure_streams(self.broker)
+        self._nats_ready = True
+
+    async def _publisher(self) -> None:
+        delay = 0.2
+        while True:
+            event = await self._outbox.get()
+            while True:
+                try:
+                    if not self._nats_ready:
+                        await self._connect_nats()
+                    await publish_event(self.broker, event)
+                except Exception as exc:
+                    self.complaints.complain("nats", f"publishing failed, will retry: {_describe(exc)}")
+                    # re-check the streams first next time (a NATS server restarted without its data)
+                    self._nats_ready = False
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                self.complaints.clear("nats", "publishing again")
+                self.published += 1
+                self._outbox.task_done()
+                delay = 0.2
+                break
+
+    # --- Redis live state ---------------------------------------------------------------------------
+
+    def _mark_live(self, target: Target) -> None:
+        self._dirty[target.device.id] = target.live
+        self._dirty_event.set()
+
+    async def _live_writer(self) -> None:
+        while True:
+            await self._dirty_event.wait()
+            self._dirty_event.clear()
+            batch, self._dirty = self._dirty, {}
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for device, live in batch.items():
+                        pipe.set(live_key(self.site.site, device), live.model_dump_json())
+                    await pipe.execute()
+            except Exception as exc:
+                self.complaints.complain("redis", f"writing live state failed, will retry: {_describe(exc)}")
+                for device, live in batch.items():
+                    self._dirty.setdefault(device, live)  # unless a newer state arrived meanwhile
+                await asyncio.sleep(1.0)
+                self._dirty_event.set()
+                continue
+            self.complaints.clear("redis", "writing live state again")
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 async def serve(settings: Settings) -> None:
-    raise NotImplementedError("not built yet")
+    """Target ``poller``: runs until cancelled."""
+    poller = Poller(settings)
+    try:
+        await poller.start()
+        await asyncio.Event().wait()
+    finally:
+        await poller.stop()

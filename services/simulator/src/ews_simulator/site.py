@@ -1,0 +1,337 @@
+"""``SimulatedSite``: every gateway of a site as a pymodbus TCP server, every device as its profile's twin.
+
+Simulated time runs at ``speed`` × wall-clock time from the moment of construction and stops while
+frozen. Every ``tick`` seconds the twins move to the simulated time and the registers are re-encoded;
+``freeze()`` first brings them exactly up to date, so a frozen simulator shows the counters as of the
+freeze. Register reads are served from the image (a pymodbus ``SimDevice`` action copies the image into
+the served block); writes go to the twin first, so a command's effect (e.g. charge start -> charging) is
+visible on the next read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import logging
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+
+from ews_contracts.profiles import Profile
+from ews_contracts.quantities import Quantity
+from ews_contracts.site import Gateway, Site
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from .image import UnitImage
+from .twins import make_twin
+
+log = logging.getLogger("ews.simulator")
+
+_MEDIUM_QUANTITY = {"water": Quantity.WATER_VOLUME, "gas": Quantity.GAS_VOLUME}
+_READS = {3, 4}
+_WRITES = {6, 16}
+
+
+class SimulatorError(RuntimeError):
+    """The simulator cannot start (port in use, site not simulable); the message is one line."""
+
+
+class SimulatedSite:
+    """Simulated Modbus devices of a site, one TCP server per gateway at ``(bind, gateway.port)``.
+
+    Test controls: ``freeze()`` / ``resume()``, ``counter()`` / ``value()`` / ``state()`` (what a poller
+    decodes from the registers now), ``set_value()`` / ``release()`` / ``set_state()``.
+    """
+
+    def __init__(
+        self,
+        site: Site,
+        profiles: dict[str, Profile],
+        bind: str = "127.0.0.1",
+        *,
+        speed: float = 1.0,
+        tick: float = 1.0,
+        start_time: datetime | None = None,
+    ) -> None:
+        if speed <= 0 or tick <= 0:
+            raise ValueError("speed and tick must be positive")
+        self.site = site
+        self.bind = bind
+        self.speed = speed
+        self.tick = tick
+        self._sim_time = (start_time or datetime.now(UTC)).astimezone(UTC)
+        self._last = time.monotonic()
+        self._frozen = False
+        self.units: dict[str, dict[int, UnitImage]] = {g.id: {} for g in site.gateways}
+        self._image_of: dict[str, UnitImage] = {}
+        for device in site.devices:
+            profile = profiles.get(device.profile)
+            if profile is None:
+                raise SimulatorError(f"device {device.id!r}: unknown device profile {device.profile!r}")
+            quantities = {str(r.quantity) for r in profile.registers}
+            twin = make_twin(
+                device, profile.family, quantities, {s.name for s in profile.states}, site.tz, self._sim_time
+            )
+            units = self.units[device.gateway]
+            image = units.setdefault(device.address, UnitImage(device.address))
+            image.add(device, profile, twin)
+            self._image_of[device.id] = image
+        self._servers: dict[str, ModbusTcpServer] = {}
+        self._ticker: asyncio.Task[None] | None = None
+
+    # --- life cycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen on every gateway's port and start the clock; raises SimulatorError (one line) on failure."""
+        try:
+            for gateway in self.site.gateways:
+                await self._serve(gateway)
+        except BaseException:
+            await self.stop()
+            raise
+        self._last = time.monotonic()
+        self._ticker = asyncio.create_task(self._run_clock(), name="simulator-clock")
+
+    async def _serve(self, gateway: Gateway) -> None:
+        _check_port(self.bind, gateway.port, gateway.id)
+        devices = [self._sim_device(image) for image in self.units[gateway.id].values()]
+        devices.append(
+            SimDevice(
+                0,
+                simdata=[SimData(0, count=65536, values=0, datatype=DataType.REGISTERS)],
+                action=_no_such_unit,
+            )
+        )
+        server = ModbusTcpServer(devices, address=(self.bind, gateway.port))
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:
+            raise SimulatorError(
+                f"gateway {gateway.id!r}: cannot listen on {self.bind}:{gateway.port} ({exc})"
+            ) from None
+        self._servers[gateway.id] = server
+        units = sorted(self.units[gateway.id])
+        log.info(
+            "simulator: gateway %s on %s:%s serving units %s",
+            gateway.id,
+            self.bind,
+            gateway.port,
+            ", ".join(map(str, units)) or "none",
+        )
+
+    def _sim_device(self, image: UnitImage) -> SimDevice:
+        first, count = image.span
+        return SimDevice(
+            image.unit,
+            simdata=[SimData(first, count=count, values=0, datatype=DataType.REGISTERS)],
+            action=functools.partial(self._on_request, image),
+        )
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            try:
+                await self._ticker
+            except asyncio.CancelledError:
+                pass
+            self._ticker = None
+        servers, self._servers = self._servers, {}
+        for server in servers.values():
+            try:
+                await server.shutdown()
+            except Exception as exc:  # closing anyway
+                log.warning("simulator: shutting a server down failed: %s", exc)
+
+    async def __aenter__(self) -> SimulatedSite:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._servers)
+
+    def ports(self) -> dict[str, int]:
+        """Gateway id -> TCP port served."""
+        return {g.id: g.port for g in self.site.gateways}
+
+    # --- simulated time ----------------------------------------------------------------------------
+
+    @property
+    def now(self) -> datetime:
+        """Simulated time (UTC) as of the last update."""
+        return self._sim_time
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    def _advance(self) -> None:
+        now = time.monotonic()
+        elapsed, self._last = now - self._last, now
+        dt = 0.0 if self._frozen else elapsed * self.speed
+        self._sim_time += timedelta(seconds=dt)
+        for image in self._image_of.values():
+            for member in image.members.values():
+                member.twin.advance(self._sim_time, dt / 3600.0)
+        for units in self.units.values():
+            for image in units.values():
+                image.encode()
+
+    async def _run_clock(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick)
+            try:
+                self._advance()
+            except Exception as exc:  # a twin bug must not stop the devices answering
+                log.error("simulator: updating the twins failed: %s", exc)
+
+    def advance(self) -> None:
+        """Bring every register up to date now (the clock also does it every ``tick`` seconds)."""
+        self._advance()
+
+    def freeze(self) -> None:
+        """Stop simulated time: counters (and every other value) stay as they are now."""
+        if not self._frozen:
+            self._advance()
+            self._frozen = True
+
+    def resume(self) -> None:
+        if self._frozen:
+            self._advance()  # frozen: moves nothing, resets the wall-clock reference
+            self._frozen = False
+
+    # --- reading and setting values ----------------------------------------------------------------
+
+    def _image(self, device_id: str) -> UnitImage:
+        try:
+            return self._image_of[device_id]
+        except KeyError:
+            raise KeyError(f"unknown device {device_id!r}") from None
+
+    def value(self, device_id: str, quantity: Quantity | str) -> float | None:
+        """The value of ``quantity`` (canonical unit) exactly as a poller decodes it from the registers now.
+
+        A pulse meter also answers its medium's quantity (``water_volume``, ``gas_volume``, or
+        ``energy_active_import`` for an electricity pulse meter): pulse count × pulse weight.
+        """
+        image = self._image(device_id)
+        member = image.members[device_id]
+        q = str(quantity)
+        if q not in member.registers and member.device.pulse_weight is not None:
+            medium_q = _MEDIUM_QUANTITY.get(member.device.medium or "", Quantity.ENERGY_ACTIVE_IMPORT)
+            if q == medium_q and str(Quantity.PULSE_COUNT) in member.registers:
+                pulses = image.decode(device_id, Quantity.PULSE_COUNT)
+                return None if pulses is None else pulses * member.device.pulse_weight
+        if q not in member.registers:
+            raise KeyError(f"device {device_id!r} ({member.profile.id}) has no register for {q!r}")
+        return image.decode(device_id, q)
+
+    def counter(self, device_id: str, quantity: Quantity | str) -> float:
+        """A counter's value as a poller decodes it now (e.g. Ea+ in Wh, pulses)."""
+        value = self.value(device_id, quantity)
+        if value is None:
+            raise ValueError(f"{device_id}.{quantity} holds its invalid marker")
+        return value
+
+    def state(self, device_id: str, name: str) -> str:
+        """A named state (e.g. ``charger``) as a poller decodes it now."""
+        return self._image(device_id).state_name(device_id, name)
+
+    def set_value(self, device_id: str, quantity: Quantity | str, value: float) -> None:
+        """Set a value (canonical unit). A counter continues to advance from it; any other value is held
+        until ``release()``. Pulse meters: ``pulse_count`` or their medium's quantity (÷ pulse weight)."""
+        image = self._image(device_id)
+        member = image.members[device_id]
+        q = str(quantity)
+        if member.device.pulse_weight is not None and q in {str(v) for v in _MEDIUM_QUANTITY.values()}:
+            q, value = str(Quantity.PULSE_COUNT), value / member.device.pulse_weight
+        if q not in member.registers:
+            raise KeyError(f"device {device_id!r} ({member.profile.id}) has no register for {q!r}")
+        member.twin.set_value(q, value, self._sim_time)
+        image.encode()
+
+    def release(self, device_id: str, quantity: Quantity | str) -> None:
+        """Let a value held by ``set_value`` follow the simulation again."""
+        image = self._image(device_id)
+        image.members[device_id].twin.release(str(quantity))
+        image.encode()
+
+    def set_state(self, device_id: str, name: str, value: str | int) -> None:
+        """Set a named state by its profile name (``"fault"``) or raw number."""
+        image = self._image(device_id)
+        member = image.members[device_id]
+        spec = next((s for s in member.profile.states if s.name == name), None)
+        if spec is None:
+            raise KeyError(f"device {device_id!r} ({member.profile.id}) has no state {name!r}")
+        if isinstance(value, str):
+            raw = next((r for r, label in spec.values.items() if label == value), None)
+            if raw is None:
+                raise ValueError(
+                    f"state {name!r} has no value {value!r}; known: {sorted(spec.values.values())}"
+                )
+        else:
+            raw = value
+        member.twin.set_state(name, raw)
+        image.encode()
+
+    # --- Modbus requests ----------------------------------------------------------------------------
+
+    async def _on_request(
+        self,
+        image: UnitImage,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        addresses = range(address, address + count)
+        if set_values is not None:
+            if function_code not in _WRITES:
+                return ExcCodes.ILLEGAL_FUNCTION
+            for a, raw in zip(addresses, set_values, strict=False):
+                target = image.writable.get(a)
+                if target is None:
+                    return ExcCodes.ILLEGAL_ADDRESS
+                if int(raw) not in target[2]:
+                    return ExcCodes.ILLEGAL_VALUE
+            for a, raw in zip(addresses, set_values, strict=False):
+                member, name, _ = image.writable[a]
+                if name is not None:
+                    member.twin.on_write(name, int(raw))
+                else:
+                    image.words[a] = int(raw) & 0xFFFF
+            image.encode()
+        elif function_code in _READS:
+            if any(image.fcs.get(a, image.default_fc) != function_code for a in addresses):
+                return ExcCodes.ILLEGAL_ADDRESS
+        elif function_code not in _WRITES:  # FC6/16 echo reads come with set_values=None
+            return ExcCodes.ILLEGAL_FUNCTION
+        offset = address - start_address
+        registers[offset : offset + count] = image.read_words(address, count)
+        return None
+
+
+async def _no_such_unit(*_args: object) -> ExcCodes:
+    """A unit nobody answers to: what a TCP/RS485 gateway says when the target does not respond."""
+    return ExcCodes.GATEWAY_NO_RESPONSE
+
+
+def _check_port(host: str, port: int, gateway_id: str) -> None:
+    """Fail with one clear line when the port is taken (pymodbus only says 'could not start listen')."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reason = "port already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise SimulatorError(
+                f"gateway {gateway_id!r}: cannot listen on {host}:{port}: {reason}"
+            ) from None
