@@ -170,6 +170,9 @@ class LoginReply(BaseModel):
     unlock_token: str | None = Field(default=None, description="New unlock token after a PUK step.")
     error: str | None = None
     retry_after: float | None = None
+    default_codes: bool = Field(
+        default=False, description="The role still uses its factory PIN/PUK (the UI asks to change them)."
+    )
 
 
 class RevokeUnlockRequest(BaseModel):

@@ -1,0 +1,155 @@
+"""The Litestar application: discovers the domain modules, wires sessions, the bus, Redis and ClickHouse.
+
+Every module of ``ews_gateway_api.domain`` that exports ``router`` is mounted (no central list); one
+that also exports ``lifespan`` (an async context manager factory taking the app) gets it entered after
+the core lifespan, in module-name order, and exited in reverse.
+
+``app.state`` (set by the core lifespan, available to every handler and domain lifespan):
+
+- ``settings`` (``ews_contracts.settings.Settings``), ``site`` (the loaded site file);
+- ``broker`` — a connected FastStream NATS broker (auth request/reply, publishing events);
+- ``redis`` — a ``redis.asyncio`` client (live state, records; also backs the sessions store);
+- ``store`` — the ClickHouse/chDB ``Store`` (``None`` while unreachable; see ``storage.require_store``)
+  and ``database``, the analytics database name. The schema is the aggregator's business: the API
+  answers ``/health`` without it and ``/api/v1/consumption`` with 503 until it exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import ModuleType
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from ews_contracts.bus import ensure_streams, make_broker
+from ews_contracts.settings import Settings
+from litestar import Litestar, MediaType, Request, Response, Router
+from litestar.exceptions import ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.stores.redis import RedisStore
+from litestar.types import ControllerRouterHandler
+
+from . import domain
+from .guards import public
+from .sessions import SESSION_COOKIE, session_config
+from .storage import open_store
+
+log = logging.getLogger("ews.gateway-api")
+
+Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
+
+
+def discover() -> list[ModuleType]:
+    """Every module (or package) of ``ews_gateway_api.domain`` that exports ``router``, by name."""
+    found = []
+    for info in sorted(pkgutil.iter_modules(domain.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{domain.__name__}.{info.name}")
+        if getattr(module, "router", None) is not None:
+            found.append(module)
+    return found
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    """400 whose one-line ``detail`` names the offending field (Litestar's only says 'Validation failed')."""
+    detail = _one_line(exc.detail)
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    if extra and isinstance(extra[0], dict):
+        first = extra[0]
+        where = first.get("key") or first.get("source") or ""
+        detail = f"{detail}: {where + ' ' if where else ''}{_one_line(first.get('message', ''))}".strip()
+    elif exc.detail.startswith("Validation failed") and extra:
+        detail = f"{detail}: {_one_line(str(extra[0]))}"
+    return Response(
+        {"status_code": 400, "detail": detail, "extra": extra},
+        status_code=400,
+        media_type=MediaType.JSON,
+    )
+
+
+def redis_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.warning("%s %s: Redis unavailable: %s", request.method, request.url.path, _one_line(str(exc)))
+    return Response(
+        {"status_code": 503, "detail": "the session and live-state store (Redis) is unavailable; try again"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+        media_type=MediaType.JSON,
+    )
+
+
+def create_app(settings: Settings) -> Litestar:
+    modules = discover()
+    site = settings.site
+    redis_client = aioredis.from_url(settings.redis_url)
+
+    @asynccontextmanager
+    async def core(app: Litestar) -> AsyncIterator[None]:
+        broker = make_broker(settings.nats_url, "gateway-api")
+        await broker.connect()
+        app.state.broker = broker
+        try:
+            await ensure_streams(broker)
+            app.state.store = await open_store(settings)
+            log.info(
+                "gateway-api for site %s: domains %s",
+                site.site,
+                ", ".join(m.__name__.rsplit(".", 1)[-1] for m in modules),
+            )
+            yield
+        finally:
+            try:
+                await broker.stop()
+            finally:
+                await redis_client.aclose()
+
+    lifespans: list[Lifespan] = [core]
+    lifespans += [m.lifespan for m in modules if callable(getattr(m, "lifespan", None))]
+    handlers: list[ControllerRouterHandler] = [m.router for m in modules]
+
+    app = Litestar(
+        route_handlers=handlers,
+        lifespan=lifespans,
+        middleware=[session_config(settings.secure_cookies).middleware],
+        stores={"sessions": RedisStore(redis_client, namespace=f"ews:{site.site}:session")},
+        exception_handlers={
+            ValidationException: validation_error,
+            redis.exceptions.ConnectionError: redis_unavailable,
+            redis.exceptions.TimeoutError: redis_unavailable,
+        },
+        openapi_config=OpenAPIConfig(
+            title="Energy web server API",
+            version="1.0.0",
+            description=(
+                "JSON API of the energy web server. Log in with POST /api/v1/auth/login (PIN, and the PUK "
+                f"when the browser has not done its PUK step); the session lives in the HttpOnly cookie "
+                f"'{SESSION_COOKIE}'. Anonymous calls get 401, a role without the permission 403."
+            ),
+            components=Components(
+                security_schemes={
+                    "session": SecurityScheme(type="apiKey", name=SESSION_COOKIE, security_scheme_in="cookie")
+                }
+            ),
+            security=[{"session": []}],
+            openapi_router=Router(path="/schema", route_handlers=[], guards=[public]),
+        ),
+        state=None,
+        debug=False,
+    )
+    app.state.settings = settings
+    app.state.site = site
+    app.state.redis = redis_client
+    app.state.broker = None
+    app.state.store = None
+    app.state.database = settings.clickhouse_database
+    return app

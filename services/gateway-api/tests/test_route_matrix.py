@@ -1,0 +1,117 @@
+"""Every route of the app, generated from ``app.routes``, × anonymous and every role.
+
+Each route handler must carry an explicit access decision (a guard from ``guards.py``: ``requires(...)``,
+``authenticated`` or ``public``, on the handler or a router above it) — a new route without one fails
+here. Then: anonymous -> 401 on every non-public route; a role without the permission -> 403; an
+allowed role -> neither 401 nor 403 (nor 500). Litestar's automatic OPTIONS handlers (they answer with
+the Allow header only) are the one exception.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from ews_contracts.roles import Role, allowed
+from ews_gateway_api.guards import authenticated, public
+from httpx import AsyncClient
+from litestar import Litestar
+from litestar.handlers import HTTPRouteHandler
+from litestar.routes import HTTPRoute
+
+from .conftest import session_for
+
+pytestmark = pytest.mark.integration
+
+PATH_PARAMS = {"device_id": "ev1", "command_id": "0123456789abcdef", "file_path": "no-such-file.js"}
+BODIES: dict[str, Any] = {"POST": {}, "PUT": {}, "PATCH": {}}
+
+
+def decision(handler: HTTPRouteHandler) -> tuple[str, Any]:
+    """("public" | "authenticated" | "permission", permission) from the handler's guards; AssertionError if none."""
+    guards = [g for layer in handler.ownership_layers for g in (getattr(layer, "guards", None) or [])]
+    permissions = [g.permission for g in guards if getattr(g, "permission", None) is not None]
+    if permissions:
+        assert len(permissions) == 1, f"{handler}: several permissions {permissions}"
+        return "permission", permissions[0]
+    if authenticated in guards:
+        return "authenticated", None
+    if public in guards:
+        return "public", None
+    raise AssertionError(
+        f"route handler {handler.handler_name} ({sorted(handler.http_methods)} {handler.paths}) has no access "
+        "decision: add guards=[requires(Permission...)], [authenticated] or [public]"
+    )
+
+
+def is_automatic_options(handler: HTTPRouteHandler) -> bool:
+    return handler.http_methods == {"OPTIONS"} and handler.handler_name == "options_handler"
+
+
+def cases(app: Litestar) -> list[tuple[str, str, HTTPRouteHandler]]:
+    out = []
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        path = re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: PATH_PARAMS.get(m.group(1), "x"), route.path)
+        for handler in route.route_handlers:
+            if is_automatic_options(handler):
+                continue
+            for method in sorted(handler.http_methods):
+                out.append((method, path, handler))
+    return out
+
+
+def test_every_route_handler_has_an_access_decision(app: Litestar) -> None:
+    found = cases(app)
+    assert len(found) > 10
+    for _, _, handler in found:
+        decision(handler)
+    # and the decisions of the fixed API are the intended ones
+    by_path = {(m, p): decision(h) for m, p, h in found}
+    assert by_path[("GET", "/health")] == ("public", None)
+    assert by_path[("POST", "/api/v1/auth/login")] == ("public", None)
+    assert by_path[("POST", "/api/v1/auth/logout")] == ("authenticated", None)
+    assert by_path[("GET", "/api/v1/me")] == ("authenticated", None)
+    assert by_path[("GET", "/api/v1/devices")] == ("authenticated", None)
+    assert by_path[("GET", "/api/v1/consumption")] == ("permission", "view-consumption")
+    assert by_path[("POST", "/api/v1/commands")] == ("permission", "command-devices")
+
+
+def test_a_route_without_a_guard_fails_the_check() -> None:
+    from litestar import get
+
+    @get("/forgotten")
+    async def forgotten() -> str:
+        return "oops"
+
+    with pytest.raises(AssertionError, match="no access decision"):
+        decision(forgotten)
+
+
+async def test_route_matrix(client: AsyncClient, app: Litestar) -> None:
+    problems = []
+    checked = 0
+    for method, path, handler in cases(app):
+        kind, permission = decision(handler)
+        for role in [None, *Role]:
+            cookies = await session_for(app, str(role)) if role else {}
+            client.cookies.clear()
+            resp = await client.request(method, path, json=BODIES.get(method), cookies=cookies)
+            checked += 1
+            status = resp.status_code
+            if kind == "public":
+                ok = status not in (401, 403)
+            elif role is None:
+                ok = status == 401
+            elif kind == "authenticated" or allowed(str(role), permission):
+                ok = status not in (401, 403)
+            else:
+                ok = status == 403
+            if status >= 500 and status != 503:
+                ok = False
+            if not ok:
+                problems.append(f"{method} {path} as {role or 'anonymous'}: {status} {resp.text[:120]}")
+    assert not problems, "\n".join(problems)
+    assert checked >= 5 * 15
