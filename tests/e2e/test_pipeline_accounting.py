@@ -30,8 +30,8 @@ ADMIN = {"pin": "99999", "puk": "00000 9999 00000"}
 T = TypeVar("T")
 
 
-async def eventually(check: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
+async def eventually(check: Callable[[], Awaitable[T]], seconds: float, what: str) -> T:
+    deadline = time.monotonic() + seconds
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
@@ -40,7 +40,7 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout: float, what: st
         except Exception as exc:  # noqa: BLE001 — retried until the deadline, reported below
             last = exc
         await asyncio.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last!r})")
+    raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what} (last error: {last!r})")
 
 
 async def settled_total(client: httpx.AsyncClient, scope: str) -> float:
@@ -61,7 +61,9 @@ async def settled_total(client: httpx.AsyncClient, scope: str) -> float:
 async def test_api_energy_equals_simulator_counter_advance(tmp_path: Path, nats_url: str, redis_clean: str):
     site_file = demo_site_on_port(tmp_path, free_port())
     site = load_site(site_file)
-    electricity = [d.id for d in site.devices if d.medium in (None, "electricity") and not d.exclude_from_total]
+    electricity = [
+        d.id for d in site.devices if d.medium in (None, "electricity") and not d.exclude_from_total
+    ]
     assert {"m1", "e2", "ev1"} <= set(electricity)
 
     http_port = free_port()

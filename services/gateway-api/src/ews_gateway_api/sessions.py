@@ -68,6 +68,6 @@ def session_config(secure: bool) -> SessionConfig:
         samesite="strict",
         secure=secure,
         path="/",
-        exclude=["^/health$", "^/schema"],
+        exclude=["^/health$", "^/schema", "^/static/"],
         store="sessions",
     )
