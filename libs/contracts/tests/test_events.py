@@ -50,3 +50,19 @@ def test_roles_permissions_and_puk_format():
     assert Permission.GREENUP_MANAGEMENT not in PERMISSIONS[Role.ADMINISTRATOR]
     assert format_puk("00000999900000") == "00000 9999 00000"
     assert normalize_puk(" 00000 9999 00000 ") == "00000999900000"
+
+
+def test_broker_errors_are_logged_on_one_line(caplog):
+    import logging
+
+    from ews_contracts.bus import broker_logger
+
+    logger = broker_logger("unit-test")
+    logger.setLevel(logging.INFO)
+    try:
+        raise TimeoutError("fetch\ninterrupted")
+    except TimeoutError as exc:
+        logger.error("Task-1 raised an exception, retrying...\nmore text", exc_info=exc)
+    (record,) = [r for r in caplog.records if r.name == "ews.unit-test.broker"]
+    assert record.exc_info is None
+    assert record.getMessage() == "Task-1 raised an exception, retrying... (TimeoutError: fetch interrupted)"

@@ -14,6 +14,30 @@ from .streams import ALL_STREAMS, StreamSpec, stream_for
 log = logging.getLogger("ews.bus")
 
 
+class OneLineErrors(logging.Filter):
+    """Library errors as one line: the exception's type and message join the log message, and the
+    traceback is kept only when the logger is at DEBUG (FastStream logs a consumer task that it
+    restarts with a full traceback — e.g. a fetch interrupted at shutdown)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            exc = record.exc_info[1]
+            summary = " ".join(str(exc).split()) if exc is not None else ""
+            first = record.getMessage().splitlines()[0] if record.getMessage() else ""
+            record.msg = f"{first} ({type(exc).__name__}{': ' + summary if summary else ''})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def broker_logger(name: str) -> logging.Logger:
+    logger = logging.getLogger(f"ews.{name}.broker")
+    if not any(isinstance(f, OneLineErrors) for f in logger.filters):
+        logger.addFilter(OneLineErrors())
+    return logger
+
+
 def make_broker(nats_url: str, name: str) -> NatsBroker:
     """A FastStream NATS broker that reconnects forever (a service outlives NATS restarts)."""
     return NatsBroker(
@@ -22,7 +46,7 @@ def make_broker(nats_url: str, name: str) -> NatsBroker:
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,
-        logger=logging.getLogger(f"ews.{name}.broker"),
+        logger=broker_logger(name),
         log_level=logging.DEBUG,
     )
 
