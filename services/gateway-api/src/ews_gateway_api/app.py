@@ -122,6 +122,7 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=lifespans,
         middleware=[session_config(settings.secure_cookies).middleware],
         stores={"sessions": RedisStore(redis_client, namespace=f"ews:{site.site}:session")},
+        logging_config=None,  # the process's logging (set up by `ews`) applies: one format for every service
         exception_handlers={
             ValidationException: validation_error,
             redis.exceptions.ConnectionError: redis_unavailable,

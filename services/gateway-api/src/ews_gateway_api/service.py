@@ -22,6 +22,7 @@ async def serve(settings: Settings) -> None:
         host=settings.http_host,
         port=settings.http_port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # keep the process's logging format (uvicorn.error logs through the root handler)
         lifespan="on",
         access_log=False,
         server_header=False,
