@@ -66,3 +66,15 @@ def test_broker_errors_are_logged_on_one_line(caplog):
     (record,) = [r for r in caplog.records if r.name == "ews.unit-test.broker"]
     assert record.exc_info is None
     assert record.getMessage() == "Task-1 raised an exception, retrying... (TimeoutError: fetch interrupted)"
+
+
+def test_broker_task_chatter_is_dropped(caplog):
+    import logging
+
+    from ews_contracts.bus import broker_logger
+
+    logger = broker_logger("unit-test-2")
+    logger.setLevel(logging.INFO)
+    logger.info("callback for Task-12 is being executed...")
+    logger.info("connected")
+    assert [r.getMessage() for r in caplog.records if r.name == "ews.unit-test-2.broker"] == ["connected"]

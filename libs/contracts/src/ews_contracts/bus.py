@@ -20,6 +20,8 @@ class OneLineErrors(logging.Filter):
     restarts with a full traceback — e.g. a fetch interrupted at shutdown)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.INFO and str(record.msg).endswith("is being executed..."):
+            return False  # FastStream's task supervisor announces every consumer task it finishes
         if record.exc_info and not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
             exc = record.exc_info[1]
             summary = " ".join(str(exc).split()) if exc is not None else ""
