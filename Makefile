@@ -23,3 +23,9 @@ test-fast: setup ## Unit tests only (no servers)
 
 lint: setup ## ruff
 	@$(VENV)/ruff check .
+
+bench: setup ## Run every benchmark in benchmarks/ (figures for the README; not part of the tests)
+	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(VENV)/python $$b; done
+
+docs-check: setup ## Check the committed AsyncAPI catalogue against the event models
+	@$(VENV)/ews asyncapi --check
