@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -75,7 +76,7 @@ async def client(app: Litestar, auth_service: None, migrated: None) -> AsyncIter
         await _wait_auth(c)
         # the probe above counted as a wrong PIN for this client: start from a clean count
         r = app.state.redis
-        for key in await r.keys("ews:demo:auth:failures:*"):
+        for key in await r.keys("ews:demo:auth:limits:*"):
             await r.delete(key)
         yield c
 
@@ -83,5 +84,6 @@ async def client(app: Litestar, auth_service: None, migrated: None) -> AsyncIter
 async def session_for(app: Litestar, role: str) -> dict[str, str]:
     """A session cookie for ``role``, put straight into the sessions store (as a login would)."""
     sid = secrets.token_hex(32)
-    await app.stores.get("sessions").set(sid, json.dumps({"role": role}).encode(), expires_in=600)
+    data = {"role": role, "login_at": time.time()}
+    await app.stores.get("sessions").set(sid, json.dumps(data).encode(), expires_in=600)
     return {SESSION_COOKIE: sid}

@@ -77,6 +77,12 @@ def test_every_route_handler_has_an_access_decision(app: Litestar) -> None:
     assert by_path[("GET", "/api/v1/devices")] == ("authenticated", None)
     assert by_path[("GET", "/api/v1/consumption")] == ("permission", "view-consumption")
     assert by_path[("POST", "/api/v1/commands")] == ("permission", "command-devices")
+    assert by_path[("GET", "/api/v1/auth/codes")] == ("permission", "manage-codes")
+    # own codes: any role (with its current codes); another role's: checked in the handler (manage-codes)
+    assert by_path[("PUT", "/api/v1/auth/codes/x")] == ("authenticated", None)
+    assert by_path[("PUT", "/api/v1/site/language")] == ("permission", "configure-site")
+    assert by_path[("GET", "/api/v1/language")] == ("public", None)  # the login page's language picker
+    assert by_path[("PUT", "/api/v1/language")] == ("public", None)
 
 
 def test_a_route_without_a_guard_fails_the_check() -> None:

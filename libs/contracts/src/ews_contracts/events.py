@@ -182,5 +182,31 @@ class RevokeUnlockRequest(BaseModel):
     client: str = ""
 
 
+class ChangeCodesRequest(BaseModel):
+    """Change the PIN/PUK of ``role``. A role changing its own codes gives its current ones; a role with
+    the manage-codes permission changes another role's codes without them."""
+
+    role: str = Field(description="Whose codes change.")
+    pin: str = Field(description="New 5-digit PIN (unique across roles).")
+    puk: str = Field(description="New 14-digit PUK, with or without spaces.")
+    current_pin: str | None = None
+    current_puk: str | None = None
+    by_role: str = Field(description="Role of the session asking.")
+    client: str = ""
+
+
+class ChangeCodesReply(BaseModel):
+    ok: bool
+    error: str | None = None
+    reason: (
+        Literal["bad-request", "forbidden", "wrong-current-codes", "pin-in-use", "too-many-attempts"] | None
+    ) = None
+    retry_after: float | None = None
+
+
+class CodesStatusReply(BaseModel):
+    default_codes: dict[str, bool] = Field(description="Per role: still the factory codes.")
+
+
 def payload(event: Event) -> dict[str, Any]:
     return event.model_dump(mode="json")

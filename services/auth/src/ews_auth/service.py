@@ -1,19 +1,24 @@
-"""Auth service: answers login and unlock-revocation requests over NATS request/reply.
+"""Auth service: answers login, unlock-revocation and code-change requests over NATS request/reply.
 
 Subjects (core NATS, queue group ``auth`` so several instances share the work):
 
 - ``ews.<site>.rpc-auth.login`` — ``LoginRequest`` -> ``LoginReply``.
 - ``ews.<site>.rpc-auth.revoke-unlock`` — ``RevokeUnlockRequest`` -> ``{"ok": bool, "revoked": bool}``.
+- ``ews.<site>.rpc-auth.change-codes`` — ``ChangeCodesRequest`` -> ``ChangeCodesReply``.
+- ``ews.<site>.rpc-auth.codes-status`` — ``{}`` -> ``CodesStatusReply``.
 
-Login model (requirements A1–A4): the PIN identifies the role. A browser holding a valid unlock token
-for that role (issued by an earlier PIN + PUK login, kept across Logout) needs the PIN only; any other
-browser must also give the PUK (the reply says ``puk_required``). A PIN + PUK login issues a new unlock
-token. Logout keeps the token; Lock deletes it.
+Login model (requirements A1–A4), two levels:
 
-Guessing: every wrong code counts against the client (address); after ``FREE_FAILURES`` failures within
-``FAILURE_WINDOW`` each further failure blocks the client for a doubling delay (``retry_after``, capped at
-``MAX_DELAY``); a success clears the count. Every login, failure, lockout, Logout and Lock is published
-as ``AuditRecorded`` on JetStream.
+- the **browser unlock** (the PUK step): a PIN + PUK login issues an unlock token for that role, kept by
+  the browser for up to 400 days across Logouts. Lock deletes it; a code change of the role (new stamp)
+  invalidates every unlock of that role.
+- the **session** (the PIN step, kept by the gateway in Redis): a browser holding a valid unlock for the
+  role of the PIN needs the PIN only.
+
+A browser without a valid unlock gets ``puk_required`` for *any* well-formed PIN: the PIN is only checked
+together with the PUK, and a wrong pair is "wrong PIN or PUK" — so the answer (and its timing) never
+tells a guesser that a PIN is right. Guessing limits: see :mod:`ews_auth.limits`. Every login, failure,
+lockout, Logout, Lock and code change is published as ``AuditRecorded`` on JetStream.
 """
 
 from __future__ import annotations
@@ -25,21 +30,32 @@ from typing import Any
 import redis.asyncio as aioredis
 from argon2 import PasswordHasher
 from ews_contracts.bus import ensure_streams, make_broker, publish_event
-from ews_contracts.events import AuditAction, AuditRecorded, LoginReply, LoginRequest, RevokeUnlockRequest
+from ews_contracts.events import (
+    AuditAction,
+    AuditRecorded,
+    ChangeCodesReply,
+    ChangeCodesRequest,
+    CodesStatusReply,
+    LoginReply,
+    LoginRequest,
+    RevokeUnlockRequest,
+)
+from ews_contracts.roles import Permission, Role, allowed
 from ews_contracts.settings import Settings
 from ews_contracts.subjects import auth_rpc
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
 from pydantic import ValidationError
 
-from .codes import CodeFormatError, CodeStore, check_pin, check_puk
+from .clock import Clock
+from .codes import CodeFormatError, CodeStore, PinInUseError, check_pin, check_puk, token_digest
+from .limits import FREE_FAILURES, ROLE_PIN_LIMIT, TOKEN_PIN_LIMIT, Limits
 
 log = logging.getLogger("ews.auth")
 
-FREE_FAILURES = 3  # wrong codes a client may enter before being slowed down
-BASE_DELAY = 1.0  # seconds of the first block, doubled by each further failure
-MAX_DELAY = 300.0
-FAILURE_WINDOW = 900  # seconds a failure is remembered
+__all__ = ["FREE_FAILURES", "AuthService", "serve"]
+
+BUSY_REPLY = "another sign-in from this address is in progress; try again in a moment"
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -50,35 +66,8 @@ def _first_error(exc: ValidationError) -> str:
     return f"{'.'.join(map(str, first.get('loc', ()))) or 'body'}: {first.get('msg', '')}"
 
 
-class Throttle:
-    """Progressive delay per client after repeated wrong codes (Redis, shared by auth instances)."""
-
-    def __init__(self, redis: Any, site: str) -> None:
-        self.redis = redis
-        self.prefix = f"ews:{site}:auth"
-
-    def _keys(self, client: str) -> tuple[str, str]:
-        who = client or "-"
-        return f"{self.prefix}:failures:{who}", f"{self.prefix}:blocked:{who}"
-
-    async def blocked_for(self, client: str) -> float:
-        """Seconds this client must still wait (0 when it may try)."""
-        ms = await self.redis.pttl(self._keys(client)[1])
-        return ms / 1000 if ms and ms > 0 else 0.0
-
-    async def failed(self, client: str) -> float:
-        """Count a failure; returns the delay imposed now (0 while the client is within its free tries)."""
-        failures, blocked = self._keys(client)
-        count = await self.redis.incr(failures)
-        await self.redis.expire(failures, FAILURE_WINDOW)
-        if count <= FREE_FAILURES:
-            return 0.0
-        delay = min(MAX_DELAY, BASE_DELAY * 2 ** (count - FREE_FAILURES - 1))
-        await self.redis.set(blocked, "1", px=int(delay * 1000))
-        return delay
-
-    async def succeeded(self, client: str) -> None:
-        await self.redis.delete(*self._keys(client))
+def _wait_text(seconds: float) -> str:
+    return f"too many wrong codes: try again in {max(1, round(seconds))} s"
 
 
 class AuthService:
@@ -89,13 +78,14 @@ class AuthService:
         redis: Any | None = None,
         broker: NatsBroker | None = None,
         hasher: PasswordHasher | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self.site = settings.site.site
         self.redis = redis if redis is not None else aioredis.from_url(settings.redis_url)
         self._own_redis = redis is None
         self.codes = CodeStore(self.redis, self.site, hasher)
-        self.throttle = Throttle(self.redis, self.site)
+        self.limits = Limits(self.redis, self.site, clock)
         self.broker = broker  # None: audit events are only logged (unit tests)
 
     # --- audit -----------------------------------------------------------------------------------------
@@ -116,41 +106,93 @@ class AuthService:
 
     # --- login -----------------------------------------------------------------------------------------
 
-    async def _failure(self, client: str, error: str, role: str | None = None) -> LoginReply:
-        delay = await self.throttle.failed(client)
-        await self.audit("login-failed", role, client, error)
+    async def _client_failure(
+        self, client: str, reply: LoginReply, role: str | None, detail: str
+    ) -> LoginReply:
+        """Count an unsuccessful attempt of ``client``; audit it (and the delay it now imposes)."""
+        delay = await self.limits.client_failed(client)
+        if detail:
+            await self.audit("login-failed", role, client, detail)
         if delay:
-            await self.audit("locked-out", role, client, f"next try in {delay:.0f} s")
-            return LoginReply(ok=False, error=f"{error}; too many wrong codes", retry_after=delay)
-        return LoginReply(ok=False, error=error)
+            await self.audit("locked-out", role, client, f"client delayed: next try in {delay:.0f} s")
+        return reply
 
     async def login(self, request: LoginRequest) -> LoginReply:
         client = request.client
-        wait = await self.throttle.blocked_for(client)
-        if wait:
-            return LoginReply(
-                ok=False, error=f"too many wrong codes: try again in {wait:.0f} s", retry_after=wait
-            )
         try:
             pin = check_pin(request.pin)
             puk = check_puk(request.puk) if request.puk else None
         except CodeFormatError as exc:  # not a guess of a real code: refused without counting
             return LoginReply(ok=False, error=str(exc))
-        codes = await self.codes.role_for_pin(pin)
+        if not await self.limits.acquire(client):
+            return LoginReply(ok=False, error=BUSY_REPLY, retry_after=1.0)
+        try:
+            return await self._login(request, pin, puk)
+        finally:
+            await self.limits.release(client)
+
+    async def _login(self, request: LoginRequest, pin: str, puk: str | None) -> LoginReply:
+        client, token = request.client, request.unlock_token
+        records = await self.codes.load()
+        unlocked = await self.codes.unlocked_role(token, records) if token else None
+        if puk is None and unlocked is not None and token:
+            return await self._pin_only(client, pin, token, next(r for r in records if r.role == unlocked))
+        wait = await self.limits.client_wait(client)
+        if wait:
+            return LoginReply(ok=False, error=_wait_text(wait), retry_after=wait)
+        if puk is None:
+            # no valid PUK step on this browser: the PUK is asked for whatever the PIN, so the answer says
+            # nothing about the PIN; the step counts as an unsuccessful attempt until the login succeeds
+            reply = LoginReply(ok=False, puk_required=True, error="enter the PUK as well")
+            return await self._client_failure(client, reply, None, "")
+        pin_owner, codes = await self.codes.check_both(pin, puk)
         if codes is None:
-            return await self._failure(client, "wrong PIN")
+            role = pin_owner.role if pin_owner else None
+            reply = LoginReply(ok=False, error="wrong PIN or PUK")
+            return await self._client_failure(client, reply, role, "wrong PUK" if role else "wrong PIN")
+        new_token = await self.codes.issue_unlock(codes)
+        await self.limits.client_succeeded(client)
+        await self.audit("login-succeeded", codes.role, client, "PIN + PUK")
+        return LoginReply(ok=True, role=str(codes.role), unlock_token=new_token, default_codes=codes.default)
+
+    async def _pin_only(self, client: str, pin: str, token: str, codes: Any) -> LoginReply:
+        """PIN-only login on a browser whose PUK step for ``codes.role`` is valid."""
         role = codes.role
-        token: str | None = None
-        if puk is not None:
-            if not await self.codes.check_puk(codes, puk):
-                return await self._failure(client, "wrong PUK", role)
-            token = await self.codes.issue_unlock(role)
-        elif await self.codes.unlocked_role(request.unlock_token) != role:
-            # the PIN is right, but this browser has not done (or has Locked) its PUK step
-            return LoginReply(ok=False, puk_required=True, error="enter the PUK as well")
-        await self.throttle.succeeded(client)
-        await self.audit("login-succeeded", role, client, "PIN + PUK" if token else "PIN (unlocked browser)")
-        return LoginReply(ok=True, role=str(role), unlock_token=token, default_codes=codes.default)
+        suspended = await self.limits.role_pin_wait(role)
+        if suspended:
+            return LoginReply(
+                ok=False,
+                puk_required=True,
+                error="PIN-only sign-in of this role is suspended after repeated wrong PINs: "
+                "enter the PUK as well",
+            )
+        digest = token_digest(token)
+        if await self.codes.verify_pin(codes, pin):
+            await self.limits.token_succeeded(digest)
+            await self.limits.client_succeeded(client)
+            await self.audit("login-succeeded", role, client, "PIN (unlocked browser)")
+            return LoginReply(ok=True, role=str(role), default_codes=codes.default)
+        # not this browser's role's PIN (a typo, a guess, or another role's PIN): the PUK decides
+        await self.audit("login-failed", role, client, "wrong PIN on an unlocked browser")
+        reply = LoginReply(
+            ok=False,
+            puk_required=True,
+            error="not the PIN of the role unlocked on this browser: try again, or enter the PUK as well",
+        )
+        if await self.limits.token_failed(digest) >= TOKEN_PIN_LIMIT:
+            await self.codes.revoke_unlock(token)
+            await self.limits.token_succeeded(digest)  # forget the count with the token
+            await self.audit("locked-out", role, client, f"browser locked after {TOKEN_PIN_LIMIT} wrong PINs")
+            reply.error = f"{TOKEN_PIN_LIMIT} wrong PINs: this browser is locked, enter the PIN and the PUK"
+        if suspension := await self.limits.role_pin_failed(role):
+            await self.audit(
+                "locked-out",
+                role,
+                client,
+                f"{ROLE_PIN_LIMIT} wrong PINs for this role: PIN-only sign-in suspended for "
+                f"{suspension:.0f} s (PIN + PUK still works)",
+            )
+        return reply
 
     async def revoke(self, request: RevokeUnlockRequest) -> dict[str, Any]:
         revoked = False
@@ -158,6 +200,64 @@ class AuthService:
             revoked = await self.codes.revoke_unlock(request.unlock_token)
         await self.audit(request.mode, request.role, request.client)
         return {"ok": True, "revoked": revoked}
+
+    # --- codes -----------------------------------------------------------------------------------------
+
+    async def change_codes(self, request: ChangeCodesRequest) -> ChangeCodesReply:
+        try:
+            role, by = Role(request.role), Role(request.by_role)
+        except ValueError:
+            roles = ", ".join(Role)
+            return ChangeCodesReply(ok=False, reason="bad-request", error=f"unknown role: use one of {roles}")
+        if by != role and not allowed(by, Permission.MANAGE_CODES):
+            return ChangeCodesReply(
+                ok=False, reason="forbidden", error=f"the {by} role may change its own codes only"
+            )
+        try:
+            pin, puk = check_pin(request.pin), check_puk(request.puk)
+        except CodeFormatError as exc:
+            return ChangeCodesReply(ok=False, reason="bad-request", error=f"new codes: {exc}")
+        client = request.client
+        if not await self.limits.acquire(client):
+            return ChangeCodesReply(ok=False, reason="too-many-attempts", error=BUSY_REPLY, retry_after=1.0)
+        try:
+            wait = await self.limits.client_wait(client)
+            if wait:
+                return ChangeCodesReply(
+                    ok=False, reason="too-many-attempts", error=_wait_text(wait), retry_after=wait
+                )
+            if by == role:  # changing one's own codes: prove them first
+                codes = await self.codes.get(role)
+                ok = False
+                if codes is not None and request.current_pin and request.current_puk:
+                    try:
+                        current_pin, current_puk = (
+                            check_pin(request.current_pin),
+                            check_puk(request.current_puk),
+                        )
+                        ok = await self.codes.verify_pin(codes, current_pin) and await self.codes.check_puk(
+                            codes, current_puk
+                        )
+                    except CodeFormatError:
+                        ok = False
+                if not ok:
+                    await self.limits.client_failed(client)
+                    await self.audit("login-failed", role, client, "wrong current codes in a code change")
+                    return ChangeCodesReply(
+                        ok=False, reason="wrong-current-codes", error="the current PIN or PUK is wrong"
+                    )
+            try:
+                await self.codes.set_codes(role, pin, puk)
+            except PinInUseError as exc:
+                await self.limits.client_failed(client)  # probing other roles' PINs costs like a guess
+                return ChangeCodesReply(ok=False, reason="pin-in-use", error=str(exc))
+        finally:
+            await self.limits.release(client)
+        await self.audit("code-changed", role, client, f"by {by}")
+        return ChangeCodesReply(ok=True)
+
+    async def codes_status(self) -> CodesStatusReply:
+        return CodesStatusReply(default_codes={str(r.role): r.default for r in await self.codes.load()})
 
     # --- NATS ------------------------------------------------------------------------------------------
 
@@ -189,18 +289,34 @@ class AuthService:
                 log.exception("revoke-unlock failed unexpectedly")
                 return {"ok": False, "revoked": False, "error": f"auth error: {type(exc).__name__}"}
 
-        broker.subscriber(
-            auth_rpc(self.site, "login"),
-            queue="auth",
-            title="auth:login",
-            description="LoginRequest -> LoginReply",
-        )(on_login)
-        broker.subscriber(
-            auth_rpc(self.site, "revoke-unlock"),
-            queue="auth",
-            title="auth:revoke-unlock",
-            description="RevokeUnlockRequest (Logout / Lock) -> {ok, revoked}",
-        )(on_revoke)
+        async def on_change_codes(msg: NatsMessage) -> dict[str, Any]:
+            try:
+                request = ChangeCodesRequest.model_validate_json(msg.body)
+            except ValidationError as exc:
+                return ChangeCodesReply(
+                    ok=False, reason="bad-request", error=f"malformed request: {_first_error(exc)}"
+                ).model_dump()
+            try:
+                return (await self.change_codes(request)).model_dump()
+            except Exception as exc:
+                log.exception("change-codes failed unexpectedly")
+                return ChangeCodesReply(ok=False, error=f"auth error: {type(exc).__name__}").model_dump()
+
+        async def on_codes_status(msg: NatsMessage) -> dict[str, Any]:
+            return (await self.codes_status()).model_dump()
+
+        for operation, handler, description in (
+            ("login", on_login, "LoginRequest -> LoginReply"),
+            ("revoke-unlock", on_revoke, "RevokeUnlockRequest (Logout / Lock) -> {ok, revoked}"),
+            ("change-codes", on_change_codes, "ChangeCodesRequest -> ChangeCodesReply"),
+            ("codes-status", on_codes_status, "{} -> CodesStatusReply"),
+        ):
+            broker.subscriber(
+                auth_rpc(self.site, operation),
+                queue="auth",
+                title=f"auth:{operation}",
+                description=description,
+            )(handler)
 
     async def close(self) -> None:
         if self._own_redis:

@@ -1,11 +1,13 @@
 """Route guards: every route declares the permission it needs (see ews_contracts.roles.PERMISSIONS).
 
-The session (server-side, in Redis) holds ``role`` once logged in. Anonymous -> 401, wrong role -> 403.
+The session (server-side, in Redis, see ``sessions.py``: idle and absolute timeouts, revoked on Logout, Lock
+and code change) holds ``role`` once logged in. Anonymous -> 401, wrong role -> 403. The route x role
+matrix test (tests/test_route_matrix.py) fails for a route without one of these guards.
 """
 
 from __future__ import annotations
 
-from ews_contracts.roles import Permission, allowed
+from ews_contracts.roles import Permission, Role, allowed
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
@@ -13,9 +15,14 @@ from litestar.handlers.base import BaseRouteHandler
 SESSION_ROLE = "role"
 
 
+_ROLES = frozenset(str(r) for r in Role)
+
+
 def current_role(connection: ASGIConnection) -> str | None:
+    """The session's role; None when anonymous (or the session holds no known role)."""
     session = connection.scope.get("session") or {}
-    return session.get(SESSION_ROLE)
+    role = session.get(SESSION_ROLE)
+    return role if role in _ROLES else None
 
 
 def requires(permission: Permission):

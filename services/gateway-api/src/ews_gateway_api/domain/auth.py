@@ -1,42 +1,72 @@
-"""Login, Logout / Lock and ``/me`` (requirements A1–A4, L2), talking to the auth service over NATS.
+"""Login, Logout / Lock, ``/me`` and the roles' codes (requirements A1–A4, L2), via the auth service (NATS).
 
-- The PIN identifies the role. A browser that completed a PUK step holds an **unlock token** in its own
-  long-lived HttpOnly cookie (``ews_unlock``); with it the PIN alone logs in (after Logout). Without it
-  (first time, or after Lock) the answer is 401 with ``"puk_required": true`` next to ``detail``.
-- Success rotates the server-side session id (sessions in Redis) and stores ``role`` in it.
-- Logout clears the session and keeps the unlock token; Lock also revokes the token in the auth service
-  and deletes the cookie, so the next login on this browser needs PIN + PUK.
-- Wrong codes: 401; too many: 429 with ``Retry-After``; auth service not answering: 503.
+Two levels, as in the requirements:
+
+- the **browser unlock** (the PUK step): after a PIN + PUK login the browser holds an unlock token in
+  its own long-lived HttpOnly cookie (``ews_unlock``). With it the PIN alone logs in (after Logout).
+  Without it (first time, after Lock, after a change of the role's codes) the answer to a PIN is 401
+  with ``"puk_required": true`` — for any PIN, so the answer never tells whether a PIN is right.
+- the **session** (the PIN step): server-side in Redis (see ``sessions.py``), a fresh id at each login.
+
+Logout clears the session and keeps the unlock; Lock also revokes the unlock in the auth service and
+deletes the cookie. ``PUT /api/v1/auth/codes/{role}`` changes a role's PIN/PUK (its own with the current
+codes; any role's with ``manage-codes``), which revokes every session and unlock of that role.
+Wrong codes: 401; too many: 429 with ``Retry-After``; auth service not answering: 503.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from datetime import UTC, datetime
 from typing import Any, Literal
 
-from ews_contracts.events import LoginReply, LoginRequest, RevokeUnlockRequest
-from ews_contracts.roles import PAGES, PERMISSIONS, Role
+from ews_contracts.events import (
+    ChangeCodesReply,
+    ChangeCodesRequest,
+    CodesStatusReply,
+    LoginReply,
+    LoginRequest,
+    RevokeUnlockRequest,
+)
+from ews_contracts.roles import PAGES, PERMISSIONS, Permission, Role, allowed
 from ews_contracts.subjects import auth_rpc
 from litestar import Request, Response, Router, get, post, put
 from litestar.datastructures import Cookie, State
-from litestar.exceptions import ServiceUnavailableException, ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    NotFoundException,
+    PermissionDeniedException,
+    ServiceUnavailableException,
+)
 from litestar.openapi.datastructures import ResponseSpec
 from pydantic import BaseModel, Field
 
-from ..guards import SESSION_ROLE, authenticated, current_role, public
-from ..sessions import rotate_session
+from .. import sessions
+from ..guards import SESSION_ROLE, authenticated, current_role, public, requires
+from ..sessions import (
+    LOGIN_AT,
+    SESSION_COOKIE,
+    index_session,
+    revoke_role_sessions,
+    rotate_session,
+    unindex_session,
+)
+from .language import (
+    LANGUAGES,
+    SESSION_LANGUAGE,
+    LanguageBody,
+    check_language,
+    choose_language,
+    chosen_language,
+    language_of,
+)
 
 log = logging.getLogger("ews.gateway-api.auth")
 
 UNLOCK_COOKIE = "ews_unlock"
 UNLOCK_MAX_AGE = 400 * 86_400  # browsers keep a cookie at most 400 days
 AUTH_TIMEOUT = 10.0  # seconds for an auth request/reply (argon2 checks take a fraction of a second)
-# L1: the 13 UI languages (BCP 47 tags)
-LANGUAGES: tuple[str, ...] = (
-    "zh", "de", "en", "es", "fr", "fr-BE", "el", "it", "nl-BE", "nl", "pl", "pt", "ru",
-)  # fmt: skip
+DEFAULT_CODES = "default_codes"
 
 
 class LoginBody(BaseModel):
@@ -58,7 +88,7 @@ class LoginResult(BaseModel):
 class LoginRefused(BaseModel):
     status_code: int = 401
     detail: str
-    puk_required: bool = Field(description="The PIN is right; send it again with the PUK.")
+    puk_required: bool = Field(description="Send the PIN again with the PUK.")
     retry_after: float | None = Field(default=None, description="Seconds to wait (429).")
 
 
@@ -80,11 +110,37 @@ class Me(BaseModel):
     permissions: list[str]
     language: str = Field(description="UI language of this session (the site default until changed).")
     languages: list[str] = Field(description="Languages the UI offers.")
-    default_codes_in_use: bool
+    default_codes_in_use: bool = Field(description="This role still uses its factory codes.")
 
 
-class LanguageBody(BaseModel):
-    language: str = Field(examples=["fr"])
+class CodesBody(BaseModel):
+    pin: str = Field(min_length=1, max_length=16, description="New 5-digit PIN, unique across roles.")
+    puk: str = Field(min_length=1, max_length=32, description="New 14-digit PUK (spaces optional).")
+    current_pin: str | None = Field(
+        default=None, max_length=16, description="Needed to change one's own codes."
+    )
+    current_puk: str | None = Field(
+        default=None, max_length=32, description="Needed to change one's own codes."
+    )
+
+
+class CodesChanged(BaseModel):
+    role: Role
+    sessions_revoked: int = Field(description="Sessions of that role ended (its unlocks are revoked too).")
+    signed_out: bool = Field(description="This session was one of them (own codes changed): log in again.")
+
+
+class RoleCodesStatus(BaseModel):
+    role: Role
+    default_codes: bool
+
+
+class CodesStatus(BaseModel):
+    roles: list[RoleCodesStatus]
+
+
+class _NoBody(BaseModel):
+    pass
 
 
 def client_of(request: Request[Any, Any, Any]) -> str:
@@ -117,14 +173,13 @@ async def auth_call(state: State, operation: str, body: BaseModel) -> bytes:
     return msg.body
 
 
+def _retry_headers(retry_after: float | None) -> dict[str, str] | None:
+    return {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after else None
+
+
 def _refused(status: int, detail: str, puk_required: bool = False, retry_after: float | None = None):
-    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after else None
     body = LoginRefused(status_code=status, detail=detail, puk_required=puk_required, retry_after=retry_after)
-    return Response(body.model_dump(), status_code=status, headers=headers)
-
-
-def session_language(request: Request[Any, Any, Any]) -> str:
-    return (request.session or {}).get("language") or request.app.state.site.language
+    return Response(body.model_dump(), status_code=status, headers=_retry_headers(retry_after))
 
 
 @post(
@@ -133,13 +188,13 @@ def session_language(request: Request[Any, Any, Any]) -> str:
     operation_id="login",
     summary="Log in with the PIN (and the PUK when needed)",
     description="200 with the role and its pages, and the session cookie. 401 with puk_required=true when "
-    "the PIN is right but this browser must also give the PUK (first login, or after Lock); 401 with "
-    "puk_required=false for a wrong code; 429 with Retry-After after repeated wrong codes.",
+    "this browser must also give the PUK (first login, after Lock, after a code change) — whatever the PIN; "
+    "401 with puk_required=false for a wrong PIN/PUK pair; 429 with Retry-After after repeated failures.",
     status_code=200,
     security=[{}],
     tags=["auth"],
     responses={
-        401: ResponseSpec(LoginRefused, description="Wrong code, or PUK required"),
+        401: ResponseSpec(LoginRefused, description="Wrong codes, or PUK required"),
         429: ResponseSpec(LoginRefused, description="Too many wrong codes: wait Retry-After seconds"),
     },
 )
@@ -162,16 +217,16 @@ async def login(request: Request[Any, Any, State], data: LoginBody) -> Response[
             return _refused(401, reply.error or "enter the PUK as well", puk_required=True)
         return _refused(401, reply.error or "wrong code")
     role = Role(reply.role)
-    language = session_language(request)
-    request.set_session(
-        {
-            SESSION_ROLE: str(role),
-            "default_codes": reply.default_codes,
-            "language": language,
-            "login_at": datetime.now(UTC).isoformat(),
-        }
-    )
-    rotate_session(request)
+    session: dict[str, Any] = {
+        SESSION_ROLE: str(role),
+        DEFAULT_CODES: reply.default_codes,
+        LOGIN_AT: sessions.now(),
+    }
+    if language := chosen_language(request):  # chosen on the login page (cookie) or in the last session
+        session[SESSION_LANGUAGE] = language
+    request.set_session(session)
+    session_id = rotate_session(request)
+    await index_session(state.redis, state.site.site, str(role), session_id)
     result = LoginResult(role=role, pages=[str(p) for p in PAGES[role]], default_codes=reply.default_codes)
     cookies = [_unlock_cookie(request, reply.unlock_token, UNLOCK_MAX_AGE)] if reply.unlock_token else []
     return Response(result.model_dump(mode="json"), status_code=200, cookies=cookies)
@@ -201,6 +256,8 @@ async def logout(request: Request[Any, Any, State], data: LogoutBody | None = No
             raise
         # Lock still works on this browser: its cookie is deleted below; the token just expires unused.
         log.warning("lock: the auth service did not answer; the unlock cookie is deleted anyway")
+    if session_id := request.cookies.get(SESSION_COOKIE):
+        await unindex_session(state.redis, state.site.site, role, session_id)
     request.clear_session()
     cookies = [_unlock_cookie(request, "", 0)] if data.mode == "lock" else []
     result = LogoutResult(mode=data.mode, puk_required_next=data.mode == "lock" or not token)
@@ -215,18 +272,18 @@ async def logout(request: Request[Any, Any, State], data: LogoutBody | None = No
     tags=["auth"],
 )
 async def me(request: Request[Any, Any, State]) -> Me:
-    return _me(request)
+    return await _me(request)
 
 
-def _me(request: Request[Any, Any, State]) -> Me:
+async def _me(request: Request[Any, Any, State], language: str | None = None) -> Me:
     role = Role(current_role(request))
     return Me(
         role=role,
         pages=[str(p) for p in PAGES[role]],
         permissions=sorted(str(p) for p in PERMISSIONS[role]),
-        language=session_language(request),
+        language=language or await language_of(request),
         languages=list(LANGUAGES),
-        default_codes_in_use=bool(request.session.get("default_codes")),
+        default_codes_in_use=bool(request.session.get(DEFAULT_CODES)),
     )
 
 
@@ -237,11 +294,89 @@ def _me(request: Request[Any, Any, State]) -> Me:
     summary="Change this session's UI language (the site's default language is unchanged)",
     tags=["auth"],
 )
-async def set_language(request: Request[Any, Any, State], data: LanguageBody) -> Me:
-    if data.language not in LANGUAGES:
-        raise ValidationException(f"unknown language {data.language!r}: use one of {', '.join(LANGUAGES)}")
-    request.set_session({**request.session, "language": data.language})
-    return _me(request)
+async def set_language(request: Request[Any, Any, State], data: LanguageBody) -> Response[Me]:
+    language = check_language(data.language)
+    cookie = choose_language(request, language)
+    return Response(await _me(request, language), cookies=[cookie])
 
 
-router = Router(path="/api/v1", route_handlers=[login, logout, me, set_language])
+_CODE_ERRORS = {
+    "bad-request": 400,
+    "forbidden": 403,
+    "wrong-current-codes": 403,
+    "pin-in-use": 409,
+    "too-many-attempts": 429,
+}
+
+
+@put(
+    "/auth/codes/{role:str}",
+    guards=[authenticated],  # and, in the handler: one's own role, or any role with manage-codes
+    operation_id="changeCodes",
+    summary="Change a role's PIN and PUK",
+    description="A role changes its own codes by giving its current PIN and PUK; a role with the "
+    "manage-codes permission (administrator) changes any other role's codes without them. PINs are unique "
+    "across roles (409 otherwise). Every session and browser unlock of that role is revoked: its next "
+    "login needs the new PIN + PUK. 403 for another role without manage-codes or wrong current codes.",
+    tags=["auth"],
+)
+async def change_codes(
+    request: Request[Any, Any, State], role: str, data: CodesBody
+) -> Response[CodesChanged]:
+    state = request.app.state
+    mine = current_role(request) or ""
+    try:
+        target = Role(role)
+    except ValueError:
+        raise NotFoundException(f"unknown role {role!r}: use one of {', '.join(Role)}") from None
+    if target != mine and not allowed(mine, Permission.MANAGE_CODES):
+        raise PermissionDeniedException(f"the {mine} role may change its own codes only")
+    body = ChangeCodesRequest(
+        role=str(target),
+        pin=data.pin,
+        puk=data.puk,
+        current_pin=data.current_pin,
+        current_puk=data.current_puk,
+        by_role=mine,
+        client=client_of(request),
+    )
+    try:
+        reply = ChangeCodesReply.model_validate_json(await auth_call(state, "change-codes", body))
+    except ValueError:
+        raise ServiceUnavailableException("the auth service gave an unreadable answer") from None
+    if not reply.ok:
+        status = _CODE_ERRORS.get(reply.reason or "", 503)
+        raise HTTPException(
+            status_code=status,
+            detail=reply.error or "the codes were not changed",
+            headers=_retry_headers(reply.retry_after),
+        )
+    store = request.app.stores.get("sessions")
+    revoked = await revoke_role_sessions(state.redis, store, state.site.site, str(target))
+    cookies = []
+    if target == mine:  # this session was revoked with the others: end it on this browser too
+        request.clear_session()
+        cookies.append(_unlock_cookie(request, "", 0))
+    result = CodesChanged(role=target, sessions_revoked=revoked, signed_out=target == mine)
+    return Response(result, cookies=cookies)
+
+
+@get(
+    "/auth/codes",
+    guards=[requires(Permission.MANAGE_CODES)],
+    operation_id="codesStatus",
+    summary="Which roles still use their factory codes",
+    tags=["auth"],
+)
+async def codes_status(request: Request[Any, Any, State]) -> CodesStatus:
+    reply = CodesStatusReply.model_validate_json(
+        await auth_call(request.app.state, "codes-status", _NoBody())
+    )
+    return CodesStatus(
+        roles=[
+            RoleCodesStatus(role=Role(r), default_codes=reply.default_codes.get(str(r), False)) for r in Role
+        ]
+    )
+
+
+router = Router(path="/api/v1", route_handlers=[login, logout, me, set_language, change_codes, codes_status])

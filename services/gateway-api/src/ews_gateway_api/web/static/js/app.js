@@ -88,7 +88,37 @@
       commandDone: "Done.",
       commandFailed: "Failed: {error}",
       commandTimeout: "No answer from the station yet; check again in a moment.",
+      // language and codes
+      language: "Language",
+      codesButton: "Codes",
+      codesTitle: "Change PIN and PUK",
+      codesHint: "All sessions of the role end; its next sign-in needs the new PIN and PUK.",
+      codesRole: "Role",
+      currentPin: "Current PIN",
+      currentPuk: "Current PUK",
+      newPin: "New PIN (5 digits)",
+      newPuk: "New PUK (14 digits)",
+      saveCodes: "Change the codes",
+      codesSaved: "Codes changed. {n} session(s) of this role ended.",
+      codesSignedOut: "Codes changed. Sign in with the new PIN and PUK.",
     },
+  };
+
+  // L1: the 13 UI languages, each named in itself (the picker never depends on a translation)
+  const LANGUAGE_NAMES = {
+    zh: "中文",
+    de: "Deutsch",
+    en: "English",
+    es: "Español",
+    fr: "Français",
+    "fr-BE": "Français (Belgique)",
+    el: "Ελληνικά",
+    it: "Italiano",
+    "nl-BE": "Nederlands (België)",
+    nl: "Nederlands",
+    pl: "Polski",
+    pt: "Português",
+    ru: "Русский",
   };
 
   let lang = "en";
@@ -363,12 +393,12 @@
       $("pin").focus();
       return;
     }
-    if (state.pukShown && !/^\d{14}$/.test(puk)) {
+    if (state.pukShown && puk !== "" && !/^\d{14}$/.test(puk)) {
       setMessage(message, t("pukFormat"), "error");
       $("puk").focus();
       return;
     }
-    const body = state.pukShown ? { pin, puk } : { pin };
+    const body = state.pukShown && puk ? { pin, puk } : { pin };
     const button = $("login-submit");
     button.disabled = true;
     button.textContent = t("signingIn");
@@ -381,8 +411,8 @@
       if (!(error instanceof ApiError)) {
         setMessage(message, errorText(error), "error");
       } else if (error.status === 401) {
-        if (pukRequired(error.body) && !state.pukShown) {
-          showPuk(true);
+        if (pukRequired(error.body)) {
+          if (!state.pukShown) showPuk(true);
           setMessage(message, t("pukNeeded"), "info");
           $("puk").focus();
         } else {
@@ -430,22 +460,98 @@
     else showLogin(pukNext ? "" : t("loggedOut"), "info", pukNext);
   }
 
+  // --- language --------------------------------------------------------------------------------
+  function useLanguage(language) {
+    const picker = $("lang-select");
+    if (language && LANGUAGE_NAMES[language]) picker.value = language;
+    const wanted = language && STRINGS[language] ? language : "en";
+    if (wanted === lang) return;
+    lang = wanted;
+    try {
+      locale = Intl.getCanonicalLocales(lang)[0];
+    } catch (error) {
+      locale = "en";
+    }
+    document.documentElement.lang = locale;
+    applyStrings();
+  }
+
+  async function loadLanguages() {
+    const picker = $("lang-select");
+    try {
+      const info = await request("GET", "/api/v1/language");
+      picker.replaceChildren(
+        ...info.languages.map((code) => el("option", { value: code, text: LANGUAGE_NAMES[code] || code }))
+      );
+      useLanguage(info.language);
+    } catch (error) {
+      picker.hidden = true;
+    }
+  }
+
+  async function onLanguage() {
+    const language = $("lang-select").value;
+    try {
+      // the browser's choice (login page included); the site default stays as it is
+      await request("PUT", "/api/v1/language", { language });
+      if (state.me) state.me.language = language;
+      useLanguage(language);
+    } catch (error) {
+      /* keep the current language */
+    }
+  }
+
+  // --- codes -----------------------------------------------------------------------------------
+  function showCodes() {
+    const me = state.me;
+    if (!me) return;
+    const roles = can("manage-codes") ? ["administrator", "greenUp", "installer", "user"] : [me.role];
+    const select = $("codes-role");
+    select.replaceChildren(...roles.map((role) => el("option", { value: role, text: t("role_" + role) })));
+    select.value = me.role;
+    select.disabled = roles.length < 2;
+    updateCodesForm();
+    setMessage($("codes-message"), "");
+    showPage("codes");
+  }
+
+  function updateCodesForm() {
+    // one's own codes need the current ones; another role's (manage-codes) do not
+    $("codes-current").hidden = state.me && $("codes-role").value !== state.me.role;
+  }
+
+  async function onCodes(event) {
+    event.preventDefault();
+    const message = $("codes-message");
+    const role = $("codes-role").value;
+    const body = { pin: $("codes-pin").value.trim(), puk: $("codes-puk").value.replace(/\s+/g, "") };
+    if (!/^\d{5}$/.test(body.pin)) return setMessage(message, t("pinFormat"), "error");
+    if (!/^\d{14}$/.test(body.puk)) return setMessage(message, t("pukFormat"), "error");
+    if (role === state.me.role) {
+      body.current_pin = $("codes-current-pin").value.trim();
+      body.current_puk = $("codes-current-puk").value.replace(/\s+/g, "");
+    }
+    const button = $("codes-submit");
+    button.disabled = true;
+    try {
+      const result = await api("PUT", "/api/v1/auth/codes/" + encodeURIComponent(role), body);
+      for (const id of ["codes-pin", "codes-puk", "codes-current-pin", "codes-current-puk"]) $(id).value = "";
+      if (result.signed_out) showLogin(t("codesSignedOut"), "info", true);
+      else setMessage(message, t("codesSaved", { n: result.sessions_revoked }), "info");
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 401) return;
+      setMessage(message, errorText(error), "error");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   // --- after login -----------------------------------------------------------------------------
   async function enterApp(known) {
     const me = known || (await api("GET", "/api/v1/me"));
     state.me = me;
     // Text, dates and numbers follow one language: the session's when STRINGS has it, else English.
-    const wanted = me.language && STRINGS[me.language] ? me.language : "en";
-    if (wanted !== lang) {
-      lang = wanted;
-      try {
-        locale = Intl.getCanonicalLocales(lang)[0];
-      } catch (error) {
-        locale = "en";
-      }
-      document.documentElement.lang = locale;
-      applyStrings();
-    }
+    useLanguage(me.language);
     $("login-view").hidden = true;
     $("app-view").hidden = false;
     $("session-bar").hidden = false;
@@ -486,6 +592,7 @@
     installation: { load: loadInstallation },
     consumption: { load: loadConsumption, shown: () => state.chart && state.chart.resize() },
     greenup: { load: loadGreenup },
+    codes: { load: () => {} }, // opened from the session bar, not a tab
   };
 
   function showPage(page) {
@@ -831,6 +938,10 @@
     $("puk").addEventListener("input", formatPukInput);
     $("logout-btn").addEventListener("click", () => onLogout("logout"));
     $("lock-btn").addEventListener("click", () => onLogout("lock"));
+    $("codes-btn").addEventListener("click", showCodes);
+    $("codes-form").addEventListener("submit", onCodes);
+    $("codes-role").addEventListener("change", updateCodesForm);
+    $("lang-select").addEventListener("change", onLanguage);
     $("day-prev").addEventListener("click", () => changeDay(-1));
     $("day-next").addEventListener("click", () => changeDay(1));
     window.addEventListener("resize", () => state.chart && state.chart.resize());
@@ -845,6 +956,7 @@
 
   async function boot() {
     wire();
+    await loadLanguages();
     // A still-valid session (page reload) goes straight in; otherwise the login screen.
     try {
       const me = await request("GET", "/api/v1/me");

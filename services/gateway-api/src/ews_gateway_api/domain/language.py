@@ -1,0 +1,151 @@
+"""UI language (requirements L1, L2): per browser, without changing the site's default; the default is set
+by a role with ``configure-site``.
+
+- ``GET /api/v1/language`` (public, the login page uses it): this browser's language, the default, the 13.
+- ``PUT /api/v1/language`` (public): choose this browser's language — kept in the ``ews_lang`` cookie
+  (so the login page and the next login follow it) and, when logged in, in the session.
+- ``PUT /api/v1/site/language`` (``configure-site``): the site default, stored in Redis
+  (``ews:<site>:settings:language``), overriding the site file's ``language``.
+
+A session's language is the one chosen on this browser, else the site default (so a change of the
+default reaches every session that did not choose). The default is cached in the process for
+``DEFAULT_CACHE_TTL`` seconds: ``/me`` does not read Redis for it on every call.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ews_contracts.roles import Permission
+from litestar import Request, Response, Router, get, put
+from litestar.datastructures import Cookie, State
+from litestar.exceptions import ValidationException
+from pydantic import BaseModel, Field
+
+from ..guards import SESSION_ROLE, public, requires
+
+# L1: the 13 UI languages (BCP 47 tags)
+LANGUAGES: tuple[str, ...] = (
+    "zh", "de", "en", "es", "fr", "fr-BE", "el", "it", "nl-BE", "nl", "pl", "pt", "ru",
+)  # fmt: skip
+LANGUAGE_COOKIE = "ews_lang"
+LANGUAGE_COOKIE_MAX_AGE = 400 * 86_400
+SESSION_LANGUAGE = "language"
+DEFAULT_CACHE_TTL = 5.0
+_CACHE = "language_default_cache"
+
+
+class LanguageBody(BaseModel):
+    language: str = Field(examples=["fr"], description="One of the 13 UI languages (BCP 47 tag).")
+
+
+class LanguageInfo(BaseModel):
+    language: str = Field(description="This browser's language (its choice, else the site default).")
+    default: str = Field(description="The site's default language.")
+    languages: list[str] = Field(description="Languages the UI offers.")
+
+
+def check_language(value: str) -> str:
+    if value not in LANGUAGES:
+        raise ValidationException(f"unknown language {value!r}: use one of {', '.join(LANGUAGES)}")
+    return value
+
+
+def default_key(site: str) -> str:
+    return f"ews:{site}:settings:language"
+
+
+async def default_language(state: State) -> str:
+    """The site default: set in Redis by an administrator, else the site file's (cached briefly)."""
+    cached = getattr(state, _CACHE, None)
+    if cached is not None and cached[1] > time.monotonic():
+        return cached[0]
+    raw = await state.redis.get(default_key(state.site.site))
+    value = raw.decode() if isinstance(raw, bytes) else raw
+    if value not in LANGUAGES:
+        value = state.site.language if state.site.language in LANGUAGES else "en"
+    setattr(state, _CACHE, (value, time.monotonic() + DEFAULT_CACHE_TTL))
+    return value
+
+
+def chosen_language(request: Request[Any, Any, Any]) -> str | None:
+    """The language chosen on this browser (session, else cookie), if any."""
+    session = request.scope.get("session") or {}
+    chosen = session.get(SESSION_LANGUAGE) or request.cookies.get(LANGUAGE_COOKIE)
+    return chosen if chosen in LANGUAGES else None
+
+
+async def language_of(request: Request[Any, Any, Any]) -> str:
+    return chosen_language(request) or await default_language(request.app.state)
+
+
+def language_cookie(request: Request[Any, Any, Any], language: str) -> Cookie:
+    return Cookie(
+        key=LANGUAGE_COOKIE,
+        value=language,
+        max_age=LANGUAGE_COOKIE_MAX_AGE,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.app.state.settings.secure_cookies,
+    )
+
+
+def choose_language(request: Request[Any, Any, Any], language: str) -> Cookie:
+    """Record this browser's choice: in the session when logged in; returns the cookie to set."""
+    session = request.scope.get("session") or {}
+    if session.get(SESSION_ROLE):
+        request.set_session({**session, SESSION_LANGUAGE: language})
+    return language_cookie(request, language)
+
+
+async def _info(request: Request[Any, Any, Any], chosen: str | None = None) -> LanguageInfo:
+    default = await default_language(request.app.state)
+    return LanguageInfo(
+        language=chosen or chosen_language(request) or default, default=default, languages=list(LANGUAGES)
+    )
+
+
+@get(
+    "/language",
+    guards=[public],
+    operation_id="getLanguage",
+    summary="This browser's UI language, the site default and the languages offered",
+    security=[{}],
+    tags=["language"],
+)
+async def get_language(request: Request[Any, Any, State]) -> LanguageInfo:
+    return await _info(request)
+
+
+@put(
+    "/language",
+    guards=[public],
+    operation_id="chooseLanguage",
+    summary="Choose this browser's UI language (login page too); the site default is unchanged",
+    security=[{}],
+    tags=["language"],
+)
+async def put_language(request: Request[Any, Any, State], data: LanguageBody) -> Response[LanguageInfo]:
+    language = check_language(data.language)
+    cookie = choose_language(request, language)
+    return Response(await _info(request, language), cookies=[cookie])
+
+
+@put(
+    "/site/language",
+    guards=[requires(Permission.CONFIGURE_SITE)],
+    operation_id="setSiteLanguage",
+    summary="Set the site's default UI language (overrides the site file's)",
+    tags=["language"],
+)
+async def put_site_language(request: Request[Any, Any, State], data: LanguageBody) -> LanguageInfo:
+    language = check_language(data.language)
+    state = request.app.state
+    await state.redis.set(default_key(state.site.site), language)
+    setattr(state, _CACHE, (language, time.monotonic() + DEFAULT_CACHE_TTL))
+    return await _info(request)
+
+
+router = Router(path="/api/v1", route_handlers=[get_language, put_language, put_site_language])
