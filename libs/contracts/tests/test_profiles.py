@@ -94,3 +94,124 @@ def test_unknown_quantity_is_a_clear_error(tmp_path):
     )
     with pytest.raises(ConfigFileError, match=r"bad\.yaml:7: field 'registers\.0\.quantity'"):
         load_profile(path)
+
+
+# --- bit fields, combined modules, site overrides ---------------------------------------------------
+
+from ews_contracts.profiles import Profile, ProfileError, StateRegister, check_device, resolve  # noqa: E402
+from ews_contracts.site import Device  # noqa: E402
+
+PROFILES = load_profiles()
+
+
+def test_every_family_and_a_twin_for_each():
+    families = {p.family.split()[0] for p in PROFILES.values()}
+    assert {f"D{n}" for n in range(1, 12)} <= families
+    assert {p.twin_kind for p in PROFILES.values()} == {"meter", "pulse", "ev-charger", "breaker", "io"}
+    for p in PROFILES.values():
+        for c in p.commands:
+            assert p.command_state(c) is not None, (p.id, c.action)  # every command shows its effect
+
+
+def test_state_bit_fields():
+    breaker = PROFILES["mccb-status"].state("breaker")
+    cause = PROFILES["mccb-status"].state("trip_cause")
+    word = (2 << 0) | (3 << 4)  # tripped, instantaneous
+    assert breaker.label(word) == "tripped" and cause.label(word) == "instantaneous"
+    assert breaker.label(1) == "closed" and cause.label(1) == "none"
+    assert breaker.raw_of("closed") == 1 and breaker.raw_of("nope") is None
+    with pytest.raises(ValueError, match="do not fit in 2 bit"):
+        StateRegister(name="x", address=0, bits=2, values={4: "four"})
+    with pytest.raises(ValueError, match="do not fit in a 16-bit register"):
+        StateRegister(name="x", address=0, bit=15, bits=2, values={0: "a"})
+    base = PROFILES["modular-signal-universal"].model_dump()
+    base["states"].append({"name": "input_3", "address": 257, "bit": 1, "bits": 1, "values": {0: "off"}})
+    with pytest.raises(ValueError, match="overlap"):
+        Profile.model_validate(base)
+
+
+def device(**kw) -> Device:
+    return Device.model_validate({"id": "d", "name": "D", "gateway": "gw1", **kw})
+
+
+def test_modules_at_one_address_are_one_device():
+    d = device(
+        profile="modular-measure-3ph",
+        modules=["modular-aux-contact", "modular-state-command"],
+        interface=1,
+        module=5,
+    )
+    assert d.address == 15
+    p = resolve(d, PROFILES)
+    assert p.functions == ["measure", "status", "command"]
+    assert {s.name for s in p.states} == {"breaker", "relay"} and p.command("relay") is not None
+    assert p.fc(p.state("breaker")) == 4 and p.fc(p.state("relay")) == 3  # each module keeps its FC
+    assert resolve(d, PROFILES) is p  # resolved once
+    with pytest.raises(ProfileError, match="unknown module profile 'nope'"):
+        resolve(device(profile="modular-measure-3ph", modules=["nope"], address=3), PROFILES)
+    with pytest.raises(ProfileError, match="cannot be combined: quantity 'current_l1' is mapped twice"):
+        resolve(device(profile="modular-measure-3ph", modules=["modular-measure-1ph"], address=3), PROFILES)
+    with pytest.raises(ValueError, match="differs from 10 × interface 1 \\+ module 5"):
+        device(profile="modular-measure-3ph", interface=1, module=5, address=16)
+
+
+def test_generic_meter_register_comes_from_the_site_file():
+    d = device(
+        profile="generic-meter-ea",
+        address=4,
+        ea_register={
+            "address": 100,
+            "type": "uint32",
+            "word_order": "little",
+            "scale": 10,
+            "function_code": 4,
+        },
+    )
+    (ea,) = resolve(d, PROFILES).registers
+    assert (ea.address, ea.word_order, ea.scale, ea.function_code, ea.tier) == (
+        100,
+        "little",
+        10,
+        4,
+        "counter",
+    )
+    assert resolve(device(profile="generic-meter-ea", address=4), PROFILES).registers[0].address == 0
+    with pytest.raises(ValueError, match="scale 0"):
+        device(profile="generic-meter-ea", address=4, ea_register={"address": 1, "scale": 0})
+
+
+def test_pulse_inputs_need_a_position():
+    with pytest.raises(ProfileError, match="is a pulse input: give 'position'"):
+        check_device(device(profile="pulse-concentrator-004687", address=5), PROFILES)
+    with pytest.raises(ProfileError, match="position 2 but profile 'energy-meter-pulse-input' has 1 input"):
+        check_device(
+            device(profile="energy-meter-pulse-input", address=5, position=2, medium="gas", pulse_weight=1),
+            PROFILES,
+        )
+    with pytest.raises(ProfileError, match="'position' is for pulse meters"):
+        check_device(
+            device(profile="mccb-status", address=5, position=1, medium="gas", pulse_weight=1), PROFILES
+        )
+    with pytest.raises(ProfileError, match="unknown device profile 'nope'"):
+        check_device(device(profile="nope", address=5), PROFILES)
+
+
+def test_unknown_quantity_message_is_short(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "id: bad\nname: x\nfamily: D2\nsource: assumed\nfunctions: [measure]\n"
+        "registers:\n  - {quantity: energy_magic, address: 0}\n"
+    )
+    with pytest.raises(ConfigFileError) as info:
+        load_profile(path)
+    assert "unknown quantity 'energy_magic'; use a canonical name" in str(info.value)
+    assert len(str(info.value)) < 300
+
+
+def test_commands_of_combined_modules_are_accepted():
+    from ews_contracts.commandcheck import plan_command
+    from ews_contracts.settings import BUNDLED_DEMO_SITE
+    from ews_contracts.site import load_site
+
+    plan = plan_command(load_site(BUNDLED_DEMO_SITE), PROFILES, "f1-light", "relay", "close")
+    assert (plan.device.address, plan.command.address, plan.raw) == (15, 272, 1)

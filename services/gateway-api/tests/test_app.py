@@ -170,6 +170,11 @@ async def test_devices_merge_site_and_live_state(client: AsyncClient, app: Lites
         "values": {},
         "states": {},
         "updated_at": None,
+        "address_label": "5-1",
+        "functions": ["measure"],
+        "breaker": None,
+        "tables": [],
+        "commands": [],
     }
 
     one = (await client.get("/api/v1/devices/ev1")).json()

@@ -31,6 +31,7 @@ EA = Quantity.ENERGY_ACTIVE_IMPORT
 
 def demo_site(port: int) -> Site:
     data = load_site(BUNDLED_DEMO_SITE).model_dump()
+    data["devices"] = [d for d in data["devices"] if d["id"] in DEVICES]  # the demo's first five
     data["gateways"][0].update(port=port, timeout=0.5, retries=0)
     return Site.model_validate(data)
 
@@ -41,7 +42,7 @@ class Events:
     def __init__(self) -> None:
         self.messages: list[Any] = []
 
-    async def start(self, nats_url: str) -> None:
+    async def start(self, nats_url: str, subjects: str = "ews.demo.>") -> None:
         self.nc = await nats.connect(nats_url)
         js = self.nc.jetstream()
         for _ in range(100):  # the poller creates the stream at start
@@ -54,7 +55,7 @@ class Events:
         async def on_msg(msg) -> None:
             self.messages.append(msg)
 
-        await js.subscribe("ews.demo.>", cb=on_msg, ordered_consumer=True, stream="EWS_READINGS")
+        await js.subscribe(subjects, cb=on_msg, ordered_consumer=True, stream="EWS_READINGS")
 
     async def close(self) -> None:
         await self.nc.close()

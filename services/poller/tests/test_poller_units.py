@@ -16,7 +16,10 @@ from ews_poller.service import Poller
 from ews_poller.status import StatusTracker
 
 PROFILES = load_profiles()
-SITE = load_site(BUNDLED_DEMO_SITE)
+_DEMO = load_site(BUNDLED_DEMO_SITE)
+SITE = _DEMO.model_copy(
+    update={"devices": [d for d in _DEMO.devices if d.id in {"m1", "e2", "water", "gas", "ev1"}]}
+)
 
 
 def device(device_id: str) -> Device:
@@ -127,6 +130,9 @@ def test_decode_states_and_pulse_medium():
         "priority": "unknown-7",
         "ev_socket": "disabled",
         "domestic_socket": "disabled",
+        "charger_error": "none",
+        "charge_error": "none",
+        "mode": "mode-3",
     }
     pulse = PROFILES["pulse-concentrator-004687"]
     gas = decode_device(pulse, device("gas"), registers(pulse, device("gas"), {"pulse_count": 4321}))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .profiles import Command, Profile
+from .profiles import Command, Profile, ProfileError, resolve
 from .site import Device, Site
 
 
@@ -48,9 +48,10 @@ def plan_command(
         raise CommandRejected(f"unknown device {device_id!r} on site {site.site!r}", not_found=True)
     if not device.enabled:
         raise CommandRejected(f"device {device_id!r} is disabled in the site file")
-    profile = profiles.get(device.profile)
-    if profile is None:
-        raise CommandRejected(f"device {device_id!r}: unknown device profile {device.profile!r}")
+    try:
+        profile = resolve(device, profiles)  # with the commands of the modules combined at its address
+    except ProfileError:
+        raise CommandRejected(f"device {device_id!r}: unknown device profile {device.profile!r}") from None
     command = profile.command(action)
     if command is None:
         if not profile.commands:

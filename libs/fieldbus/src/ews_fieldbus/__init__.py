@@ -1,5 +1,5 @@
 """Modbus access behind one small adapter (pymodbus renames arguments between releases)."""
 
-from .client import FieldbusError, ModbusGateway
+from .client import BusTiming, FieldbusError, ModbusGateway, rtu_frame_sizes
 
-__all__ = ["FieldbusError", "ModbusGateway"]
+__all__ = ["BusTiming", "FieldbusError", "ModbusGateway", "rtu_frame_sizes"]

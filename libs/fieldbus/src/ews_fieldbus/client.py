@@ -1,87 +1,226 @@
-"""One Modbus TCP (or RTU-over-TCP) gateway: one transaction at a time, errors as FieldbusError."""
+"""One Modbus bus: a TCP gateway (Modbus TCP or RTU over TCP) or a local RS485 line (RTU over serial).
+
+One transaction at a time (an RS485 bus cannot carry two), an optional silence between transactions
+(``inter_frame_delay``), and every failure as one ``FieldbusError`` line. The RS485 wire time of each
+transaction is accounted (``BusTiming``, ``rtu_frame_sizes``) so that a poll cycle can be compared with
+the bus's physical bound.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pymodbus import FramerType, ModbusException
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+
+if TYPE_CHECKING:
+    from ews_contracts.site import Gateway
 
 log = logging.getLogger("ews.fieldbus")
+
+BITS_PER_CHAR = 11  # RTU: start + 8 data + parity (or a second stop) + stop
 
 
 class FieldbusError(Exception):
     """A transaction failed (timeout, exception response, garbled frame, connection refused)."""
 
 
+@dataclass(frozen=True)
+class BusTiming:
+    """RS485 timing: frame time = bytes × 11 bits / baud; 3.5-character silence (1.75 ms above 19200)."""
+
+    baudrate: int = 19200
+    reply_delay: float = 0.0  # the device's own turnaround, seconds
+
+    @property
+    def char_time(self) -> float:
+        return BITS_PER_CHAR / self.baudrate
+
+    @property
+    def silence(self) -> float:
+        return 3.5 * self.char_time if self.baudrate <= 19200 else 0.00175
+
+    def frame_time(self, nbytes: int) -> float:
+        return nbytes * self.char_time
+
+    def transaction_time(self, request_bytes: int, response_bytes: int) -> float:
+        """Request frame + reply delay + response frame + the silence before the next frame."""
+        return (
+            self.frame_time(request_bytes) + self.reply_delay + self.frame_time(response_bytes) + self.silence
+        )
+
+
+def rtu_frame_sizes(function_code: int, count: int, *, error: bool = False) -> tuple[int, int]:
+    """(request bytes, response bytes) of one RTU transaction (address + PDU + CRC)."""
+    if function_code in (3, 4):
+        request, response = 8, 5 + 2 * count
+    elif function_code == 6:
+        request, response = 8, 8
+    elif function_code == 16:
+        request, response = 9 + 2 * count, 8
+    else:
+        request, response = 8, 8
+    return request, 5 if error else response
+
+
 class ModbusGateway:
-    """Serialized access to one gateway (an RS485 bus carries one transaction at a time)."""
+    """Serialized access to one bus (an RS485 line carries one transaction at a time)."""
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        host: str | None,
+        port: int = 502,
         *,
         timeout: float = 1.0,
         retries: int = 1,
         transport: str = "tcp",
         name: str = "gateway",
+        serial_port: str | None = None,
+        baudrate: int = 19200,
+        parity: str = "N",
+        stopbits: int = 1,
+        bytesize: int = 8,
+        inter_frame_delay: float = 0.0,
     ) -> None:
-        framer = FramerType.RTU if transport == "rtu-over-tcp" else FramerType.SOCKET
         self.name = name
-        self._client = AsyncModbusTcpClient(
-            host,
-            port=port,
-            framer=framer,
-            timeout=timeout,
-            retries=retries,
-            reconnect_delay=0.5,
-            reconnect_delay_max=10,
-            name=name,
-        )
+        self.transport = transport
+        if transport == "rtu":
+            if not serial_port:
+                raise ValueError(f"{name}: transport 'rtu' needs a serial port")
+            self.endpoint = serial_port
+            self._client: AsyncModbusTcpClient | AsyncModbusSerialClient = AsyncModbusSerialClient(
+                serial_port,
+                framer=FramerType.RTU,
+                baudrate=baudrate,
+                bytesize=bytesize,
+                parity=parity,
+                stopbits=stopbits,
+                timeout=timeout,
+                retries=retries,
+                reconnect_delay=0.5,
+                reconnect_delay_max=10,
+                name=name,
+            )
+        elif transport in ("tcp", "rtu-over-tcp"):
+            if not host:
+                raise ValueError(f"{name}: transport {transport!r} needs a host")
+            self.endpoint = f"{host}:{port}"
+            framer = FramerType.RTU if transport == "rtu-over-tcp" else FramerType.SOCKET
+            self._client = AsyncModbusTcpClient(
+                host,
+                port=port,
+                framer=framer,
+                timeout=timeout,
+                retries=retries,
+                reconnect_delay=0.5,
+                reconnect_delay_max=10,
+                name=name,
+            )
+        else:
+            raise ValueError(f"{name}: unknown transport {transport!r}; use tcp, rtu-over-tcp or rtu")
+        self.inter_frame_delay = inter_frame_delay
         self.lock = asyncio.Lock()
+        self._free_at = 0.0
+        # accounting (for logs and the bus-time bound of a poll cycle)
         self.transactions = 0
+        self.failures = 0
+        self.request_bytes = 0
+        self.response_bytes = 0
+
+    @classmethod
+    def for_gateway(cls, gateway: Gateway) -> ModbusGateway:
+        """The client of a site file's gateway (its transport, timeout, retries and inter-frame delay)."""
+        serial = gateway.serial
+        return cls(
+            gateway.host,
+            gateway.port,
+            timeout=gateway.timeout,
+            retries=gateway.retries,
+            transport=gateway.transport,
+            name=gateway.id,
+            serial_port=serial.port if serial else None,
+            baudrate=serial.baudrate if serial else gateway.baudrate,
+            parity=serial.parity if serial else "N",
+            stopbits=serial.stopbits if serial else 1,
+            bytesize=serial.bytesize if serial else 8,
+            inter_frame_delay=gateway.inter_frame_delay,
+        )
+
+    def bus_time(self, timing: BusTiming) -> float:
+        """The RS485 wire time of every transaction so far (the physical bound of what was issued)."""
+        return timing.char_time * (self.request_bytes + self.response_bytes) + self.transactions * (
+            timing.reply_delay + timing.silence
+        )
 
     async def _ensure_connected(self) -> None:
         if not self._client.connected:
             if not await self._client.connect():
-                raise FieldbusError(
-                    f"{self.name}: cannot connect to {self._client.comm_params.host}:"
-                    f"{self._client.comm_params.port}"
-                )
+                raise FieldbusError(f"{self.name}: cannot connect to {self.endpoint}")
+
+    async def _quiet(self) -> None:
+        if self.inter_frame_delay:
+            wait = self._free_at - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    def _done(self, function_code: int, count: int, ok: bool) -> None:
+        request, response = rtu_frame_sizes(function_code, count, error=not ok)
+        self.transactions += 1
+        self.request_bytes += request
+        self.response_bytes += response
+        if not ok:
+            self.failures += 1
+        if self.inter_frame_delay:
+            self._free_at = time.monotonic() + self.inter_frame_delay
 
     async def read(self, unit: int, function_code: int, address: int, count: int) -> list[int]:
         """Read ``count`` registers (FC3 holding or FC4 input) starting at ``address``."""
+        if function_code not in (3, 4):
+            raise FieldbusError(f"function code {function_code} is not a register read")
+        where = f"unit {unit} FC{function_code} @{address}+{count}"
         async with self.lock:
             await self._ensure_connected()
-            self.transactions += 1
+            await self._quiet()
             try:
                 if function_code == 3:
                     rr = await self._client.read_holding_registers(address, count=count, device_id=unit)
-                elif function_code == 4:
-                    rr = await self._client.read_input_registers(address, count=count, device_id=unit)
                 else:
-                    raise FieldbusError(f"function code {function_code} is not a register read")
+                    rr = await self._client.read_input_registers(address, count=count, device_id=unit)
             except (TimeoutError, ModbusException, OSError) as exc:
-                raise FieldbusError(f"unit {unit} FC{function_code} @{address}+{count}: {exc}") from exc
+                self._done(function_code, count, False)
+                raise FieldbusError(f"{where}: {exc}") from exc
+            except Exception as exc:  # a garbled frame pymodbus did not anticipate
+                self._done(function_code, count, False)
+                raise FieldbusError(f"{where}: bad answer ({type(exc).__name__}: {exc})") from exc
+            self._done(function_code, count, not rr.isError())
         if rr.isError():
-            raise FieldbusError(f"unit {unit} FC{function_code} @{address}+{count}: exception response {rr}")
-        if len(rr.registers) != count:
-            raise FieldbusError(
-                f"unit {unit} FC{function_code} @{address}: {len(rr.registers)} of {count} registers"
-            )
-        return list(rr.registers)
+            raise FieldbusError(f"{where}: exception response {rr}")
+        registers = getattr(rr, "registers", None)
+        if registers is None or len(registers) != count:
+            got = "no" if registers is None else len(registers)
+            raise FieldbusError(f"unit {unit} FC{function_code} @{address}: {got} of {count} registers")
+        return list(registers)
 
     async def write_register(self, unit: int, address: int, value: int) -> None:
         """Write one holding register (FC6)."""
         async with self.lock:
             await self._ensure_connected()
-            self.transactions += 1
+            await self._quiet()
             try:
                 rr = await self._client.write_register(address, value, device_id=unit)
             except (TimeoutError, ModbusException, OSError) as exc:
+                self._done(6, 1, False)
                 raise FieldbusError(f"unit {unit} write @{address}={value}: {exc}") from exc
+            except Exception as exc:
+                self._done(6, 1, False)
+                raise FieldbusError(
+                    f"unit {unit} write @{address}={value}: bad answer ({type(exc).__name__}: {exc})"
+                ) from exc
+            self._done(6, 1, not rr.isError())
         if rr.isError():
             raise FieldbusError(f"unit {unit} write @{address}={value}: exception response {rr}")
 

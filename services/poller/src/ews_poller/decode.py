@@ -10,7 +10,7 @@ from ews_contracts.profiles import DATA_TYPES, Profile, decode_raw, scaled
 from ews_contracts.quantities import Quantity
 from ews_contracts.site import Device
 
-from .plan import ReadBlock
+from .plan import ALL_TIERS, ReadBlock
 
 # what a pulse meter's pulses measure, in canonical units (pulse_count × pulse_weight)
 MEDIUM_QUANTITY: dict[str, Quantity] = {
@@ -53,10 +53,15 @@ class DecodedPoll:
     problems: list[str] = field(default_factory=list)  # one line each; the rest of the poll is still valid
 
 
-def decode_device(profile: Profile, device: Device, image: RegisterImage) -> DecodedPoll:
-    """Values in canonical units (invalid markers left out) and named states of one device poll."""
+def decode_device(
+    profile: Profile, device: Device, image: RegisterImage, tiers: frozenset[str] = ALL_TIERS
+) -> DecodedPoll:
+    """Values in canonical units (invalid markers left out) and named states of one device poll (of the
+    registers in ``tiers``; states belong to the fast tier)."""
     out = DecodedPoll()
     for reg in profile.registers:
+        if reg.tier not in tiers:
+            continue
         try:
             address = profile.address_of(reg, device.position)
             raw = decode_raw(image.words(profile.fc(reg), address, reg.count), reg.type, profile.order(reg))
@@ -75,13 +80,13 @@ def decode_device(profile: Profile, device: Device, image: RegisterImage) -> Dec
             out.problems.append(f"{reg.quantity}: not a finite number ({value})")
             continue
         out.values[str(reg.quantity)] = float(value)
-    for state in profile.states:
+    for state in profile.states if "fast" in tiers else ():
         try:
-            (raw_state,) = image.words(profile.fc(state), state.address, 1)
+            (word,) = image.words(profile.fc(state), state.address, 1)
         except MissingRegisters as exc:
             out.problems.append(f"state {state.name}: {exc}")
             continue
-        out.states[state.name] = state.values.get(raw_state, f"unknown-{raw_state}")
+        out.states[state.name] = state.label(word)
     pulses = out.values.get(str(Quantity.PULSE_COUNT))
     if pulses is not None and device.pulse_weight is not None and device.medium is not None:
         out.values.setdefault(str(MEDIUM_QUANTITY[device.medium]), pulses * device.pulse_weight)

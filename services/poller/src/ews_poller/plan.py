@@ -10,6 +10,7 @@ from ews_contracts.site import Device
 
 MAX_REGISTERS = 125  # Modbus limit of one FC3/FC4 read
 MAX_GAP = 16  # unused registers a read may bridge (≈ the cost of one extra transaction on RS485)
+TYPICAL_REPLY_DELAY = 0.02  # s: a device's turnaround on RS485 (5–60 ms in makers' documents)
 
 
 @dataclass(frozen=True, order=True)
@@ -38,17 +39,35 @@ class ReadBlock:
         return self.address + self.count
 
 
-def device_spans(profile: Profile, position: int | None = None) -> list[Span]:
-    """Every register span the profile decodes: measurements, their scale registers, states."""
+ALL_TIERS: frozenset[str] = frozenset({"fast", "counter"})
+
+
+def device_spans(
+    profile: Profile, position: int | None = None, tiers: frozenset[str] = ALL_TIERS
+) -> list[Span]:
+    """Every register span the profile decodes in ``tiers``: measurements, their scale registers, and
+    (with the fast tier) states."""
     spans: set[Span] = set()
     for reg in profile.registers:
+        if reg.tier not in tiers:
+            continue
         spans.add(Span(profile.fc(reg), profile.address_of(reg, position), reg.count))
         if reg.scale_from is not None:
             sf = reg.scale_from
             spans.add(Span(profile.fc(sf), sf.address, DATA_TYPES[sf.type][0]))
-    for state in profile.states:
-        spans.add(Span(profile.fc(state), state.address, 1))
+    if "fast" in tiers:
+        for state in profile.states:
+            spans.add(Span(profile.fc(state), state.address, 1))
     return sorted(spans)
+
+
+def gap_worth_bridging(baudrate: int, reply_delay: float = TYPICAL_REPLY_DELAY) -> int:
+    """Unused registers a read may bridge on a bus: reading them costs less wire time than one more
+    transaction (8-byte request + 5-byte response overhead + the device's reply delay + two silences)."""
+    char = 11 / baudrate
+    silence = 3.5 * char if baudrate <= 19200 else 0.00175
+    extra_transaction = 13 * char + reply_delay + silence
+    return max(0, int(extra_transaction / (2 * char)))
 
 
 def coalesce(
@@ -78,7 +97,14 @@ def coalesce(
 
 
 def plan_reads(
-    profile: Profile, device: Device, *, max_registers: int = MAX_REGISTERS, max_gap: int = MAX_GAP
+    profile: Profile,
+    device: Device,
+    *,
+    max_registers: int = MAX_REGISTERS,
+    max_gap: int = MAX_GAP,
+    tiers: frozenset[str] = ALL_TIERS,
 ) -> list[ReadBlock]:
-    """The reads of one device poll."""
-    return coalesce(device_spans(profile, device.position), max_registers=max_registers, max_gap=max_gap)
+    """The reads of one device poll (of the given tiers)."""
+    return coalesce(
+        device_spans(profile, device.position, tiers), max_registers=max_registers, max_gap=max_gap
+    )

@@ -26,13 +26,13 @@ import redis.asyncio as aioredis
 from ews_contracts.bus import ensure_streams, make_broker, publish_event
 from ews_contracts.events import DeviceStatusChanged, Event, ReadingTaken
 from ews_contracts.live import LiveDevice, live_key
-from ews_contracts.profiles import Profile, load_profiles
+from ews_contracts.profiles import Profile, ProfileError, check_device, load_profiles
 from ews_contracts.settings import Settings
 from ews_contracts.site import Device, Gateway, Site
 from ews_fieldbus import FieldbusError, ModbusGateway
 
 from .decode import RegisterImage, decode_device, fault_states
-from .plan import MAX_GAP, ReadBlock, plan_reads
+from .plan import ALL_TIERS, MAX_GAP, ReadBlock, gap_worth_bridging, plan_reads
 from .status import FAILURE_THRESHOLD, StatusTracker, Transition
 
 log = logging.getLogger("ews.poller")
@@ -73,32 +73,55 @@ class Target:
 
     device: Device
     profile: Profile
-    reads: list[ReadBlock]
+    reads: list[ReadBlock]  # every tier
     tracker: StatusTracker
+    max_gap: int = MAX_GAP
     live: LiveDevice = field(init=False)
+    _plans: dict[frozenset[str], list[ReadBlock]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.live = LiveDevice(device=self.device.id, state="comm-error", reason="not polled yet")
+        self._plans[ALL_TIERS] = self.reads
+
+    def reads_for(self, tiers: frozenset[str]) -> list[ReadBlock]:
+        plan = self._plans.get(tiers)
+        if plan is None:
+            plan = self._plans[tiers] = plan_reads(
+                self.profile, self.device, max_gap=self.max_gap, tiers=tiers
+            )
+        return plan
 
 
 def build_targets(
-    site: Site, profiles: dict[str, Profile], *, threshold: int = FAILURE_THRESHOLD, max_gap: int = MAX_GAP
+    site: Site,
+    profiles: dict[str, Profile],
+    *,
+    threshold: int = FAILURE_THRESHOLD,
+    max_gap: int | None = None,
 ) -> dict[str, list[Target]]:
-    """Gateway id -> the devices polled on it (enabled, with a known profile that has something to read)."""
+    """Gateway id -> the devices polled on it: enabled (Off = not polled), with a profile that resolves
+    and has something to read. Virtual devices are computed by the aggregator, never polled.
+    ``max_gap``: unused registers a read may bridge (default: what is cheaper on the gateway's bus)."""
     targets: dict[str, list[Target]] = {g.id: [] for g in site.gateways}
+    gaps = {
+        g.id: max_gap if max_gap is not None else gap_worth_bridging(g.bus_baudrate) for g in site.gateways
+    }
     for device in site.devices:
         if not device.enabled:
+            log.info("poller: device %s is Off (enabled: false); not polled", device.id)
             continue
-        profile = profiles.get(device.profile)
-        if profile is None:
-            log.error("poller: device %s: unknown device profile %r; not polled", device.id, device.profile)
+        try:
+            profile = check_device(device, profiles)
+        except ProfileError as exc:
+            log.error("poller: %s; not polled", exc)
             continue
-        reads = plan_reads(profile, device, max_gap=max_gap)
+        gap = gaps[device.gateway]
+        reads = plan_reads(profile, device, max_gap=gap)
         if not reads:
             log.info("poller: device %s (%s) has nothing to read; not polled", device.id, profile.id)
             continue
         tracker = StatusTracker(faults=fault_states(profile), threshold=threshold)
-        targets[device.gateway].append(Target(device, profile, reads, tracker))
+        targets[device.gateway].append(Target(device, profile, reads, tracker, gap))
     return targets
 
 
@@ -118,7 +141,7 @@ class Poller:
         profiles: dict[str, Profile] | None = None,
         poll_interval: float | None = None,
         failure_threshold: int = FAILURE_THRESHOLD,
-        max_gap: int = MAX_GAP,
+        max_gap: int | None = None,
     ) -> None:
         self.settings = settings
         self.site = site or settings.site
@@ -140,6 +163,7 @@ class Poller:
         self._nats_connected = False
         self._nats_ready = False
         self.published = 0  # events acknowledged by JetStream (for tests and logs)
+        self.rounds: dict[str, int] = {}  # gateway id -> poll rounds done
 
     # --- life cycle ---------------------------------------------------------------------------------
 
@@ -152,25 +176,20 @@ class Poller:
             targets = self.targets.get(gateway.id, [])
             if not targets:
                 continue
-            client = ModbusGateway(
-                gateway.host,
-                gateway.port,
-                timeout=gateway.timeout,
-                retries=gateway.retries,
-                transport=gateway.transport,
-                name=gateway.id,
-            )
+            client = ModbusGateway.for_gateway(gateway)
             self._gateways[gateway.id] = client
             self._polls.append(
                 asyncio.create_task(self._poll_gateway(gateway, client, targets), name=f"poll-{gateway.id}")
             )
+            fast, counter = self.periods(gateway)
             log.info(
-                "poller: gateway %s (%s:%s): %d devices every %.1f s",
+                "poller: gateway %s (%s %s): %d devices, fast values every %.1f s, counters every %.1f s",
                 gateway.id,
-                gateway.host,
-                gateway.port,
+                gateway.transport,
+                gateway.endpoint,
                 len(targets),
-                self.poll_interval,
+                fast,
+                counter,
             )
 
     async def stop(self, drain: float = 2.0) -> None:
@@ -192,36 +211,53 @@ class Poller:
 
     # --- polling ------------------------------------------------------------------------------------
 
+    def periods(self, gateway: Gateway) -> tuple[float, float]:
+        """(fast values, counters) poll periods of a gateway, seconds."""
+        return (gateway.fast_period or self.poll_interval, gateway.counter_period or self.poll_interval)
+
     async def _poll_gateway(self, gateway: Gateway, client: ModbusGateway, targets: list[Target]) -> None:
+        """One bus: rounds of every device, each tier when its period is due; never stops."""
         loop = asyncio.get_running_loop()
-        next_at = loop.time()
+        fast, counter = self.periods(gateway)
+        period = {"fast": fast, "counter": counter}
+        due_at = {"fast": loop.time(), "counter": loop.time()}
+        self.rounds[gateway.id] = 0
         while True:
+            now = loop.time()
+            tiers = frozenset(t for t, at in due_at.items() if at <= now + 0.001)
             try:
-                await self.poll_round(client, targets)
+                await self.poll_round(client, targets, tiers)
             except Exception as exc:  # a bug in one round must not stop the gateway's polling
                 log.error("poller: gateway %s: poll round failed: %s", gateway.id, _describe(exc))
-            next_at += self.poll_interval
+            self.rounds[gateway.id] += 1
             now = loop.time()
-            if next_at < now:  # overran: skip the missed slots
-                late = now - next_at
-                next_at += (late // self.poll_interval + 1) * self.poll_interval
-                self.complaints.complain(
-                    f"gateway {gateway.id}", f"a poll round takes longer than {self.poll_interval:.1f} s"
-                )
-            await asyncio.sleep(next_at - now)
+            for tier in tiers:
+                due_at[tier] += period[tier]
+                if due_at[tier] < now:  # overran: skip the missed slots
+                    late = now - due_at[tier]
+                    due_at[tier] += (late // period[tier] + 1) * period[tier]
+                    self.complaints.complain(
+                        f"gateway {gateway.id}", f"a poll round takes longer than {period[tier]:.1f} s"
+                    )
+            await asyncio.sleep(max(0.0, min(due_at.values()) - now))
 
-    async def poll_round(self, client: ModbusGateway, targets: list[Target]) -> None:
-        """Poll every target once, in order. When the gateway itself cannot be reached, the remaining devices
-        fail with the same reason without another connection attempt each."""
+    async def poll_round(
+        self, client: ModbusGateway, targets: list[Target], tiers: frozenset[str] = ALL_TIERS
+    ) -> None:
+        """Poll every target once, in order (the registers of ``tiers``). When the gateway itself cannot be
+        reached, the remaining devices fail with the same reason without another connection attempt each."""
         unreachable: str | None = None
         for target in targets:
             if unreachable is not None:
                 self._failed(target, unreachable)
                 continue
+            reads = target.reads_for(tiers)
+            if not reads:
+                continue
             try:
                 blocks = {
                     block: await client.read(target.device.address, block.fc, block.address, block.count)
-                    for block in target.reads
+                    for block in reads
                 }
             except FieldbusError as exc:
                 reason = _describe(exc)
@@ -232,12 +268,18 @@ class Poller:
             except Exception as exc:  # anything pymodbus lets through (garbled frame, …)
                 self._failed(target, f"{type(exc).__name__}: {_describe(exc)}")
                 continue
-            self._succeeded(target, blocks, _now_ms())
+            self._succeeded(target, blocks, _now_ms(), tiers)
 
-    def _succeeded(self, target: Target, blocks: dict[ReadBlock, list[int]], at: datetime) -> None:
+    def _succeeded(
+        self,
+        target: Target,
+        blocks: dict[ReadBlock, list[int]],
+        at: datetime,
+        tiers: frozenset[str] = ALL_TIERS,
+    ) -> None:
         device = target.device
         try:
-            decoded = decode_device(target.profile, device, RegisterImage(blocks))
+            decoded = decode_device(target.profile, device, RegisterImage(blocks), tiers)
         except ValueError as exc:  # a block of the wrong length or with out-of-range words
             self._failed(target, f"bad answer: {_describe(exc)}")
             return
@@ -246,7 +288,7 @@ class Poller:
         else:
             self.complaints.clear(f"device {device.id} decode")
         self.complaints.clear(f"device {device.id}", "answering again")
-        transition = target.tracker.success(decoded.states)
+        transition = target.tracker.success(decoded.states) if "fast" in tiers else None
         if transition is not None:
             self._status(target, transition, at)
         self._outbox_put(
@@ -265,8 +307,8 @@ class Poller:
             state=target.tracker.state or "on",
             reason=target.tracker.reason,
             updated_at=at,
-            values=decoded.values,
-            states=decoded.states,
+            values=decoded.values if tiers == ALL_TIERS else {**target.live.values, **decoded.values},
+            states=decoded.states if "fast" in tiers else target.live.states,
         )
         self._mark_live(target)
 

@@ -1,5 +1,5 @@
-"""Device simulator: a pymodbus TCP server serving every profile's twin with realistic load curves."""
+"""Device simulator: pymodbus servers serving every profile's twin with realistic dynamics."""
 
-from .site import SimulatedSite, SimulatorError
+from .site import Fault, SimulatedSite, SimulatorError
 
-__all__ = ["SimulatedSite", "SimulatorError"]
+__all__ = ["Fault", "SimulatedSite", "SimulatorError"]

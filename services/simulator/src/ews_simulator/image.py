@@ -18,6 +18,7 @@ from ews_contracts.profiles import (
     DerivedScale,
     Profile,
     Register,
+    StateRegister,
     WordOrder,
     decode_raw,
     encode_raw,
@@ -67,7 +68,7 @@ class Member:
     profile: Profile
     twin: Twin
     registers: dict[str, tuple[Register, int]] = field(default_factory=dict)  # quantity -> (reg, address)
-    states: dict[str, int] = field(default_factory=dict)  # state name -> address
+    states: dict[str, StateRegister] = field(default_factory=dict)  # state name -> its bit field
 
 
 class UnitImage:
@@ -82,11 +83,12 @@ class UnitImage:
         self.writable: dict[int, tuple[Member, str | None, set[int]]] = {}
         self._scales: dict[int, list[DerivedScale]] = {}
         self._scale_order: dict[int, WordOrder] = {}
+        self._state_addresses: set[int] = set()
 
-    def _claim(self, device_id: str, address: int, count: int, fc: int) -> None:
+    def _claim(self, device_id: str, address: int, count: int, fc: int, *, shared: bool = False) -> None:
         for a in range(address, address + count):
             owner = self._owner.get(a)
-            if owner is not None and owner != device_id:
+            if owner is not None and owner != device_id and not shared:
                 raise ImageError(
                     f"unit {self.unit}: register {a} of device {device_id!r} is already used by {owner!r}"
                 )
@@ -109,13 +111,18 @@ class UnitImage:
                 self._scales.setdefault(sf.address, []).append(sf)
                 self._scale_order[sf.address] = profile.word_order
         for state in profile.states:
-            self._claim(device.id, state.address, 1, profile.fc(state))
-            member.states[state.name] = state.address
+            self._claim(device.id, state.address, 1, profile.fc(state), shared=True)
+            member.states[state.name] = state
+            self._state_addresses.add(state.address)
         for command in profile.commands:
-            name = next((n for n, a in member.states.items() if a == command.address), None)
-            if name is None:
+            shown = profile.command_state(command)
+            if command.address not in self._state_addresses:
                 self._claim(device.id, command.address, 1, 3)
-            self.writable[command.address] = (member, name, set(command.values.values()))
+            self.writable[command.address] = (
+                member,
+                shown.name if shown else None,
+                set(command.values.values()),
+            )
         self.members[device.id] = member
         self.encode()
         return member
@@ -153,8 +160,12 @@ class UnitImage:
                 words = encode_raw(fit(raw, reg.type), reg.type, member.profile.order(reg))
                 for i, word in enumerate(words):
                     self.words[address + i] = word
-            for name, address in member.states.items():
-                self.words[address] = int(member.twin.states.get(name, 0)) & 0xFFFF
+        packed: dict[int, int] = {}
+        for member in self.members.values():
+            for name, spec in member.states.items():
+                raw = int(member.twin.states.get(name, 0)) & spec.mask
+                packed[spec.address] = packed.get(spec.address, 0) | (raw << spec.bit)
+        self.words.update(packed)
 
     def read_words(self, address: int, count: int) -> list[int]:
         return [self.words.get(a, 0) for a in range(address, address + count)]
@@ -168,7 +179,5 @@ class UnitImage:
         return scaled(raw, reg, derived)
 
     def state_name(self, device_id: str, name: str) -> str:
-        member = self.members[device_id]
-        raw = self.words.get(member.states[name], 0)
-        spec = next(s for s in member.profile.states if s.name == name)
-        return spec.values.get(raw, f"unknown-{raw}")
+        spec = self.members[device_id].states[name]
+        return spec.label(self.words.get(spec.address, 0))

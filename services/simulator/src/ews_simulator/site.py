@@ -16,16 +16,22 @@ import functools
 import logging
 import socket
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
-from ews_contracts.profiles import Profile
+from ews_contracts.profiles import Profile, ProfileError, check_device
 from ews_contracts.quantities import Quantity
 from ews_contracts.site import Gateway, Site
+from ews_fieldbus import BusTiming, rtu_frame_sizes
+from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from .image import UnitImage
+from .image import ImageError, UnitImage
 from .twins import make_twin
 
 log = logging.getLogger("ews.simulator")
@@ -43,7 +49,8 @@ class SimulatedSite:
     """Simulated Modbus devices of a site, one TCP server per gateway at ``(bind, gateway.port)``.
 
     Test controls: ``freeze()`` / ``resume()``, ``counter()`` / ``value()`` / ``state()`` (what a poller
-    decodes from the registers now), ``set_value()`` / ``release()`` / ``set_state()``.
+    decodes from the registers now), ``set_value()`` / ``release()`` / ``set_state()`` /
+    ``release_state()``, RS485 timing (``timing=`` or ``set_timing()``) and faults (``inject()``).
     """
 
     def __init__(
@@ -55,6 +62,7 @@ class SimulatedSite:
         speed: float = 1.0,
         tick: float = 1.0,
         start_time: datetime | None = None,
+        timing: dict[str, BusTiming] | None = None,
     ) -> None:
         if speed <= 0 or tick <= 0:
             raise ValueError("speed and tick must be positive")
@@ -68,19 +76,25 @@ class SimulatedSite:
         self.units: dict[str, dict[int, UnitImage]] = {g.id: {} for g in site.gateways}
         self._image_of: dict[str, UnitImage] = {}
         for device in site.devices:
-            profile = profiles.get(device.profile)
-            if profile is None:
-                raise SimulatorError(f"device {device.id!r}: unknown device profile {device.profile!r}")
-            quantities = {str(r.quantity) for r in profile.registers}
-            twin = make_twin(
-                device, profile.family, quantities, {s.name for s in profile.states}, site.tz, self._sim_time
-            )
+            try:
+                profile = check_device(device, profiles)
+            except ProfileError as exc:
+                raise SimulatorError(str(exc)) from None
+            twin = make_twin(device, profile, site.tz, self._sim_time)
             units = self.units[device.gateway]
             image = units.setdefault(device.address, UnitImage(device.address))
-            image.add(device, profile, twin)
+            try:
+                image.add(device, profile, twin)
+            except ImageError as exc:
+                raise SimulatorError(f"gateway {device.gateway!r}: {exc}") from None
             self._image_of[device.id] = image
         self._servers: dict[str, ModbusTcpServer] = {}
         self._ticker: asyncio.Task[None] | None = None
+        # RS485 timing per gateway (None: answer at once) and one bus lock per gateway
+        self._timing: dict[str, BusTiming | None] = {g.id: (timing or {}).get(g.id) for g in site.gateways}
+        self._bus: dict[str, asyncio.Lock] = {}
+        self._faults: dict[tuple[str, int], Fault] = {}  # (gateway, unit) -> fault
+        self.served: dict[str, int] = {g.id: 0 for g in site.gateways}  # transactions answered
 
     # --- life cycle ---------------------------------------------------------------------------------
 
@@ -95,39 +109,61 @@ class SimulatedSite:
         self._last = time.monotonic()
         self._ticker = asyncio.create_task(self._run_clock(), name="simulator-clock")
 
+    def _listen_address(self, gateway: Gateway) -> tuple[str, int, FramerType] | None:
+        """Where a gateway is served: its port on the bind address (tcp: Modbus TCP framing; rtu-over-tcp:
+        RTU framing); an ``rtu`` line only when its port is a ``socket://host:port`` URL."""
+        if gateway.transport == "rtu":
+            port = gateway.serial.port if gateway.serial else ""
+            if not port.startswith("socket://"):
+                return None
+            host, _, number = port.removeprefix("socket://").rpartition(":")
+            return host or self.bind, int(number), FramerType.RTU
+        framer = FramerType.RTU if gateway.transport == "rtu-over-tcp" else FramerType.SOCKET
+        return self.bind, gateway.port, framer
+
     async def _serve(self, gateway: Gateway) -> None:
-        _check_port(self.bind, gateway.port, gateway.id)
-        devices = [self._sim_device(image) for image in self.units[gateway.id].values()]
+        where = self._listen_address(gateway)
+        if where is None:
+            log.warning(
+                "simulator: gateway %s is a local serial line (%s): not simulated; use serial port "
+                "socket://127.0.0.1:<port> to simulate it",
+                gateway.id,
+                gateway.endpoint,
+            )
+            return
+        host, port, framer = where
+        _check_port(host, port, gateway.id)
+        self._bus[gateway.id] = asyncio.Lock()
+        devices = [self._sim_device(gateway.id, image) for image in self.units[gateway.id].values()]
         devices.append(
             SimDevice(
                 0,
                 simdata=[SimData(0, count=65536, values=0, datatype=DataType.REGISTERS)],
-                action=_no_such_unit,
+                action=functools.partial(self._no_such_unit, gateway.id),
             )
         )
-        server = ModbusTcpServer(devices, address=(self.bind, gateway.port))
+        server = _FaultyServer(self, gateway.id, devices, framer=framer, address=(host, port))
         try:
             await server.serve_forever(background=True)
         except RuntimeError as exc:
-            raise SimulatorError(
-                f"gateway {gateway.id!r}: cannot listen on {self.bind}:{gateway.port} ({exc})"
-            ) from None
+            raise SimulatorError(f"gateway {gateway.id!r}: cannot listen on {host}:{port} ({exc})") from None
         self._servers[gateway.id] = server
         units = sorted(self.units[gateway.id])
         log.info(
-            "simulator: gateway %s on %s:%s serving units %s",
+            "simulator: gateway %s on %s:%s%s serving units %s",
             gateway.id,
-            self.bind,
-            gateway.port,
+            host,
+            port,
+            "" if gateway.transport == "tcp" else f" ({gateway.transport})",
             ", ".join(map(str, units)) or "none",
         )
 
-    def _sim_device(self, image: UnitImage) -> SimDevice:
+    def _sim_device(self, gateway_id: str, image: UnitImage) -> SimDevice:
         first, count = image.span
         return SimDevice(
             image.unit,
             simdata=[SimData(first, count=count, values=0, datatype=DataType.REGISTERS)],
-            action=functools.partial(self._on_request, image),
+            action=functools.partial(self._on_request, gateway_id, image),
         )
 
     async def stop(self) -> None:
@@ -270,7 +306,7 @@ class SimulatedSite:
         if spec is None:
             raise KeyError(f"device {device_id!r} ({member.profile.id}) has no state {name!r}")
         if isinstance(value, str):
-            raw = next((r for r, label in spec.values.items() if label == value), None)
+            raw = spec.raw_of(value)
             if raw is None:
                 raise ValueError(
                     f"state {name!r} has no value {value!r}; known: {sorted(spec.values.values())}"
@@ -280,9 +316,80 @@ class SimulatedSite:
         member.twin.set_state(name, raw)
         image.encode()
 
-    # --- Modbus requests ----------------------------------------------------------------------------
+    def release_state(self, device_id: str, name: str) -> None:
+        """Let a state held by ``set_state`` follow the simulation again (breaker trips, inputs …)."""
+        image = self._image(device_id)
+        image.members[device_id].twin.release_state(name)
+        image.encode()
+
+    # --- RS485 timing and fault injection (test controls) -------------------------------------------
+
+    def set_timing(self, gateway_id: str, timing: BusTiming | None) -> None:
+        """Simulate the RS485 bus behind a gateway: every transaction holds the bus for its frame times,
+        the device's reply delay and the 3.5-character silence (``None``: answer at once)."""
+        if gateway_id not in self._timing:
+            raise KeyError(f"unknown gateway {gateway_id!r}")
+        self._timing[gateway_id] = timing
+
+    def inject(self, device_id: str, fault: Fault | None) -> None:
+        """Make a device's Modbus unit misbehave until ``inject(device_id, None)``:
+
+        - ``timeout`` / ``gone``: no answer at all (a device that stopped answering, or disappeared);
+        - ``exception`` (``Fault("exception", code)``): an exception response (default 4, device failure);
+        - ``garbage``: a corrupted frame; ``short``: one register fewer than asked.
+        """
+        image = self._image(device_id)
+        device = image.members[device_id].device
+        key = (device.gateway, image.unit)
+        if fault is None:
+            self._faults.pop(key, None)
+        else:
+            self._faults[key] = Fault(fault) if isinstance(fault, str) else fault
+
+    def fault_of(self, gateway_id: str, unit: int) -> Fault | None:
+        return self._faults.get((gateway_id, unit))
+
+    async def _bus_time(self, gateway_id: str, function_code: int, count: int, error: bool) -> None:
+        timing = self._timing.get(gateway_id)
+        self.served[gateway_id] = self.served.get(gateway_id, 0) + 1
+        if timing is None:
+            return
+        request, response = rtu_frame_sizes(function_code, count, error=error)
+        lock = self._bus.setdefault(gateway_id, asyncio.Lock())
+        async with lock:
+            await _sleep_precise(timing.transaction_time(request, response))
+
+    async def _no_such_unit(self, gateway_id: str, function_code: int, *_args: object) -> ExcCodes:
+        """A unit nobody answers to: what a TCP/RS485 gateway says when the target does not respond."""
+        return ExcCodes.GATEWAY_NO_RESPONSE
 
     async def _on_request(
+        self,
+        gateway_id: str,
+        image: UnitImage,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        if set_values is None and function_code in _WRITES:  # pymodbus's read after a write: same request
+            return None
+        fault = self._faults.get((gateway_id, image.unit))
+        if fault is not None:
+            if fault.kind in ("timeout", "gone"):
+                raise NoSuchIdException(f"simulated fault: unit {image.unit} does not answer")
+            if fault.kind == "exception":
+                await self._bus_time(gateway_id, function_code, count, True)
+                return ExcCodes(fault.code)
+        result = self._serve_request(
+            image, function_code, start_address, address, count, registers, set_values
+        )
+        await self._bus_time(gateway_id, function_code, count, result is not None)
+        return result
+
+    def _serve_request(
         self,
         image: UnitImage,
         function_code: int,
@@ -304,24 +411,63 @@ class SimulatedSite:
                     return ExcCodes.ILLEGAL_VALUE
             for a, raw in zip(addresses, set_values, strict=False):
                 member, name, _ = image.writable[a]
+                image.words[a] = int(raw) & 0xFFFF  # the command register reads back what was written
                 if name is not None:
                     member.twin.on_write(name, int(raw))
-                else:
-                    image.words[a] = int(raw) & 0xFFFF
             image.encode()
         elif function_code in _READS:
             if any(image.fcs.get(a, image.default_fc) != function_code for a in addresses):
                 return ExcCodes.ILLEGAL_ADDRESS
-        elif function_code not in _WRITES:  # FC6/16 echo reads come with set_values=None
+        else:
             return ExcCodes.ILLEGAL_FUNCTION
         offset = address - start_address
         registers[offset : offset + count] = image.read_words(address, count)
         return None
 
 
-async def _no_such_unit(*_args: object) -> ExcCodes:
-    """A unit nobody answers to: what a TCP/RS485 gateway says when the target does not respond."""
-    return ExcCodes.GATEWAY_NO_RESPONSE
+@dataclass(frozen=True)
+class Fault:
+    """A simulated misbehaviour of one Modbus unit (see ``SimulatedSite.inject``)."""
+
+    kind: Literal["timeout", "gone", "exception", "garbage", "short"]
+    code: int = int(ExcCodes.DEVICE_FAILURE)
+
+
+async def _sleep_precise(seconds: float) -> None:
+    """Sleep ``seconds`` with sub-millisecond accuracy (asyncio timers may fire late by a clock tick)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    if seconds > 0.002:
+        await asyncio.sleep(seconds - 0.001)
+    while loop.time() < end:  # noqa: ASYNC110 — a deliberate sub-millisecond wait, no event to wait for
+        await asyncio.sleep(0)
+
+
+class _FaultyHandler(ServerRequestHandler):
+    """pymodbus's connection handler, able to garble or shorten the answers of a faulty unit."""
+
+    def server_send(self, pdu: Any, addr: Any) -> None:
+        owner: _FaultyServer = self.server
+        fault = owner.site.fault_of(owner.gateway_id, getattr(pdu, "dev_id", -1)) if pdu else None
+        if fault is not None and fault.kind == "short" and getattr(pdu, "registers", None):
+            pdu.registers = pdu.registers[:-1]
+        if fault is not None and fault.kind == "garbage":
+            frame = bytearray(self.framer.buildFrame(pdu))
+            for i in range(2, len(frame)):  # keeps a TCP transaction id; breaks header, PDU and CRC
+                frame[i] ^= 0x5A
+            self.low_level_send(bytes(frame), addr=addr)
+            return
+        super().server_send(pdu, addr)
+
+
+class _FaultyServer(ModbusTcpServer):
+    def __init__(self, site: SimulatedSite, gateway_id: str, devices: list[SimDevice], **kwargs: Any) -> None:
+        super().__init__(devices, ignore_missing_devices=True, **kwargs)
+        self.site = site
+        self.gateway_id = gateway_id
+
+    def callback_new_connection(self) -> _FaultyHandler:
+        return _FaultyHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
 
 
 def _check_port(host: str, port: int, gateway_id: str) -> None:
