@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager, suppress
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from ews_aggregator.aggregator import Aggregator
+from ews_aggregator.intervals import hour_totals
 from ews_aggregator.service import serve
 from ews_analytics import consumption
 from ews_contracts.bus import ensure_streams, make_broker, publish_event
@@ -19,7 +21,8 @@ from faststream.nats import NatsBroker
 
 pytestmark = pytest.mark.integration
 
-PRICE_KWH, PRICE_WATER_M3, PRICE_GAS_M3 = 0.2516, 4.15, 1.21  # demo site tariff
+PRICE_KWH, PRICE_WATER_M3, PRICE_GAS_M3 = 0.20, 4.0, 1.0  # accounting test site, before June 2026
+SITE = "acct"
 
 
 @asynccontextmanager
@@ -44,7 +47,7 @@ async def publisher(settings: Settings) -> AsyncIterator[NatsBroker]:
         await broker.stop()
 
 
-def reading(device: str, ts: datetime, site: str = "demo", **values: float) -> ReadingTaken:
+def reading(device: str, ts: datetime, site: str = SITE, **values: float) -> ReadingTaken:
     profile = "pulse-concentrator-004687" if device in ("water", "gas") else "energy-meter-rs485-3ph"
     return ReadingTaken(
         event_id=ReadingTaken.id_for(site, device, ts),
@@ -88,42 +91,61 @@ async def total_is(settings: Settings, scope: str, day: date, value: float, peri
     return result if result.total.value == pytest.approx(value, abs=1e-6) else None
 
 
-T = datetime(2026, 5, 4, 10, 0, tzinfo=UTC)  # 12:00 in Paris (CEST)
+T = datetime(2026, 5, 4, 10, 0, tzinfo=UTC)  # 12:00 in Paris (CEST), a Monday
 DAY = date(2026, 5, 4)
 
 
-async def test_readings_become_exact_energy_and_cost(settings: Settings, caplog: pytest.LogCaptureFixture):
+async def test_readings_become_exact_energy_and_cost(
+    acct_settings: Settings, caplog: pytest.LogCaptureFixture
+):
+    settings = acct_settings
     caplog.set_level("WARNING", logger="ews.aggregator")
     async with publisher(settings) as broker, aggregator(settings) as task:
         await publish(
             broker,
             [
-                reading("e2", T, energy_active_import=1_000_000.0, power_active=500.0),
+                reading("m1", T, energy_active_import=1_000_000.0, power_active=500.0),
                 reading("water", T, pulse_count=100.0),
                 reading("gas", T, pulse_count=40.0),
             ],
         )
         # a bad message on the readings subject is logged and dropped, never stops the consumer
-        await broker.publish(b"{not json", subject="ews.demo.reading.e2", stream="EWS_READINGS")
+        await broker.publish(b"{not json", subject="ews.acct.reading.m1", stream="EWS_READINGS")
         await broker.publish(
-            {"site": "demo", "device": "e2"}, subject="ews.demo.reading.e2", stream="EWS_READINGS"
+            {"site": SITE, "device": "m1"}, subject="ews.acct.reading.m1", stream="EWS_READINGS"
         )
         await publish(
             broker,
             [
-                reading("e2", T + timedelta(minutes=30), energy_active_import=1_000_500.0),
-                reading("e2", T + timedelta(minutes=90), energy_active_import=1_001_500.0),
-                reading("water", T + timedelta(minutes=30), pulse_count=150.0),  # 50 pulses x 10 dm³
-                reading("gas", T + timedelta(minutes=45), pulse_count=60.0),  # 20 pulses x 10 dm³
+                reading("m1", T + timedelta(minutes=10), energy_active_import=1_000_200.0),
+                reading("m1", T + timedelta(minutes=20), energy_active_import=1_000_350.0),
+                reading("m1", T + timedelta(minutes=30), energy_active_import=1_000_500.0),
+                reading("m1", T + timedelta(minutes=40), energy_active_import=1_000_700.0),
+                reading("m1", T + timedelta(minutes=50), energy_active_import=1_000_800.0),
+                reading("m1", T + timedelta(minutes=60), energy_active_import=1_001_000.0),
+                reading("m1", T + timedelta(minutes=70), energy_active_import=1_001_200.0),
+                reading("m1", T + timedelta(minutes=80), energy_active_import=1_001_400.0),
+                reading("m1", T + timedelta(minutes=90), energy_active_import=1_001_500.0),
+                reading("water", T + timedelta(minutes=30), pulse_count=150.0),  # 50 pulses x 10 dm³, a gap
+                reading("gas", T + timedelta(minutes=15), pulse_count=60.0),  # 20 pulses x 10 dm³
             ],
         )
-        result = await eventually(task, lambda: total_is(settings, "total-electricity", DAY, 1500.0))
+        # the main incomer sees the lighting (m1) plus 300 Wh of the rest of the building
+        await publish(
+            broker,
+            [
+                reading("main", T + timedelta(minutes=10 * i), energy_active_import=50_000.0 + 200 * i)
+                for i in range(10)
+            ],
+        )
+        result = await eventually(task, lambda: total_is(settings, "device:m1", DAY, 1500.0))
+        await eventually(task, lambda: total_is(settings, "total-electricity", DAY, 1800.0))
         # a reading of another site on this site's subject is refused too
         await broker.publish(
-            reading("e2", T + timedelta(hours=2), site="other", energy_active_import=9e9).model_dump(
+            reading("m1", T + timedelta(hours=2), site="other", energy_active_import=9e9).model_dump(
                 mode="json"
             ),
-            subject="ews.demo.reading.e2",
+            subject="ews.acct.reading.m1",
             stream="EWS_READINGS",
         )
 
@@ -135,40 +157,51 @@ async def test_readings_become_exact_energy_and_cost(settings: Settings, caplog:
     dropped = [r.getMessage() for r in caplog.records if "dropped bad reading" in r.getMessage()]
     assert len(dropped) == 3 and all("\n" not in m for m in dropped), dropped
     assert result.unit == "Wh" and result.currency == "EUR" and len(result.buckets) == 24
+    # D12: total = lighting + sockets + rest (= main − lighting − sockets) = main; main itself is excluded
+    total = await query(settings, "total-electricity", "day", DAY)
+    assert total.total.value == 1800.0 and total.total.cost == pytest.approx(1.8 * PRICE_KWH)
+    rest = await query(settings, "device:rest", "day", DAY)
+    assert [b.value for b in rest.buckets if b.value] == [200.0, 100.0]  # main 1200/600, m1 1000/500
+    assert (await query(settings, "circuit:rest", "day", DAY)).total.value == 300.0
     by_hour = {b.start.hour: b for b in result.buckets if b.value}
-    # 10:00-10:30 500 Wh, 10:30-11:30 1000 Wh split 500/500 -> local 12:00 = 1000, 13:00 = 500
     assert {h: b.value for h, b in by_hour.items()} == {12: 1000.0, 13: 500.0}
     assert by_hour[12].cost == pytest.approx(1.0 * PRICE_KWH)
     assert by_hour[12].start.isoformat() == "2026-05-04T12:00:00+02:00"
+    assert by_hour[12].estimated is None  # 10-minute polls: measured, not estimated
     assert result.total.cost == pytest.approx(1.5 * PRICE_KWH)
     assert result.previous.total.value == 0.0
 
     water = await query(settings, "device:water", "day", DAY)
-    assert (water.unit, water.total.value) == ("dm³", 500.0)
+    assert (water.unit, water.total.value, water.total.estimated) == ("dm³", 500.0, 500.0)  # 30 min gap
     assert water.total.cost == pytest.approx(0.5 * PRICE_WATER_M3)
     gas = await query(settings, "device:gas", "day", DAY)
-    assert (gas.unit, gas.total.value) == ("dm³", 200.0)
+    assert (gas.unit, gas.total.value, gas.total.wh_equivalent) == ("dm³", 200.0, pytest.approx(2240.0))
 
     glob = await query(settings, "total-global", "day", DAY)
-    expected = 1.5 * PRICE_KWH + 0.5 * PRICE_WATER_M3 + 0.2 * PRICE_GAS_M3
+    expected = 1.8 * PRICE_KWH + 0.5 * PRICE_WATER_M3 + 0.2 * PRICE_GAS_M3
     assert glob.unit == "EUR"
     assert glob.total.value == pytest.approx(expected) and glob.total.cost == pytest.approx(expected)
+    assert {p.medium: p.value for p in glob.parts} == {"electricity": 1800.0, "gas": 200.0, "water": 500.0}
 
-    circuit = await query(settings, "circuit:offices", "day", DAY)
+    circuit = await query(settings, "circuit:lighting", "day", DAY)
     assert (circuit.unit, circuit.total.value) == ("Wh", 1500.0)
-    zone = await query(settings, "zone:parking", "day", DAY)
-    assert zone.total.value == 0.0
+    assert (await query(settings, "zone:parking", "day", DAY)).total.value == 0.0
+    assert (await query(settings, "gateway:gw1", "day", DAY)).total.value == 3300.0  # main + m1
+    assert (await query(settings, "gateway:gw2", "day", DAY)).total.value == 0.0  # e2
+    assert (await query(settings, "panel:sub", "day", DAY)).total.value == 1500.0  # m1 + e2
+    assert (await query(settings, "zone:building", "day", DAY)).total.value == 1800.0  # m1 + e2 + rest
 
     month = await query(settings, "total-electricity", "month", DAY)
-    assert len(month.buckets) == 31 and month.buckets[3].value == 1500.0 and month.total.value == 1500.0
+    assert len(month.buckets) == 31 and month.buckets[3].value == 1800.0 and month.total.value == 1800.0
     next_day = await query(settings, "total-electricity", "day", DAY + timedelta(days=1))
-    assert next_day.total.value == 0.0 and next_day.previous.total.value == 1500.0
+    assert next_day.total.value == 0.0 and next_day.previous.total.value == 1800.0
     decade = await query(settings, "total-electricity", "decade", DAY)
     assert [b.start.year for b in decade.buckets] == list(range(2017, 2027))
-    assert decade.buckets[-1].value == 1500.0
+    assert decade.buckets[-1].value == 1800.0
 
 
-async def test_duplicates_and_republished_events_do_not_double_count(settings: Settings):
+async def test_duplicates_and_republished_events_do_not_double_count(acct_settings: Settings):
+    settings = acct_settings
     first = [
         reading("e2", T + timedelta(minutes=10 * i), energy_active_import=5000.0 + 100 * i) for i in range(7)
     ]
@@ -177,7 +210,7 @@ async def test_duplicates_and_republished_events_do_not_double_count(settings: S
         await publish(broker, first)
         await eventually(task, lambda: total_is(settings, "device:e2", DAY, 600.0))
         await publish(broker, first)  # same event ids: JetStream dedupe
-        await publish(broker, again_new_ids)  # new ids: reach the aggregator, must not count again
+        await publish(broker, list(reversed(again_new_ids)))  # new ids, reversed: must not count again
         # a marker reading after the duplicates: once it is counted, the duplicates were processed
         await publish(broker, [reading("e2", T + timedelta(minutes=70), energy_active_import=5650.0)])
         result = await eventually(task, lambda: total_is(settings, "device:e2", DAY, 650.0))
@@ -192,28 +225,37 @@ async def test_duplicates_and_republished_events_do_not_double_count(settings: S
 def hourly_readings(
     device: str, start: datetime, hours: int, base: float
 ) -> tuple[list[ReadingTaken], list[float]]:
-    """One reading per UTC hour; the consumption of hour i is 100 × (i + 1)."""
+    """Readings every 15 minutes; the consumption of hour i is 100 × (i + 1)."""
     events, value, used = [], base, []
-    for i in range(hours + 1):
-        events.append(reading(device, start + timedelta(hours=i), energy_active_import=value))
+    for i in range(hours):
         used.append(100.0 * (i + 1))
-        value += used[-1]
-    return events, used[:hours]
+        for q in range(4):
+            events.append(
+                reading(device, start + timedelta(hours=i, minutes=15 * q), energy_active_import=value)
+            )
+            value += used[-1] / 4
+    events.append(reading(device, start + timedelta(hours=hours), energy_active_import=value))
+    return events, used
 
 
-async def test_dst_days_have_25_and_23_hourly_buckets(settings: Settings):
+async def test_dst_days_have_25_and_23_hourly_buckets(acct_settings: Settings):
+    settings = acct_settings
     autumn, autumn_used = hourly_readings("m1", datetime(2026, 10, 24, 22, tzinfo=UTC), 25, 10_000.0)
     spring, spring_used = hourly_readings("e2", datetime(2026, 3, 28, 23, tzinfo=UTC), 23, 50_000.0)
+    mains = [e.model_copy(update={"device": "main", "event_id": new_id()}) for e in autumn + spring]
     async with publisher(settings) as broker, aggregator(settings) as task:
-        await publish(broker, autumn + spring)
+        await publish(broker, autumn + spring + mains)
+        await eventually(task, lambda: total_is(settings, "device:main", date(2026, 3, 29), sum(spring_used)))
         await eventually(task, lambda: total_is(settings, "device:m1", date(2026, 10, 25), sum(autumn_used)))
         await eventually(task, lambda: total_is(settings, "device:e2", date(2026, 3, 29), sum(spring_used)))
 
     day = await query(settings, "total-electricity", "day", date(2026, 10, 25))
     assert len(day.buckets) == 25
     assert [b.value for b in day.buckets] == autumn_used
-    assert day.total.value == pytest.approx(sum(b.value for b in day.buckets))
+    assert day.total.value == sum(b.value for b in day.buckets)
     assert day.total.cost == pytest.approx(sum(b.cost for b in day.buckets))
+    assert day.total.standing_charge == pytest.approx(0.48)  # spread over the 25 hours of the day
+    assert day.buckets[0].cost == pytest.approx(100 / 1000 * 0.10 + 0.48 / 25)
     starts = [b.start.isoformat() for b in day.buckets]
     assert starts[0] == "2026-10-25T00:00:00+02:00"
     assert starts[2:4] == ["2026-10-25T02:00:00+02:00", "2026-10-25T02:00:00+01:00"]
@@ -222,7 +264,7 @@ async def test_dst_days_have_25_and_23_hourly_buckets(settings: Settings):
     day = await query(settings, "total-electricity", "day", date(2026, 3, 29))
     assert len(day.buckets) == 23
     assert [b.value for b in day.buckets] == spring_used
-    assert day.total.value == pytest.approx(sum(b.value for b in day.buckets))
+    assert day.total.value == sum(b.value for b in day.buckets)
     assert [b.start.isoformat() for b in day.buckets[1:3]] == [
         "2026-03-29T01:00:00+01:00",
         "2026-03-29T03:00:00+02:00",
@@ -235,9 +277,13 @@ async def test_dst_days_have_25_and_23_hourly_buckets(settings: Settings):
     )
     year = await query(settings, "total-electricity", "year", date(2026, 10, 25))
     assert year.buckets[2].value == sum(spring_used) and year.buckets[9].value == sum(autumn_used)
+    # 2026-10-25 is a Sunday: the weekend window (0.10/kWh) prices every hour
+    weekend = await query(settings, "device:m1", "day", date(2026, 10, 25))
+    assert weekend.total.cost == pytest.approx(sum(autumn_used) / 1000 * 0.10)
 
 
-async def test_restart_continues_without_loss_or_double_count(settings: Settings):
+async def test_restart_continues_without_loss_or_double_count(acct_settings: Settings):
+    settings = acct_settings
     events = [
         reading("e2", T + timedelta(minutes=15 * i), energy_active_import=1000.0 + 40 * i) for i in range(9)
     ]
@@ -250,51 +296,105 @@ async def test_restart_continues_without_loss_or_double_count(settings: Settings
             await eventually(task, lambda: total_is(settings, "device:e2", DAY, 240.0))
             await publish(broker, events[7:] + events[2:5])  # new readings and some replays
             result = await eventually(task, lambda: total_is(settings, "device:e2", DAY, 320.0))
-    # UTC hours 10 and 11 (local 12:00 and 13:00)
     assert [b.value for b in result.buckets if b.value] == [160.0, 160.0]
 
 
-async def test_migrate_is_idempotent_and_recorded(settings: Settings):
+async def test_migrate_is_idempotent_and_recorded(acct_settings: Settings):
     from ews_analytics import migrate, migrations
 
-    store = get_store(settings.clickhouse_dsn)
-    first = await migrate(store, settings.clickhouse_database)
+    store = get_store(acct_settings.clickhouse_dsn)
+    first = await migrate(store, acct_settings.clickhouse_database)
     assert first == [m.version for m in migrations()]
-    assert await migrate(store, settings.clickhouse_database) == []
-    rows = await store.query(f"SELECT version FROM {settings.clickhouse_database}.schema_migrations")
+    assert await migrate(store, acct_settings.clickhouse_database) == []
+    rows = await store.query(f"SELECT version FROM {acct_settings.clickhouse_database}.schema_migrations")
     assert sorted(r[0] for r in rows) == first
 
 
-class CrashBeforeState:
-    """The real store, except that writing the counter state fails (a crash between two inserts)."""
+class CrashOn:
+    """The real store, except that inserting into one table fails (a crash between two inserts)."""
 
-    def __init__(self, store) -> None:
-        self.store = store
+    def __init__(self, store, suffix: str) -> None:
+        self.store, self.suffix = store, suffix
 
-    async def insert(self, table, rows, column_names):
-        if table.endswith(".counter_state"):
+    async def query(self, *args, **kwargs):
+        return await self.store.query(*args, **kwargs)
+
+    async def command(self, *args, **kwargs):
+        return await self.store.command(*args, **kwargs)
+
+    async def insert(self, table, rows, column_names, column_oriented=False):
+        if table.endswith(self.suffix):
             raise ConnectionError("connection lost")
-        await self.store.insert(table, rows, column_names)
+        await self.store.insert(table, rows, column_names, column_oriented=column_oriented)
 
 
-async def test_crash_between_inserts_then_restart_counts_once(settings: Settings):
-    from ews_aggregator.aggregator import Aggregator
-
-    store, db, site = get_store(settings.clickhouse_dsn), settings.clickhouse_database, settings.site
-    events = [reading("e2", T + timedelta(minutes=20 * i), energy_active_import=100.0 * i) for i in range(6)]
+@pytest.mark.parametrize("crash_on", [".consumption_hourly", ".aggregator_checkpoints"])
+async def test_crash_between_inserts_then_restart_counts_once(acct_settings: Settings, crash_on: str):
+    store, db, site = (
+        get_store(acct_settings.clickhouse_dsn),
+        acct_settings.clickhouse_database,
+        acct_settings.site,
+    )
+    events = [reading("e2", T + timedelta(minutes=10 * i), energy_active_import=100.0 * i) for i in range(9)]
 
     first = Aggregator(store, db, site)
     await first.start()
-    await first.store_batch(events[:2])
-    first.store = CrashBeforeState(store)  # type: ignore[assignment]
+    await first.store_batch(events[:3])
+    first.store = CrashOn(store, crash_on)  # type: ignore[assignment]
     with pytest.raises(ConnectionError):
-        await first.store_batch(events[2:4])  # hour rows written, counter state not: messages not acked
+        await first.store_batch(events[3:6])  # counter readings written, then the crash: not acked
 
     restarted = Aggregator(store, db, site)
-    await restarted.start()
-    assert restarted.book.counters[("e2", "energy_active_import")].value == 100.0  # behind the hour rows
-    plan = await restarted.store_batch(events[2:])  # JetStream redelivers the unacked messages, then more
-    assert plan.outcomes == {"already-counted": 2, "interval": 2}
-    result = await query(settings, "device:e2", "day", DAY)
-    assert [b.value for b in result.buckets if b.value] == [300.0, 200.0]  # 10:00-11:00, 11:00-11:40
-    assert result.total.value == 500.0
+    await restarted.start()  # reconciles the interrupted batch
+    plan = await restarted.store_batch(events[3:])  # JetStream redelivers the unacked messages, then more
+    assert plan.outcomes == {"duplicate": 3, "interval": 3}
+    result = await query(acct_settings, "device:e2", "day", DAY)
+    assert [b.value for b in result.buckets if b.value] == [600.0, 200.0]  # 10:00-11:00, 11:00-11:20
+    assert result.total.value == 800.0
+
+    # the same aggregator object recovers by itself after a failed write
+    restarted.store = CrashOn(store, ".consumption_hourly")  # type: ignore[assignment]
+    more = [
+        reading("e2", T + timedelta(minutes=10 * i), energy_active_import=100.0 * i) for i in range(9, 12)
+    ]
+    with pytest.raises(ConnectionError):
+        await restarted.store_batch(more)
+    restarted.store = store
+    await restarted.store_batch(more)
+    assert (await query(acct_settings, "device:e2", "day", DAY)).total.value == 1100.0
+
+
+async def test_readings_older_than_the_window_are_reconciled_through_the_store(acct_settings: Settings):
+    store, db, site = (
+        get_store(acct_settings.clickhouse_dsn),
+        acct_settings.clickhouse_database,
+        acct_settings.site,
+    )
+    agg = Aggregator(store, db, site)
+    await agg.start()
+    agg.book.window = 2
+    values = [0, 100, 250, 400, 400, 700, 900, 1000, 1500, 1600]
+    events = [
+        reading("m1", T + timedelta(minutes=7 * i), energy_active_import=float(v))
+        for i, v in enumerate(values)
+    ]
+    late = events[1::2]
+    await agg.store_batch(events[0::2])
+    plan = await agg.store_batch(late)  # every one of them is older than the 2-reading window or inside it
+    assert plan.outcomes.get("old", 0) >= 1
+    expected = hour_totals(
+        [
+            (int(e.occurred_at.timestamp() * 1000), int(e.values["energy_active_import"] * 1000), 0)
+            for e in events
+        ]
+    )
+    result = await query(acct_settings, "device:m1", "day", DAY)
+    got = {int(b.start.timestamp() * 1000): b.value for b in result.buckets if b.value}
+    assert got == {h: v[0] / 1000 for h, v in expected.items() if v[0]}
+    assert result.total.value == 1600.0
+    # a restart (window reloaded from the store) sees the same state: a replay of everything is a no-op
+    again = Aggregator(store, db, site)
+    await again.start()
+    plan = await again.store_batch(events)
+    assert set(plan.outcomes) == {"duplicate"}
+    assert (await query(acct_settings, "device:m1", "day", DAY)).total.value == 1600.0

@@ -1,149 +1,155 @@
-"""Unit tests of the pure interval logic: pro rata split, baseline, duplicates, resets, redelivery."""
+"""Unit tests of the pure interval logic: split, baseline, late/duplicate readings, resets, rollovers, gaps."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
-from ews_aggregator.intervals import CounterBook, CounterReading, HourRow, Outcome, split_hours
+from ews_aggregator.intervals import (
+    GAP_MS,
+    HOUR_MS,
+    CounterBook,
+    Outcome,
+    hour_totals,
+    interval_delta,
+    split_hours,
+)
 
-T0 = datetime(2026, 5, 4, 10, 30, tzinfo=UTC)
 EA = "energy_active_import"
+T0 = int(datetime(2026, 5, 4, 10, 30, tzinfo=UTC).timestamp() * 1000)  # 10:30 UTC
+H10 = T0 - 30 * 60_000
 
 
-def at(minutes: float) -> datetime:
-    return T0 + timedelta(minutes=minutes)
+def at(minutes: float) -> int:
+    return T0 + int(minutes * 60_000)
 
 
 def test_split_within_one_hour():
-    assert split_hours(at(0), at(20), 100.0) == [(datetime(2026, 5, 4, 10, tzinfo=UTC), 100.0)]
+    assert split_hours(at(0), at(20), 100) == [(H10, 100)]
 
 
-def test_split_pro_rata_across_hours():
+def test_split_pro_rata_across_hours_adds_up_exactly():
     # 10:30 -> 12:15 = 105 min: 30 min in hour 10, 60 in hour 11, 15 in hour 12
-    pieces = split_hours(at(0), at(105), 210.0)
-    assert [h.hour for h, _ in pieces] == [10, 11, 12]
-    assert [v for _, v in pieces] == pytest.approx([60.0, 120.0, 30.0])
-    assert sum(v for _, v in pieces) == 210.0
+    pieces = split_hours(at(0), at(105), 210_000)
+    assert pieces == [(H10, 60_000), (H10 + HOUR_MS, 120_000), (H10 + 2 * HOUR_MS, 30_000)]
+    odd = split_hours(at(0), at(105), 7)
+    assert sum(p for _, p in odd) == 7 and all(p >= 0 for _, p in odd)
 
 
 def test_split_ends_exactly_on_the_hour():
-    pieces = split_hours(at(0), at(30), 50.0)  # 10:30 -> 11:00: nothing in hour 11
-    assert pieces == [(datetime(2026, 5, 4, 10, tzinfo=UTC), 50.0)]
-
-
-def test_split_pieces_add_up_exactly():
-    pieces = split_hours(at(0.001), at(60 * 7 + 0.37), 1 / 3)
-    assert sum(v for _, v in pieces) == 1 / 3
-    assert len(pieces) == 8
-
-
-def test_split_rejects_empty_interval():
+    assert split_hours(at(0), at(30), 50) == [(H10, 50)]
     with pytest.raises(ValueError):
-        split_hours(at(5), at(5), 1.0)
+        split_hours(at(10), at(10), 1)
 
 
-def apply(book: CounterBook, minutes: float, value: float, changed=None):
-    changed = {} if changed is None else changed
-    return book.apply("m1", EA, at(minutes), value, changed), changed
+def test_interval_delta_rules():
+    assert interval_delta(100, 150, 0) == (50, Outcome.INTERVAL)
+    assert interval_delta(5000, 3, 0) == (0, Outcome.RESET)  # reset / replaced meter
+    wrap = 2**32 * 10 * 1000  # uint32 register, 10 Wh per count, in mWh
+    assert interval_delta(wrap - 20_000, 30_000, wrap) == (50_000, Outcome.ROLLOVER)
+    assert interval_delta(wrap // 2, 1000, wrap) == (0, Outcome.RESET)  # not near the top: a reset
 
 
-def test_first_reading_is_the_baseline():
+def apply(book: CounterBook, minutes: float, value: int, wrap: int = 0):
+    out: dict = {}
+    outcome = book.apply("m1", EA, at(minutes), value, wrap, out)
+    return outcome, {k[2]: v for k, v in out.items()}
+
+
+def test_baseline_then_intervals():
     book = CounterBook()
-    step, changed = apply(book, 0, 1_000_000.0)
-    assert step.outcome is Outcome.BASELINE and changed == {}
-    assert book.counters[("m1", EA)] == CounterReading(at(0), 1_000_000.0)
+    assert apply(book, 0, 1_000_000) == (Outcome.BASELINE, {})
+    outcome, out = apply(book, 15, 1_000_500)
+    assert outcome is Outcome.INTERVAL and out == {H10: [500, 0]}
 
 
-def test_consecutive_readings_fill_the_open_hour():
+def test_duplicates_change_nothing_and_a_larger_value_at_the_same_time_wins():
     book = CounterBook()
-    changed: dict = {}
-    apply(book, 0, 1000.0, changed)
-    apply(book, 10, 1100.0, changed)
-    step, _ = apply(book, 20, 1250.0, changed)
-    assert step.outcome is Outcome.INTERVAL and step.delta == 150.0
-    hour = datetime(2026, 5, 4, 10, tzinfo=UTC)
-    assert changed == {("m1", EA, hour): HourRow("m1", EA, hour, 250.0, at(20))}
-    assert book.open_hours[("m1", EA)].value == 250.0
+    apply(book, 0, 100)
+    apply(book, 10, 200)
+    assert apply(book, 10, 200) == (Outcome.DUPLICATE, {})
+    assert apply(book, 10, 150) == (Outcome.DUPLICATE, {})
+    outcome, out = apply(book, 10, 260)
+    assert outcome is Outcome.REPLACED and out == {H10: [60, 0]}
 
 
-def test_interval_across_hours_creates_rows_per_hour():
-    book = CounterBook()
-    changed: dict = {}
-    apply(book, 0, 0.0, changed)
-    apply(book, 90, 90.0, changed)  # 10:30 -> 12:00: 30 in hour 10, 60 in hour 11
-    values = {k[2].hour: r.value for k, r in changed.items()}
-    assert values == pytest.approx({10: 30.0, 11: 60.0})
-    assert book.open_hours[("m1", EA)].hour.hour == 11
+def test_late_reading_splits_an_interval_without_changing_the_total():
+    book = CounterBook(gap_ms=10 * HOUR_MS)
+    apply(book, 0, 0)  # 10:30
+    apply(book, 60, 600_000)  # 11:30: 300 000 in hour 10, 300 000 in hour 11
+    outcome, out = apply(book, 15, 300_000)  # 10:45 arrives late
+    # now 0 -> 300 000 over 10:30-10:45 (hour 10) and 300 000 -> 600 000 over 10:45-11:30 (15 + 30 min)
+    assert outcome is Outcome.LATE
+    assert out == {H10: [100_000, 0], H10 + HOUR_MS: [-100_000, 0]}
+    assert sum(v[0] for v in out.values()) == 0  # the total never changes
 
 
-def test_duplicate_and_late_readings_make_no_interval():
-    book = CounterBook()
-    apply(book, 0, 100.0)
-    apply(book, 10, 200.0)
-    step, changed = apply(book, 10, 200.0)  # same reading again
-    assert step.outcome is Outcome.STALE and changed == {}
-    step, changed = apply(book, 5, 150.0)  # late
-    assert step.outcome is Outcome.STALE and changed == {}
-    assert book.counters[("m1", EA)] == CounterReading(at(10), 200.0)
-    assert book.open_hours[("m1", EA)].value == 100.0
+def test_late_reading_moves_energy_between_hours():
+    book = CounterBook(gap_ms=10 * HOUR_MS)
+    apply(book, 0, 0)
+    apply(book, 60, 600)  # 300/300
+    _, out = apply(book, 20, 600)  # 10:50: everything before it -> hour 10 gets 600, hour 11 gets 0
+    assert out == {H10: [300, 0], H10 + HOUR_MS: [-300, 0]}
+    outcome, out = apply(book, 50, 600)  # 11:20 (flat): a late reading inside a long interval
+    assert outcome is Outcome.LATE and all(v == [0, 0] for v in out.values())
 
 
 def test_reset_counts_zero_and_continues_from_the_new_value():
     book = CounterBook()
-    apply(book, 0, 5000.0)
-    apply(book, 10, 5100.0)
-    step, changed = apply(book, 20, 3.0)  # meter replaced
-    assert step.outcome is Outcome.RESET and changed == {}
-    step, changed = apply(book, 30, 10.0)
-    assert step.outcome is Outcome.INTERVAL and step.delta == 7.0
-    assert book.open_hours[("m1", EA)].value == 107.0
+    apply(book, 0, 5000)
+    apply(book, 10, 5100)
+    assert apply(book, 20, 3) == (Outcome.RESET, {})
+    outcome, out = apply(book, 25, 10)
+    assert outcome is Outcome.INTERVAL and out == {H10: [7, 0]}
 
 
-def test_not_a_number_is_ignored():
+def test_rollover_of_a_raw_register_counts_the_wrapped_delta():
+    wrap = 65536 * 1000  # uint16 counter, 1 unit per count, milli-units
     book = CounterBook()
-    apply(book, 0, 1.0)
-    step, changed = apply(book, 10, float("nan"))
-    assert step.outcome is Outcome.INVALID and changed == {}
-    assert book.counters[("m1", EA)].value == 1.0
+    apply(book, 0, wrap - 400, wrap)
+    outcome, out = apply(book, 10, 600, wrap)
+    assert outcome is Outcome.ROLLOVER and out == {H10: [1000, 0]}
 
 
-def test_redelivery_after_a_crash_is_not_counted_twice():
-    """Hour rows were written up to 10:50 but the counter state only up to 10:30 (crash in between)."""
-    hour = datetime(2026, 5, 4, 10, tzinfo=UTC)
-    book = CounterBook(
-        counters={("m1", EA): CounterReading(at(0), 100.0)},
-        open_hours={("m1", EA): HourRow("m1", EA, hour, 70.0, at(20))},
-    )
-    step, changed = apply(book, 10, 130.0)
-    assert step.outcome is Outcome.ALREADY_COUNTED and changed == {}
-    step, changed = apply(book, 20, 170.0)
-    assert step.outcome is Outcome.ALREADY_COUNTED and changed == {}
-    step, changed = apply(book, 25, 180.0)
-    assert step.outcome is Outcome.INTERVAL
-    assert changed[("m1", EA, hour)].value == 80.0
-
-
-def test_copy_leaves_the_original_untouched():
+def test_gap_is_spread_and_marked_estimated():
     book = CounterBook()
-    apply(book, 0, 1.0)
-    draft = book.copy()
-    draft.apply("m1", EA, at(10), 2.0, {})
-    assert book.counters[("m1", EA)].value == 1.0
-    assert ("m1", EA) not in book.open_hours
+    apply(book, 0, 0)
+    outcome, out = apply(book, 90, 9000)  # 10:30 -> 12:00: 90 min > 15 min gap
+    assert GAP_MS == 15 * 60_000
+    assert outcome is Outcome.INTERVAL
+    assert out == {H10: [3000, 3000], H10 + HOUR_MS: [6000, 6000]}
+
+
+def test_window_trims_and_older_readings_go_to_the_store_path():
+    book = CounterBook(window=4)
+    for i in range(8):
+        apply(book, i, i * 10)
+    counter = book.counters[("m1", EA)]
+    assert len(counter.ts) == 4 and not counter.complete
+    assert apply(book, 0.5, 5) == (Outcome.OLD, {})
+    outcome, _ = apply(book, 6.5, 65)  # inside the window: handled in memory
+    assert outcome is Outcome.LATE
+
+
+def test_hour_totals_of_a_set_is_order_independent():
+    readings = [(at(0), 0, 0), (at(10), 200, 0), (at(20), 300, 0), (at(10), 250, 0), (at(25), 10, 0)]
+    assert hour_totals(readings) == hour_totals(list(reversed(readings)))
+    assert hour_totals(readings) == {H10: [300, 0]}  # 250 wins at 10:40; 10 at 10:55 is a reset
+    gap = [(at(0), 0, 0), (at(40), 400, 0)]  # 40 min without a reading: estimated
+    assert hour_totals(gap) == {H10: [300, 300], H10 + HOUR_MS: [100, 100]}
 
 
 def test_counters_are_independent_per_device_and_quantity():
     book = CounterBook()
-    changed: dict = {}
-    book.apply("m1", EA, at(0), 10.0, changed)
-    book.apply("m2", EA, at(0), 500.0, changed)
-    book.apply("m1", "water_volume", at(0), 7.0, changed)
-    book.apply("m1", EA, at(10), 15.0, changed)
-    book.apply("m2", EA, at(10), 520.0, changed)
-    book.apply("m1", "water_volume", at(10), 9.0, changed)
-    assert sorted((k[0], k[1], r.value) for k, r in changed.items()) == [
-        ("m1", EA, 5.0),
-        ("m1", "water_volume", 2.0),
-        ("m2", EA, 20.0),
+    out: dict = {}
+    book.apply("m1", EA, at(0), 10, 0, out)
+    book.apply("m2", EA, at(0), 500, 0, out)
+    book.apply("m1", "water_volume", at(0), 7, 0, out)
+    book.apply("m1", EA, at(10), 15, 0, out)
+    book.apply("m2", EA, at(10), 520, 0, out)
+    book.apply("m1", "water_volume", at(10), 9, 0, out)
+    assert sorted((k[0], k[1], v[0]) for k, v in out.items()) == [
+        ("m1", EA, 5),
+        ("m1", "water_volume", 2),
+        ("m2", EA, 20),
     ]

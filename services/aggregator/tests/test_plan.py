@@ -1,4 +1,4 @@
-"""Aggregator.plan / hour_rows (pure): pulse meters, raw rows, costs with the tariff of the local date."""
+"""Aggregator.plan / hour_rows (pure), rollover ranges from profiles, prices, and the batch handler."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
-from ews_aggregator.aggregator import Aggregator, counter_values
+from ews_aggregator.aggregator import Aggregator, counter_values, wrap_of
 from ews_contracts.events import ReadingTaken
+from ews_contracts.profiles import load_profiles
 from ews_contracts.settings import BUNDLED_DEMO_SITE
 from ews_contracts.site import Site
 
@@ -15,7 +16,16 @@ from ews_contracts.site import Site
 @pytest.fixture(scope="module")
 def site() -> Site:
     data = yaml.safe_load(BUNDLED_DEMO_SITE.read_text())
-    data["tariffs"].append({"effective_from": "2026-06-01", "electricity_per_kwh": 0.5, "water_per_m3": 5.0})
+    data["tariffs"].append(
+        {
+            "effective_from": "2026-06-01",
+            "electricity_per_kwh": 0.5,
+            "water_per_m3": 5.0,
+            "time_of_use": [
+                {"name": "off-peak", "start": "22:00", "end": "06:00", "electricity_per_kwh": 0.1}
+            ],
+        }
+    )
     return Site.model_validate(data)
 
 
@@ -35,38 +45,42 @@ def test_counter_values(site: Site):
     assert counter_values(reading("unknown", t, pulse_count=3.0), site) == {}
 
 
-def test_costs_use_the_tariff_of_the_local_date(site: Site):
+def test_rollover_range_comes_from_the_profile(site: Site):
+    profiles = load_profiles()
+    # energy-meter-rs485-3ph: Ea+ is a uint32 of 10 Wh
+    assert wrap_of(site.device("e2"), "energy_active_import", profiles) == 2**32 * 10
+    # pulse meter: uint32 pulse count x 10 dm³ per pulse
+    assert wrap_of(site.device("water"), "water_volume", profiles) == 2**32 * 10
+    assert wrap_of(None, "energy_active_import", profiles) == 0
+    assert wrap_of(site.device("e2"), "energy_active_import", {}) == 0  # unknown profile: no rollover
+
+
+def test_plan_and_costs_use_the_tariff_and_time_of_use_of_the_local_hour(site: Site):
     agg = Aggregator(store=None, database="x", site=site)  # type: ignore[arg-type]
     start = datetime(2026, 5, 31, 21, tzinfo=UTC)  # 23:00 in Paris, May 31st
     plan = agg.plan(
         [
             reading("e2", start, energy_active_import=0.0, power_active=1.0),
-            reading("e2", start + timedelta(hours=2), energy_active_import=2000.0),
             reading("water", start, pulse_count=0.0),
-            reading("water", start + timedelta(hours=2), pulse_count=200.0),
         ]
+        + [
+            reading("e2", start + timedelta(minutes=10 * i), energy_active_import=100.0 * i)
+            for i in range(1, 13)
+        ]
+        + [reading("water", start + timedelta(hours=2), pulse_count=200.0)]
     )
-    rows = {(r[1], r[3].hour): r for r in agg.hour_rows(plan)}
-    assert rows[("e2", 21)][4:6] == (1000.0, pytest.approx(0.2516))  # old price on May 31st
-    assert rows[("e2", 22)][4:6] == (1000.0, pytest.approx(0.5))  # June 1st local: new price
-    assert rows[("water", 22)][4:6] == (1000.0, pytest.approx(5.0))
-    assert len(plan.raw) == 5  # every value of every reading, counters or not
-    assert set(plan.state) == {("e2", "energy_active_import"), ("water", "water_volume")}
-    assert agg.book.counters == {}  # the book only changes once the batch is stored
-
-
-class FlakyStore:
-    """Fake store: the first ``failures`` inserts raise (ClickHouse down)."""
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.inserted: list[str] = []
-
-    async def insert(self, table, rows, column_names) -> None:
-        if self.failures:
-            self.failures -= 1
-            raise ConnectionError("clickhouse: connection refused")
-        self.inserted.append(table)
+    rows = agg.hour_rows(plan.hours)
+    by_hour = {(rows[1][n], rows[3][n].hour): n for n in range(len(rows[0]))}
+    e21, e22 = by_hour[("e2", 21)], by_hour[("e2", 22)]
+    assert (rows[5][e21], rows[7][e21]) == (600_000, pytest.approx(0.6 * 0.2516))  # old price, May 31st
+    assert str(rows[4][e22]) == "2026-06-01"  # local day of 22:00 UTC
+    assert (rows[5][e22], rows[7][e22]) == (600_000, pytest.approx(0.6 * 0.1))  # June 1st, 00:00: off-peak
+    w22 = by_hour[("water", 22)]
+    assert rows[5][w22] == 1_000_000 and rows[6][w22] == 1_000_000  # 2 h without a reading: estimated
+    assert rows[7][w22] == pytest.approx(5.0)
+    assert len(plan.raw[0]) == 2 + 1 + 12 + 1  # every value of every reading, counters or not
+    assert len(plan.counters[0]) == 15
+    assert plan.outcomes == {"baseline": 2, "interval": 13}
 
 
 class FakeMsg:
@@ -83,6 +97,24 @@ class FakeMsg:
         self.done = "term"
 
 
+class FlakyAggregator:
+    """Stands in for Aggregator in the handler: the first ``failures`` writes raise (ClickHouse down)."""
+
+    def __init__(self, site: Site, failures: int) -> None:
+        self.site, self.failures, self.stored = site, failures, []
+
+    async def store_batch(self, readings):
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("clickhouse: connection refused")
+        self.stored.append(len(readings))
+
+        class Plan:
+            outcomes: dict = {}
+
+        return Plan()
+
+
 async def test_handle_batch_acks_after_write_and_naks_when_storage_fails(site: Site, monkeypatch):
     from ews_aggregator import service
 
@@ -95,14 +127,15 @@ async def test_handle_batch_acks_after_write_and_naks_when_storage_fails(site: S
         for i in range(2)
     ]
     bad = FakeMsg(b"\xff not json")
+    other = FakeMsg(
+        reading("e2", t, energy_active_import=1.0).model_copy(update={"site": "x"}).model_dump_json().encode()
+    )
 
-    down = Aggregator(FlakyStore(failures=10), "x", site)  # type: ignore[arg-type]
-    await service.handle_batch(down, [good[0], bad, good[1]])  # type: ignore[list-item]
-    assert [m.done for m in good] == ["nak", "nak"] and bad.done == "term"
-    assert down.book.counters == {}  # nothing half-applied: the redelivery recomputes the same rows
+    down = FlakyAggregator(site, failures=10)
+    await service.handle_batch(down, [good[0], bad, good[1], other])  # type: ignore[arg-type]
+    assert [m.done for m in good] == ["nak", "nak"] and bad.done == "term" and other.done == "term"
+    assert down.stored == []
 
-    flaky = Aggregator(FlakyStore(failures=1), "x", site)  # type: ignore[arg-type]
+    flaky = FlakyAggregator(site, failures=1)
     await service.handle_batch(flaky, good)  # type: ignore[arg-type]
-    assert [m.done for m in good] == ["ack", "ack"]
-    assert flaky.book.counters[("e2", "energy_active_import")].value == 1.0
-    assert flaky.store.inserted == ["x.energy_hourly", "x.readings", "x.counter_state"]
+    assert [m.done for m in good] == ["ack", "ack"] and flaky.stored == [2]

@@ -3,80 +3,105 @@
 The aggregator writes, the gateway-api reads; both import this library and nothing of each other.
 Same SQL on chDB (embedded) and a ClickHouse server.
 
-Design
-------
-Tables (``migrations/0001_initial.sql``), all ``ReplacingMergeTree`` so that every write is an
-idempotent upsert:
+Design (``migrations/0002_counters_and_rollups.sql``)
+-----------------------------------------------------
+Consumption is a pure function of the *set* of counter readings, so arrival order, duplicates,
+redelivery and replays cannot change it:
 
-- ``readings`` — every value of every ``ReadingTaken``, keyed ``(site, device, quantity, ts)``:
-  a duplicate event (JetStream redelivery, ``ews replay``, a re-publish with a new event_id)
-  replaces itself.
-- ``energy_hourly`` — consumption per ``(site, device, quantity, UTC hour)`` for every cumulative
-  counter (``ews_contracts.quantities.COUNTERS``; Ea+, water and gas are priced). The aggregator
-  turns consecutive counter readings of a device into intervals, splits each interval pro rata over
-  the UTC hours it covers, and rewrites the row of each hour it touches with the hour's running
-  total. ``last_end`` (end of the last interval included) is the row version: reads use ``FINAL``
-  and get the most complete row; after a crash, an interval ending at or before the hour's
-  ``last_end`` is known to be included and is not added again. One row per device, counter and
-  hour (instead of one per interval) keeps year and decade queries small.
-  ``cost`` is written with the tariff in force on the hour's local date (``Site.tariff_on``), so a
-  later price change never rewrites past costs.
-- ``counter_state`` — the last counter reading used per ``(site, device, quantity)`` (newest
-  ``ts`` wins), so a restarted aggregator continues exactly where it stopped.
-- ``schema_migrations`` — applied migration versions (see ``schema.migrate``).
+- ``readings`` — every value of every ``ReadingTaken`` (raw, ReplacingMergeTree on
+  ``(site, device, quantity, ts)``: a duplicate replaces itself).
+- ``counter_readings`` — the counter readings used (pulse counts × weight applied), in integer
+  milli-units (mWh, cm³), with the value at which the raw register wraps.
+- ``consumption_hourly`` — per device, counter and UTC hour, a SummingMergeTree of signed integer
+  corrections: the aggregator adds the pro rata pieces of each new interval between two consecutive
+  readings and, when a late reading splits an interval, subtracts the old interval's pieces and adds
+  the two new ones. Integers make the sums exact and order-independent (to the milli-unit). Each row
+  carries the hour's site-local ``day``; ``estimated_milli`` is the part spread over a gap; ``cost`` is
+  priced with the tariff of the hour's local date and time-of-use window (a later price change never
+  rewrites it).
+- ``consumption_daily`` / ``consumption_monthly`` — local-date rollups maintained by materialized
+  views on every insert into the hourly table: month, year and decade queries read a few thousand
+  rows whatever the history length.
+- ``aggregator_checkpoints`` — the last batch whose writes are complete; on start-up the aggregator
+  reconciles the hours touched by later batches (a crash between inserts), so nothing is lost or
+  counted twice.
 
-Why it is idempotent: a reading not newer than the device's last counter reading makes no interval
-(duplicate, replay, late), and the raw row replaces itself; the aggregator writes ``energy_hourly``
-before ``counter_state`` and acks the messages only after both, so a crash in between at worst
-recomputes identical intervals, which ``last_end`` recognises. Replaying the stream into an empty
-database gives the same numbers because the stream order is the same.
-
-Hours are UTC hours: site-local day/month/year buckets are exact for every time zone whose offset
-is a whole number of hours (Europe/Paris and most others; DST days have 23 or 25 hourly buckets).
-In zones with half-hour offsets a local bucket boundary falls inside a UTC hour; that hour counts
-in the bucket where it starts.
-
-Scaling note: one aggregator per site keeps the per-device order these rules rely on; a consumer
-group across sites must partition by device subject (``ews.<site>.reading.<device>``).
+Hours are UTC hours: site-local day/month/year buckets are exact in every zone whose offset is a whole
+number of hours (DST days have 23 or 25 hourly buckets). In half-hour zones an hour counts in the
+local day where it starts.
 """
 
-from .costs import MEDIUM_QUANTITY, PRICE_FIELD, cost_of, medium_of
+from .costs import MEDIUM_QUANTITY, PRICE_FIELD, PriceBook, cost_of, medium_of, standing_charges
 from .queries import (
     PERIODS,
     Bucket,
+    Comparison,
     Consumption,
+    Part,
     PreviousTotal,
     Selection,
+    Side,
     Total,
     bucket_starts,
+    compare,
     consumption,
+    members,
     period_range,
     previous_day,
     resolve_scope,
+    scope_kind,
 )
-from .schema import COUNTER_STATE, ENERGY_HOURLY, READINGS, check_database, migrate, migrations, table
+from .schema import (
+    CHECKPOINTS,
+    COUNTER_READINGS,
+    DAILY,
+    ENERGY_HOURLY,
+    HOURLY,
+    MONTHLY,
+    PROJECTIONS,
+    READINGS,
+    check_database,
+    migrate,
+    migrations,
+    table,
+    truncate_projections,
+)
 
 __all__ = [
-    "COUNTER_STATE",
+    "CHECKPOINTS",
+    "COUNTER_READINGS",
+    "DAILY",
     "ENERGY_HOURLY",
+    "HOURLY",
     "MEDIUM_QUANTITY",
+    "MONTHLY",
     "PERIODS",
     "PRICE_FIELD",
+    "PROJECTIONS",
     "READINGS",
     "Bucket",
+    "Comparison",
     "Consumption",
+    "Part",
     "PreviousTotal",
+    "PriceBook",
     "Selection",
+    "Side",
     "Total",
     "bucket_starts",
     "check_database",
+    "compare",
     "consumption",
     "cost_of",
     "medium_of",
+    "members",
     "migrate",
     "migrations",
     "period_range",
     "previous_day",
     "resolve_scope",
+    "scope_kind",
+    "standing_charges",
     "table",
+    "truncate_projections",
 ]

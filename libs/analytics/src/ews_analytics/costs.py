@@ -1,11 +1,19 @@
-"""Which counters are priced, and how: value in Wh or dm³ -> money with the tariff of a local date."""
+"""Prices: which counters are priced, the price of an hour (tariff history, time-of-use), standing charges.
+
+Canonical units are Wh and dm³; prices are per kWh and per m³, so the money for ``value`` canonical
+units is ``value / 1000 × price``. A tariff applies from its ``effective_from`` local date; an hour is
+priced by the tariff in force on its local date and by the time-of-use window containing its local
+start time (hours are the storage grain, so windows are whole hours).
+"""
 
 from __future__ import annotations
 
-from ews_contracts.quantities import Quantity
-from ews_contracts.site import Device, Tariff
+from datetime import UTC, date, datetime, timedelta
 
-# quantity -> the tariff field pricing one kWh / one m³ of it (canonical units are Wh and dm³: / 1000)
+from ews_contracts.quantities import Quantity
+from ews_contracts.site import Device, Site, Tariff
+
+# quantity -> the tariff field pricing one kWh / one m³ of it
 PRICE_FIELD: dict[str, str] = {
     Quantity.ENERGY_ACTIVE_IMPORT: "electricity_per_kwh",
     Quantity.WATER_VOLUME: "water_per_m3",
@@ -18,16 +26,68 @@ MEDIUM_QUANTITY: dict[str, str] = {
     "water": Quantity.WATER_VOLUME,
     "gas": Quantity.GAS_VOLUME,
 }
+QUANTITY_MEDIUM: dict[str, str] = {str(q): m for m, q in MEDIUM_QUANTITY.items()}
+
+# medium -> the tariff field of its daily standing charge
+STANDING_FIELD: dict[str, str] = {
+    "electricity": "electricity_standing_per_day",
+    "water": "water_standing_per_day",
+    "gas": "gas_standing_per_day",
+}
 
 
-def cost_of(quantity: str, value: float, tariff: Tariff) -> float:
-    """Money for ``value`` (canonical unit) of ``quantity``; 0 for counters that are not priced."""
+def cost_of(quantity: str, value: float, tariff: Tariff, weekday: int = 0, hour: int = 12) -> float:
+    """Money for ``value`` (canonical unit) of ``quantity`` at a local weekday/hour; 0 if not priced."""
     field = PRICE_FIELD.get(quantity)
     if field is None:
         return 0.0
-    return value / 1000.0 * float(getattr(tariff, field))
+    return value / 1000.0 * tariff.price(field, weekday, hour)
 
 
 def medium_of(device: Device) -> str:
     """electricity, water or gas: pulse meters declare it, every other device meters electricity."""
     return device.medium or "electricity"
+
+
+class PriceBook:
+    """Price per canonical unit of a counter for a UTC hour, cached (the aggregator asks per row)."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self._cache: dict[tuple[str, int], float] = {}
+
+    def per_unit(self, quantity: str, hour_epoch: int) -> float:
+        """Money per Wh / dm³ of ``quantity`` in the UTC hour starting at ``hour_epoch`` (seconds)."""
+        key = (quantity, hour_epoch)
+        price = self._cache.get(key)
+        if price is None:
+            field = PRICE_FIELD.get(quantity)
+            if field is None:
+                price = 0.0
+            else:
+                local = datetime.fromtimestamp(hour_epoch, UTC).astimezone(self.site.tz)
+                tariff = self.site.tariff_on(local.date())
+                price = tariff.price(field, local.weekday(), local.hour) / 1000.0
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            self._cache[key] = price
+        return price
+
+
+def standing_charges(
+    site: Site, media: tuple[str, ...], start: date, end: date, today: date
+) -> dict[date, float]:
+    """Daily standing charges of ``media`` for each local date in ``[start, end)``, counted from the
+    first tariff's date up to ``today`` (never for future days)."""
+    out: dict[date, float] = {}
+    if not media:
+        return out
+    day = max(start, site.tariffs[0].effective_from)
+    stop = min(end, today + timedelta(days=1))
+    while day < stop:
+        tariff = site.tariff_on(day)
+        charge = sum(float(getattr(tariff, STANDING_FIELD[m])) for m in media)
+        if charge:
+            out[day] = charge
+        day += timedelta(days=1)
+    return out

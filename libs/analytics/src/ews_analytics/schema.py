@@ -22,9 +22,16 @@ _DATABASE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 READINGS = "readings"
-ENERGY_HOURLY = "energy_hourly"
-COUNTER_STATE = "counter_state"
+COUNTER_READINGS = "counter_readings"
+HOURLY = "consumption_hourly"
+DAILY = "consumption_daily"
+MONTHLY = "consumption_monthly"
+CHECKPOINTS = "aggregator_checkpoints"
+ENERGY_HOURLY = HOURLY  # the table whose existence means "migrated" (gateway-api health)
 SCHEMA_MIGRATIONS = "schema_migrations"
+
+# Everything derived from the readings stream (``ews replay`` empties and rebuilds these).
+PROJECTIONS: tuple[str, ...] = (READINGS, COUNTER_READINGS, HOURLY, DAILY, MONTHLY, CHECKPOINTS)
 
 
 @dataclass(frozen=True)
@@ -95,3 +102,9 @@ async def migrate(store: Store, database: str) -> list[int]:
         log.info("applied migration %04d_%s to %s", migration.version, migration.name, database)
         applied.append(migration.version)
     return applied
+
+
+async def truncate_projections(store: Store, database: str) -> None:
+    """Empty every table derived from the stream (the materialized views stay attached)."""
+    for name in PROJECTIONS:
+        await store.command(f"TRUNCATE TABLE IF EXISTS {table(database, name)}")

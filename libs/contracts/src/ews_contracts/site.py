@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import date
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .profiles import RegisterOverride
 from .yamlfile import LocatedError, load_yaml_model
 
 MAX_DEVICES = 255
@@ -22,14 +24,64 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SerialLine(_Strict):
+    """An RS485 line on a local serial port (``transport: rtu``)."""
+
+    port: str = Field(min_length=1, description="/dev/ttyUSB0, COM3, or a pyserial URL (socket://host:port).")
+    baudrate: int = Field(default=19200, ge=1200, le=115200)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
+
 class Gateway(_Strict):
+    """A Modbus TCP ⇄ RS485 gateway (``tcp``, ``rtu-over-tcp``) or a local RS485 line (``rtu``)."""
+
     id: str = Field(pattern=ID_PATTERN)
     name: str = ""
-    transport: Literal["tcp", "rtu-over-tcp"] = "tcp"
-    host: str
+    transport: Literal["tcp", "rtu-over-tcp", "rtu"] = "tcp"
+    host: str | None = Field(default=None, description="Gateway host (tcp, rtu-over-tcp).")
     port: int = Field(default=502, ge=1, le=65535)
+    serial: SerialLine | None = Field(default=None, description="The serial line (rtu).")
     timeout: float = Field(default=1.0, gt=0, le=30, description="Response timeout, seconds.")
     retries: int = Field(default=1, ge=0, le=5)
+    inter_frame_delay: float = Field(
+        default=0.0, ge=0, le=5, description="Silence kept between two transactions on the bus, seconds."
+    )
+    baudrate: int = Field(
+        default=19200, ge=1200, le=115200, description="RS485 side speed (plans reads; rtu: serial.baudrate)."
+    )
+    fast_period: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="Seconds between reads of fast values (default EWS_POLL_INTERVAL).",
+    )
+    counter_period: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="Seconds between reads of counters (default EWS_POLL_INTERVAL).",
+    )
+
+    @model_validator(mode="after")
+    def _link(self) -> Gateway:
+        if self.transport == "rtu":
+            if self.serial is None:
+                raise ValueError("transport 'rtu' needs 'serial: {port, baudrate, parity, stopbits}'")
+        elif not self.host:
+            raise ValueError(f"transport {self.transport!r} needs 'host' (and 'port')")
+        elif self.serial is not None:
+            raise ValueError("'serial' is only for transport 'rtu'")
+        return self
+
+    @property
+    def bus_baudrate(self) -> int:
+        return self.serial.baudrate if self.serial is not None else self.baudrate
+
+    @property
+    def endpoint(self) -> str:
+        return self.serial.port if self.serial is not None else f"{self.host}:{self.port}"
 
 
 class Panel(_Strict):
@@ -53,7 +105,25 @@ class Device(_Strict):
     name: str
     profile: str
     gateway: str
-    address: int = Field(ge=1, le=247, description="Modbus unit id.")
+    address: int = Field(
+        ge=1, le=247, description="Modbus unit id (modular range: 10 × interface + module, see below)."
+    )
+    interface: int | None = Field(
+        default=None,
+        ge=1,
+        le=24,
+        description="Modular range: RS485 interface address (address = 10 × it + module).",
+    )
+    module: int | None = Field(
+        default=None, ge=1, le=9, description="Modular range: module address wheel 1–9."
+    )
+    modules: list[str] = Field(
+        default_factory=list,
+        description="Profiles of the other modules at the same address: one device with all their functions.",
+    )
+    ea_register: RegisterOverride | None = Field(
+        default=None, description="Generic meter: where its Ea+ (positive active energy) is read."
+    )
     position: int | None = Field(default=None, ge=1, le=32, description="Input of a pulse concentrator.")
     side: Literal["A", "B"] | None = Field(default=None, description="Side of a double EV station.")
     medium: Literal["electricity", "water", "gas"] | None = Field(
@@ -66,6 +136,23 @@ class Device(_Strict):
     enabled: bool = True
     exclude_from_total: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _modular_address(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (data.get("interface") is not None or data.get("module") is not None):
+            interface, module = data.get("interface"), data.get("module")
+            if not isinstance(interface, int) or not isinstance(module, int):
+                raise ValueError("a modular device needs both 'interface' (1–24) and 'module' (1–9)")
+            computed = 10 * interface + module
+            if data.get("address") is None:
+                data = {**data, "address": computed}
+            elif data["address"] != computed:
+                raise ValueError(
+                    f"address {data['address']} differs from 10 × interface {interface} + module {module} "
+                    f"= {computed}; give one or the other"
+                )
+        return data
+
     @model_validator(mode="after")
     def _pulse(self) -> Device:
         if (self.position is None) != (self.pulse_weight is None):
@@ -75,13 +162,78 @@ class Device(_Strict):
         return self
 
 
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HOUR_OF_DAY = r"^([01]\d|2[0-4]):00$"
+
+
+class TimeOfUse(_Strict):
+    """A price window in local time, e.g. off-peak ``{days: [mon, …], start: "22:00", end: "06:00"}``.
+
+    An hour is in the window when its local start time is in ``[start, end)`` (``end`` before ``start``
+    wraps over midnight; ``start == end`` is the whole day) on one of ``days`` (the hour's own weekday).
+    Whole hours only: buckets are hourly. Prices not given fall back to the tariff's base price.
+    """
+
+    name: str = ""
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
+        default_factory=lambda: list(WEEKDAYS), min_length=1
+    )
+    start: str = Field(pattern=_HOUR_OF_DAY, description="Local time HH:00 the window opens.")
+    end: str = Field(pattern=_HOUR_OF_DAY, description="Local time HH:00 the window closes (24:00 allowed).")
+    electricity_per_kwh: float | None = Field(default=None, ge=0)
+    water_per_m3: float | None = Field(default=None, ge=0)
+    gas_per_m3: float | None = Field(default=None, ge=0)
+
+    def covers(self, weekday: int, hour: int) -> bool:
+        """Whether the local hour starting at ``hour`` o'clock on ``weekday`` (0 = Monday) is in the window."""
+        if WEEKDAYS[weekday] not in self.days:
+            return False
+        lo, hi = int(self.start[:2]) % 24, int(self.end[:2]) % 24
+        if lo == hi:
+            return True
+        return lo <= hour < hi if lo < hi else (hour >= lo or hour < hi)
+
+
 class Tariff(_Strict):
-    """Prices in force from ``effective_from`` (local date) until the next tariff."""
+    """Prices in force from ``effective_from`` (local date) until the next tariff.
+
+    Base prices per kWh and m³, optional time-of-use windows (the first window that covers the hour and
+    prices the medium wins) and daily
+    standing charges (money per local day, counted in the site totals).
+    """
 
     effective_from: date
     electricity_per_kwh: float = Field(ge=0)
     water_per_m3: float = Field(default=0, ge=0)
     gas_per_m3: float = Field(default=0, ge=0)
+    time_of_use: list[TimeOfUse] = []
+    electricity_standing_per_day: float = Field(default=0, ge=0)
+    water_standing_per_day: float = Field(default=0, ge=0)
+    gas_standing_per_day: float = Field(default=0, ge=0)
+
+    def price(self, field: str, weekday: int, hour: int) -> float:
+        """Price of ``field`` (electricity_per_kwh, water_per_m3, gas_per_m3) for a local hour."""
+        for window in self.time_of_use:
+            special = getattr(window, field)
+            if special is not None and window.covers(weekday, hour):
+                return float(special)
+        return float(getattr(self, field))
+
+
+class VirtualDevice(_Strict):
+    """A master/slave virtual meter (D12): ``master`` minus the sum of ``slaves`` ("rest of the consumption").
+
+    Master and slaves are devices (or virtual devices declared earlier) of the same medium.
+    """
+
+    id: str = Field(pattern=ID_PATTERN)
+    name: str
+    master: str
+    slaves: list[str] = Field(min_length=1)
+    panel: str | None = None
+    zone: str | None = None
+    circuit: str | None = None
+    exclude_from_total: bool = False
 
 
 class Site(_Strict):
@@ -97,6 +249,9 @@ class Site(_Strict):
     zones: list[Zone] = []
     circuits: list[Circuit] = []
     devices: list[Device] = Field(min_length=1)
+    virtual_devices: list[VirtualDevice] = Field(
+        default_factory=list, description="Master/slave virtual meters (D12): master minus its slaves."
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -124,7 +279,8 @@ class Site(_Strict):
         unique("device", self.devices)
         if len(self.devices) > MAX_DEVICES:
             raise LocatedError(
-                ("devices",), f"{len(self.devices)} devices: a site manages at most {MAX_DEVICES}"
+                ("devices", MAX_DEVICES),
+                f"{len(self.devices)} devices: a site manages at most {MAX_DEVICES}; split it into two sites",
             )
         for n, c in enumerate(self.circuits):
             if c.zone and c.zone not in zones:
@@ -150,17 +306,82 @@ class Site(_Strict):
                     f"device {d.id!r}: address {d.address} is already used on gateway {d.gateway!r}",
                 )
             slots.add(slot)
-            if len(slots) > MAX_ADDRESSES_PER_GATEWAY:
+            # S2: at most 32 Modbus addresses, and at most 32 pulse meters, per gateway
+            addresses = {a for a, _, _ in slots}
+            pulse_meters = sum(1 for _, position, _ in slots if position is not None)
+            if len(addresses) > MAX_ADDRESSES_PER_GATEWAY:
                 raise LocatedError(
-                    ("devices", n, "gateway"),
-                    f"gateway {d.gateway!r}: more than {MAX_ADDRESSES_PER_GATEWAY} addresses or pulse meters",
+                    ("devices", n, "address"),
+                    f"gateway {d.gateway!r}: more than {MAX_ADDRESSES_PER_GATEWAY} addresses (device "
+                    f"{d.id!r} is the {len(addresses)}th); move devices to another gateway",
                 )
+            if pulse_meters > MAX_ADDRESSES_PER_GATEWAY:
+                raise LocatedError(
+                    ("devices", n, "position"),
+                    f"gateway {d.gateway!r}: more than {MAX_ADDRESSES_PER_GATEWAY} pulse meters (device "
+                    f"{d.id!r} is the {pulse_meters}th); move pulse meters to another gateway",
+                )
+        if len(self.devices) > RECOMMENDED_DEVICES:
+            logging.getLogger("ews.site").warning(
+                "site %s: %d devices: more than the %d recommended (at most %d); polling may slow down",
+                self.site,
+                len(self.devices),
+                RECOMMENDED_DEVICES,
+                MAX_DEVICES,
+            )
         dates = [t.effective_from for t in self.tariffs]
         if dates != sorted(set(dates)):
             raise LocatedError(
                 ("tariffs",), "tariffs must be in increasing 'effective_from' order, one per date"
             )
         return self
+
+    @model_validator(mode="after")
+    def _virtual_devices(self) -> Site:
+        """Virtual devices: unique ids, known master/slaves of one medium (declared before), known refs."""
+        medium = {d.id: d.medium or "electricity" for d in self.devices}
+        panels, zones = {p.id for p in self.panels}, {z.id for z in self.zones}
+        circuits = {c.id for c in self.circuits}
+        for n, v in enumerate(self.virtual_devices):
+            if v.id in medium:
+                raise LocatedError(
+                    ("virtual_devices", n, "id"), f"virtual device id {v.id!r} is already used by a device"
+                )
+            members = [("master", v.master), *(("slaves", s) for s in v.slaves)]
+            for field, ref in members:
+                if ref not in medium:
+                    raise LocatedError(
+                        ("virtual_devices", n, field),
+                        f"virtual device {v.id!r}: unknown device {ref!r}; use a device id "
+                        "(or a virtual device declared above it)",
+                    )
+            if v.master in v.slaves or len(set(v.slaves)) != len(v.slaves):
+                raise LocatedError(
+                    ("virtual_devices", n, "slaves"),
+                    f"virtual device {v.id!r}: a device appears twice in master/slaves",
+                )
+            kinds = {medium[ref] for _, ref in members}
+            if len(kinds) > 1:
+                raise LocatedError(
+                    ("virtual_devices", n, "slaves"),
+                    f"virtual device {v.id!r}: master and slaves must meter the same medium (got "
+                    f"{', '.join(sorted(kinds))})",
+                )
+            for kind, ref, known in (
+                ("panel", v.panel, panels),
+                ("zone", v.zone, zones),
+                ("circuit", v.circuit, circuits),
+            ):
+                if ref is not None and ref not in known:
+                    raise LocatedError(
+                        ("virtual_devices", n, kind),
+                        f"virtual device {v.id!r}: unknown {kind} {ref!r}; declare it under '{kind}s'",
+                    )
+            medium[v.id] = medium[v.master]
+        return self
+
+    def virtual_device(self, device_id: str) -> VirtualDevice | None:
+        return next((v for v in self.virtual_devices if v.id == device_id), None)
 
     @cached_property
     def tz(self) -> ZoneInfo:

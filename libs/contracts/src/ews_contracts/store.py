@@ -33,9 +33,22 @@ class Store:
         result = await self._run(self.client.query, sql, parameters=parameters)
         return result.result_rows
 
-    async def insert(self, table: str, rows: Sequence[Sequence[Any]], column_names: Sequence[str]) -> None:
+    async def insert(
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        column_names: Sequence[str],
+        column_oriented: bool = False,
+    ) -> None:
+        """Insert rows (or, with ``column_oriented``, one sequence per column: much faster for big batches)."""
         if rows:
-            await self._run(self.client.insert, table, list(rows), column_names=list(column_names))
+            await self._run(
+                self.client.insert,
+                table,
+                list(rows),
+                column_names=list(column_names),
+                column_oriented=column_oriented,
+            )
 
 
 @lru_cache(maxsize=4)

@@ -5,6 +5,7 @@ ews run <target>[,<t>…]    one service or a set per process (docker-compose, c
 ews targets                list the installed targets
 ews check-site FILE        validate a site file
 ews asyncapi [--check]     write (or check) the AsyncAPI event catalogue
+ews replay [--database DB] rebuild the ClickHouse projections from the readings stream
 """
 
 from __future__ import annotations
@@ -106,6 +107,18 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Installed commands (entry point group ``ews.commands``): the aggregator registers ``replay``."""
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep for ep in entry_points(group="ews.commands")}
+    if "replay" not in found:
+        raise StartupError("no `replay` command installed: install the aggregator (ews-aggregator)")
+    settings = _settings(args)
+    _configure_logging("WARNING" if settings.log_level.upper() == "INFO" else settings.log_level, "replay")
+    return int(found["replay"].load()(settings, database=args.database, batch_size=args.batch_size))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ews", description="Energy web server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="docs/asyncapi.json")
     p.add_argument("--check", action="store_true", help="fail if the committed file is out of date")
     p.set_defaults(fn=cmd_asyncapi)
+    p = sub.add_parser("replay", help="rebuild the ClickHouse projections from the readings stream")
+    p.add_argument("--site", help="site file (default: $EWS_SITE_FILE, else the simulated demo site)")
+    p.add_argument("--data", help="data folder (default: $EWS_DATA_DIR, else ./data)")
+    p.add_argument("--database", help="ClickHouse database to rebuild (default: $CLICKHOUSE_DATABASE)")
+    p.add_argument("--batch-size", type=int, default=5000, help="readings per write (default 5000)")
+    p.set_defaults(fn=cmd_replay)
     p = sub.add_parser("check-site", help="validate a site file")
     p.add_argument("file")
     p.set_defaults(fn=cmd_check_site)

@@ -1,135 +1,201 @@
-"""Cumulative counters -> hourly consumption (pure: no I/O, unit-tested).
+"""Cumulative counters -> hourly consumption (pure: no I/O, property-tested against a reference).
 
-For each ``(device, quantity)`` the book keeps the last counter reading it used and the hour row it
-is filling. A new reading:
+Consumption is a function of the **set** of readings of a counter, never of their arrival order:
 
-- first reading of a counter: the baseline, no consumption;
-- not newer than the last one (duplicate, replay, late): no interval (it is still stored raw);
-- counter went down (reset, meter replaced): consumption 0, continue from the new value;
-- otherwise the delta is split pro rata over the UTC hours ``[last.ts, reading.ts)`` covers, and
-  each touched hour row gets the piece added to its running total.
+- readings are ``(ts ms, value milli-units, wrap milli-units)``; at equal ``ts`` the larger value wins
+  (an exact duplicate changes nothing);
+- consecutive readings ``a < b`` (by time) make an interval whose delta is ``b − a``; when the counter
+  went down it is a **rollover** if the raw register wraps (``wrap > 0``) and the wrapped delta
+  ``b + wrap − a`` is at most ``wrap / WRAP_FRACTION`` (the counter was near the top and is near 0
+  again), otherwise a **reset** (meter reset or replaced): 0, never a negative bar or a spike;
+- an interval's delta is spread over the UTC hours it covers, pro rata to the time in each, with
+  integer arithmetic (cumulative floor: the pieces add up to the delta exactly);
+- an interval longer than the gap threshold is **estimated** (its pieces also count in ``estimated``).
 
-An hour row records ``last_end``, the end of the last interval included; an interval that ends at
-or before it is already counted (redelivery after a crash) and is not added again.
+The book keeps the most recent readings of each counter (a window). A reading inside the window is
+inserted at its place: when it splits an interval ``a → c``, the pieces of ``a → c`` are subtracted
+and those of ``a → b`` and ``b → c`` added, so the hour totals are always those of the sorted set.
+A reading older than the window is returned as ``Outcome.OLD`` for the store-backed path
+(``Aggregator.reconcile``), which applies the same rules to the readings kept in ClickHouse.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from bisect import bisect_left
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from enum import StrEnum
 
-HOUR = timedelta(hours=1)
+HOUR_MS = 3_600_000
+GAP_MS = 15 * 60_000  # an interval longer than this is a gap: spread pro rata and marked estimated
+WRAP_FRACTION = 100  # a decrease is a rollover when the wrapped delta is at most 1 % of the wrap range
+WINDOW = 64  # readings kept per counter (trimmed to this when it reaches twice as many)
 
 Key = tuple[str, str]  # (device, quantity)
-
-
-def floor_hour(ts: datetime) -> datetime:
-    return ts.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def split_hours(start: datetime, end: datetime, amount: float) -> list[tuple[datetime, float]]:
-    """``amount`` spread over the UTC hours of ``[start, end)`` in proportion to the time in each.
-
-    The pieces add up to ``amount`` exactly (the last piece takes the rounding remainder).
-    """
-    if end <= start:
-        raise ValueError("an interval must end after it starts")
-    total = (end - start).total_seconds()
-    pieces: list[tuple[datetime, float]] = []
-    hour = floor_hour(start)
-    given = 0.0
-    while hour < end:
-        lo, hi = max(start, hour), min(end, hour + HOUR)
-        if hi > lo:
-            if hi == end:
-                piece = amount - given
-            else:
-                piece = amount * (hi - lo).total_seconds() / total
-                given += piece
-            pieces.append((hour, piece))
-        hour += HOUR
-    return pieces
-
-
-@dataclass(frozen=True)
-class CounterReading:
-    ts: datetime
-    value: float
-
-
-@dataclass(frozen=True)
-class HourRow:
-    """Running total of one (device, quantity, UTC hour)."""
-
-    device: str
-    quantity: str
-    hour: datetime
-    value: float
-    last_end: datetime
+HourKey = tuple[str, str, int]  # (device, quantity, hour start in epoch ms)
 
 
 class Outcome(StrEnum):
-    BASELINE = "baseline"
+    BASELINE = "baseline"  # first reading of a counter (or earlier than every known one)
     INTERVAL = "interval"
-    STALE = "stale"  # not newer than the last reading: duplicate, replay or late
-    RESET = "reset"  # the counter went down
-    ALREADY_COUNTED = "already-counted"  # interval already in the hour rows (redelivery after a crash)
+    ROLLOVER = "rollover"  # the raw register wrapped: the wrapped delta counts
+    RESET = "reset"  # the counter went down (reset, meter replaced): counted 0
+    LATE = "late"  # inserted between two known readings (out of order)
+    DUPLICATE = "duplicate"  # same time, not a larger value: nothing changes
+    REPLACED = "replaced"  # same time, larger value: replaces the reading
+    OLD = "old"  # older than the window: the store-backed path applies it
     INVALID = "invalid"  # not a finite number
 
 
+def interval_delta(before: int, after: int, wrap: int) -> tuple[int, Outcome]:
+    """Consumption between two consecutive counter values (milli-units)."""
+    delta = after - before
+    if delta >= 0:
+        return delta, Outcome.INTERVAL
+    if wrap > 0 and delta + wrap <= wrap // WRAP_FRACTION:
+        return delta + wrap, Outcome.ROLLOVER
+    return 0, Outcome.RESET
+
+
+def split_hours(start_ms: int, end_ms: int, amount: int) -> list[tuple[int, int]]:
+    """``amount`` spread over the UTC hours of ``[start, end)`` pro rata to the time in each.
+
+    Integer cumulative floor: piece i = floor(amount × elapsed_i / total) − floor(amount × elapsed_{i−1} /
+    total), so the pieces add up to ``amount`` exactly and the split is deterministic.
+    """
+    if end_ms <= start_ms:
+        raise ValueError("an interval must end after it starts")
+    first, last = start_ms // HOUR_MS, (end_ms - 1) // HOUR_MS
+    if first == last:
+        return [(first * HOUR_MS, amount)]
+    total = end_ms - start_ms
+    pieces: list[tuple[int, int]] = []
+    given = 0
+    for h in range(first, last + 1):
+        hi = min(end_ms, (h + 1) * HOUR_MS)
+        cumulative = amount * (hi - start_ms) // total
+        pieces.append((h * HOUR_MS, cumulative - given))
+        given = cumulative
+    return pieces
+
+
+def interval_pieces(
+    a_ts: int, a_value: int, b_ts: int, b_value: int, b_wrap: int, gap_ms: int = GAP_MS
+) -> tuple[Outcome, list[tuple[int, int]], bool]:
+    """(outcome, hour pieces, estimated) of the interval between consecutive readings a and b."""
+    delta, outcome = interval_delta(a_value, b_value, b_wrap)
+    if delta == 0:
+        return outcome, [], False
+    return outcome, split_hours(a_ts, b_ts, delta), (b_ts - a_ts) > gap_ms
+
+
+def hour_totals(readings: Iterable[tuple[int, int, int]], gap_ms: int = GAP_MS) -> dict[int, list[int]]:
+    """Hour -> [value, estimated] of a whole set of readings ``(ts, value, wrap)`` (any order, duplicates:
+    the larger value at a time wins). The store-backed path and recovery use it."""
+    best: dict[int, tuple[int, int]] = {}
+    for ts, value, wrap in readings:
+        seen = best.get(ts)
+        if seen is None or value > seen[0]:
+            best[ts] = (value, wrap)
+    out: dict[int, list[int]] = {}
+    ordered = sorted(best.items())
+    for (a_ts, (a_value, _)), (b_ts, (b_value, b_wrap)) in zip(ordered, ordered[1:], strict=False):
+        _, pieces, estimated = interval_pieces(a_ts, a_value, b_ts, b_value, b_wrap, gap_ms)
+        for hour, piece in pieces:
+            acc = out.setdefault(hour, [0, 0])
+            acc[0] += piece
+            if estimated:
+                acc[1] += piece
+    return out
+
+
 @dataclass
-class Step:
-    outcome: Outcome
-    delta: float = 0.0
+class Counter:
+    """The recent readings of one counter, sorted by time. ``complete``: the list holds every reading
+    of the counter ever stored (so nothing can be older than the window)."""
+
+    ts: list[int] = field(default_factory=list)
+    values: list[int] = field(default_factory=list)
+    wraps: list[int] = field(default_factory=list)
+    complete: bool = True
 
 
 class CounterBook:
-    """Last counter reading and open hour row per (device, quantity).
+    """Recent readings per (device, quantity) and the interval arithmetic on them."""
 
-    ``copy()`` is cheap (immutable values in fresh dicts): process a batch on a copy and keep it only
-    once the batch is stored.
-    """
+    def __init__(self, gap_ms: int = GAP_MS, window: int = WINDOW) -> None:
+        self.counters: dict[Key, Counter] = {}
+        self.gap_ms = gap_ms
+        self.window = window
 
-    def __init__(
-        self,
-        counters: dict[Key, CounterReading] | None = None,
-        open_hours: dict[Key, HourRow] | None = None,
-    ) -> None:
-        self.counters: dict[Key, CounterReading] = dict(counters or {})
-        self.open_hours: dict[Key, HourRow] = dict(open_hours or {})
-
-    def copy(self) -> CounterBook:
-        return CounterBook(self.counters, self.open_hours)
+    def _interval(
+        self, key: Key, c: Counter, i: int, j: int, sign: int, out: dict[HourKey, list[int]]
+    ) -> Outcome:
+        outcome, pieces, estimated = interval_pieces(
+            c.ts[i], c.values[i], c.ts[j], c.values[j], c.wraps[j], self.gap_ms
+        )
+        device, quantity = key
+        for hour, piece in pieces:
+            acc = out.get((device, quantity, hour))
+            if acc is None:
+                acc = out[(device, quantity, hour)] = [0, 0]
+            acc[0] += sign * piece
+            if estimated:
+                acc[1] += sign * piece
+        return outcome
 
     def apply(
-        self, device: str, quantity: str, ts: datetime, value: float, changed: dict[tuple, HourRow]
-    ) -> Step:
-        """Take one counter reading; hour rows it changes are put in ``changed`` (keyed by device, quantity, hour)."""
-        if not math.isfinite(value):
-            return Step(Outcome.INVALID)
+        self, device: str, quantity: str, ts: int, value: int, wrap: int, out: dict[HourKey, list[int]]
+    ) -> Outcome:
+        """Take one reading; the hour corrections it causes are added to ``out`` ([value, estimated])."""
         key = (device, quantity)
-        ts = ts.astimezone(UTC)
-        last = self.counters.get(key)
-        if last is None:
-            self.counters[key] = CounterReading(ts, value)
-            return Step(Outcome.BASELINE)
-        if ts <= last.ts:
-            return Step(Outcome.STALE)
-        self.counters[key] = CounterReading(ts, value)
-        delta = value - last.value
-        if delta < 0:
-            return Step(Outcome.RESET, delta)
-        row = self.open_hours.get(key)
-        if row is not None and ts <= row.last_end:
-            return Step(Outcome.ALREADY_COUNTED, delta)
-        for hour, piece in split_hours(last.ts, ts, delta):
-            if row is not None and row.hour == hour:
-                row = replace(row, value=row.value + piece, last_end=ts)
-            else:  # a later hour (pieces come in time order, never before the open hour)
-                row = HourRow(device, quantity, hour, piece, ts)
-            changed[(device, quantity, hour)] = row
-        if row is not None:
-            self.open_hours[key] = row
-        return Step(Outcome.INTERVAL, delta)
+        c = self.counters.get(key)
+        if c is None:
+            c = self.counters[key] = Counter()
+        n = len(c.ts)
+        if n == 0 or ts > c.ts[-1]:  # the usual case: a newer reading
+            c.ts.append(ts)
+            c.values.append(value)
+            c.wraps.append(wrap)
+            if n == 0:
+                return Outcome.BASELINE
+            outcome = self._interval(key, c, n - 1, n, 1, out)
+            if n + 1 >= 2 * self.window:
+                cut = n + 1 - self.window
+                del c.ts[:cut], c.values[:cut], c.wraps[:cut]
+                c.complete = False
+            return outcome
+        i = bisect_left(c.ts, ts)
+        if c.ts[i] == ts:
+            if value <= c.values[i]:
+                return Outcome.DUPLICATE
+            if i > 0:
+                self._interval(key, c, i - 1, i, -1, out)
+            if i + 1 < n:
+                self._interval(key, c, i, i + 1, -1, out)
+            c.values[i], c.wraps[i] = value, wrap
+            if i > 0:
+                self._interval(key, c, i - 1, i, 1, out)
+            if i + 1 < n:
+                self._interval(key, c, i, i + 1, 1, out)
+            return Outcome.REPLACED
+        if i == 0 and not c.complete:
+            return Outcome.OLD
+        if i > 0:  # split the interval (i-1 -> i)
+            self._interval(key, c, i - 1, i, -1, out)
+        c.ts.insert(i, ts)
+        c.values.insert(i, value)
+        c.wraps.insert(i, wrap)
+        if i > 0:
+            self._interval(key, c, i - 1, i, 1, out)
+        self._interval(key, c, i, i + 1, 1, out)
+        return Outcome.LATE if i > 0 else Outcome.BASELINE
+
+    def load(self, key: Key, readings: list[tuple[int, int, int]], complete: bool) -> None:
+        """Set a counter's window from stored readings (sorted, distinct times)."""
+        c = Counter(complete=complete)
+        for ts, value, wrap in readings:
+            c.ts.append(ts)
+            c.values.append(value)
+            c.wraps.append(wrap)
+        self.counters[key] = c

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Annotated, Any
 
 from ews_contracts.bus import ensure_streams, jstream, make_broker
@@ -21,6 +22,9 @@ from ews_contracts.subjects import Kind, pattern
 from faststream import AckPolicy, Context
 from faststream.nats import NatsBroker, PullSub
 from nats.aio.msg import Msg
+from nats.js.api import AckPolicy as JsAckPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from .aggregator import Aggregator
@@ -28,7 +32,9 @@ from .aggregator import Aggregator
 log = logging.getLogger("ews.aggregator")
 
 DURABLE = "aggregator"
-BATCH_SIZE = 500
+BATCH_SIZE = 5000  # a backlog (catch-up, replay) is written in big batches: ClickHouse inserts are per batch
+MAX_ACK_PENDING = 4 * BATCH_SIZE  # JetStream's default (1000) would cap every fetch below BATCH_SIZE
+ACK_WAIT = 15.0  # seconds before JetStream redelivers what a crashed aggregator had in flight
 BATCH_TIMEOUT = 0.5  # seconds to fill a batch: the latency from poll to ClickHouse
 WRITE_ATTEMPTS = 3
 RETRY_DELAY = 0.2  # seconds, times the attempt number
@@ -87,9 +93,29 @@ def _raw_bodies(message: Any) -> Any:
     return message.body
 
 
+def load_profiles_or_none(settings: Settings) -> dict:
+    """The device profiles (for counter rollover ranges); none when they cannot be loaded (resets stay safe)."""
+    try:
+        from ews_contracts.profiles import load_profiles
+
+        return dict(load_profiles(settings.profiles_dir))
+    except Exception as exc:
+        log.warning("device profiles not loaded (%s): counter rollovers are treated as resets", one_line(exc))
+        return {}
+
+
+def make_aggregator(settings: Settings) -> Aggregator:
+    return Aggregator(
+        get_store(settings.clickhouse_dsn),
+        settings.clickhouse_database,
+        settings.site,
+        load_profiles_or_none(settings),
+    )
+
+
 def build(settings: Settings) -> tuple[NatsBroker, Aggregator]:
     site = settings.site
-    aggregator = Aggregator(get_store(settings.clickhouse_dsn), settings.clickhouse_database, site)
+    aggregator = make_aggregator(settings)
     broker = make_broker(settings.nats_url, "aggregator")
 
     @broker.subscriber(
@@ -108,12 +134,38 @@ def build(settings: Settings) -> tuple[NatsBroker, Aggregator]:
     return broker, aggregator
 
 
+def consumer_config(site: str, ack_wait: float = ACK_WAIT) -> ConsumerConfig:
+    """The durable consumer of the aggregator (created before FastStream binds to it)."""
+    return ConsumerConfig(
+        name=DURABLE,
+        durable_name=DURABLE,
+        filter_subject=pattern(site, Kind.READING),
+        ack_policy=JsAckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        max_ack_pending=MAX_ACK_PENDING,
+        ack_wait=ack_wait,
+    )
+
+
+async def ensure_consumer(broker: NatsBroker, site: str) -> None:
+    """Create the durable consumer, or raise its max_ack_pending (FastStream binds to an existing one as is)."""
+    js = broker.connection.jetstream()
+    try:
+        info = await js.consumer_info(READINGS.name, DURABLE)
+    except NotFoundError:
+        await js.add_consumer(READINGS.name, config=consumer_config(site))
+        return
+    if (info.config.max_ack_pending or 0) < MAX_ACK_PENDING:
+        await js.add_consumer(READINGS.name, config=replace(info.config, max_ack_pending=MAX_ACK_PENDING))
+
+
 async def serve(settings: Settings) -> None:
     broker, aggregator = build(settings)
     await aggregator.start()  # migrate + load state before the first message
     try:
         await broker.connect()
         await ensure_streams(broker)
+        await ensure_consumer(broker, aggregator.site.site)
         await broker.start()
         log.info(
             "aggregator consuming %s into %s",

@@ -1,10 +1,14 @@
-"""Consumption histograms (requirement C) from ClickHouse through ``ews_analytics.consumption``.
+"""Consumption histograms (requirement C) from ClickHouse through ``ews_analytics``.
 
 ``GET /api/v1/consumption?scope=…&period=day|month|year|decade&date=YYYY-MM-DD`` returns the analytics
 library's ``Consumption`` as is: values in canonical units (Wh, dm³, or the currency for
 ``total-global``), bucket ``start`` in the site's local time with its UTC offset. ``date`` defaults to
-today in the site's time zone. ``/api/v1/consumption/datalogger.csv`` gives the same buckets as CSV
-(requirement C5). Bad parameters: 400 with one line; analytics database not created yet: 503.
+today in the site's time zone. ``GET /api/v1/consumption/compare?a=…&b=…`` puts two scopes side by side
+(C4: units when they meter the same thing, money otherwise). ``/api/v1/consumption/datalogger.csv``
+gives the buckets as CSV (C5), columns ``start,quantity,unit,value,cost,currency``: ``start`` is the
+bucket's local start with its UTC offset (ISO 8601), ``quantity`` the counter summed
+(``energy_active_import``, ``water_volume``, ``gas_volume``) or ``cost`` for money scopes, ``value``
+in ``unit``, ``cost`` in ``currency``. Bad parameters: 400 with one line; database not created yet: 503.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import io
 from datetime import date, datetime
 from typing import Any
 
-from ews_analytics import Consumption, consumption, resolve_scope
+from ews_analytics import Comparison, Consumption, compare, consumption, resolve_scope
 from ews_contracts.roles import Permission
 from ews_contracts.site import Site
 from litestar import Request, Response, Router, get
@@ -27,11 +31,14 @@ from ..storage import require_store, store_error
 
 CSV_HEADER = ("start", "quantity", "unit", "value", "cost", "currency")
 
-SCOPE = Parameter(
-    str,
-    query="scope",
-    default="total-electricity",
-    description="total-electricity, total-global, zone:<id>, circuit:<id> or device:<id>",
+SCOPE_TEXT = (
+    "total-electricity, total-global, zone:<id>, circuit:<id>, panel:<id>, gateway:<id> or device:<id>"
+)
+SCOPE = Parameter(str, query="scope", default="total-electricity", description=SCOPE_TEXT)
+SCOPE_A = Parameter(str, query="a", description=f"First scope: {SCOPE_TEXT}")
+SCOPE_B = Parameter(str, query="b", description=f"Second scope: {SCOPE_TEXT}")
+DETAIL = Parameter(
+    str, query="detail", default="detailed", description="total (totals only) or detailed (with buckets)"
 )
 PERIOD = Parameter(str, query="period", default="day", description="day, month, year or decade")
 DAY = Parameter(
@@ -92,8 +99,44 @@ def quantity_of(site: Site, scope: str) -> str:
     if selection.in_currency:
         return "cost"
     if len(selection.groups) == 1:
-        return next(iter(selection.groups))
+        return str(next(iter(selection.groups)))
     return "energy_active_import"
+
+
+@get(
+    "/consumption/compare",
+    guards=[requires(Permission.VIEW_CONSUMPTION)],
+    operation_id="compareConsumption",
+    summary="Two scopes side by side (devices, zones, circuits …)",
+    description="Same kind of meter (e.g. two electricity scopes): values in their unit and cost; different "
+    "kinds (electricity vs gas): values in the site's currency only. detail=total gives the totals only.",
+    tags=["consumption"],
+)
+async def get_comparison(
+    request: Request[Any, Any, State],
+    a: str = SCOPE_A,
+    b: str = SCOPE_B,
+    period: str = PERIOD,
+    day: str | None = DAY,
+    detail: str = DETAIL,
+) -> Comparison:
+    state = request.app.state
+    site: Site = state.site
+    when = parse_day(day, site)
+    try:
+        for scope in (a, b):
+            resolve_scope(site, scope)
+        if detail not in ("total", "detailed"):
+            raise ValueError(f"unknown detail {detail!r}: use total or detailed")
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+    store = await require_store(state)
+    try:
+        return await compare(store, state.database, site, a, b, period, when, detail)
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+    except Exception as exc:
+        raise store_error(exc) from None
 
 
 def to_csv(result: Consumption, quantity: str) -> str:
@@ -131,4 +174,4 @@ async def get_consumption_csv(
     )
 
 
-router = Router(path="/api/v1", route_handlers=[get_consumption, get_consumption_csv])
+router = Router(path="/api/v1", route_handlers=[get_consumption, get_comparison, get_consumption_csv])

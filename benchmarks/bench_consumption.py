@@ -1,0 +1,129 @@
+"""consumption() latency over a big history: 255 meters × 10 years of hourly rows (~22 M) in chDB.
+
+The rows are generated inside ClickHouse (INSERT … SELECT FROM numbers()) into ``consumption_hourly``;
+the daily and monthly rollups fill through their materialized views, as in production. Then every
+period is queried repeatedly for a few scopes and the latency percentiles are printed.
+
+    .venv/bin/python benchmarks/bench_consumption.py [--devices 255] [--years 10] [--runs 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import yaml
+from ews_analytics import consumption, migrate
+from ews_contracts.site import Site
+from ews_contracts.store import get_store
+
+
+def make_site(devices: int) -> Site:
+    data = {
+        "site": "bench",
+        "name": "Benchmark site",
+        "timezone": "Europe/Paris",
+        "tariffs": [{"effective_from": "2015-01-01", "electricity_per_kwh": 0.25, "water_per_m3": 4.0}],
+        "gateways": [{"id": f"gw{g}", "host": "127.0.0.1"} for g in range(devices // 32 + 1)],
+        "zones": [{"id": "z1", "name": "Zone 1"}],
+        "circuits": [{"id": "c1", "name": "Circuit 1", "zone": "z1"}],
+        "devices": [
+            {
+                "id": f"d{i}",
+                "name": f"Meter {i}",
+                "profile": "energy-meter-rs485-3ph",
+                "gateway": f"gw{i // 32}",
+                "address": i % 32 + 1,
+                **({"circuit": "c1"} if i % 4 == 0 else {}),
+            }
+            for i in range(devices - 1)
+        ]
+        + [
+            {
+                "id": f"d{devices - 1}",
+                "name": "Water",
+                "profile": "pulse-concentrator-004687",
+                "gateway": f"gw{(devices - 1) // 32}",
+                "address": (devices - 1) % 32 + 1,
+                "position": 1,
+                "medium": "water",
+                "pulse_weight": 10,
+            }
+        ],
+        "virtual_devices": [{"id": "rest", "name": "Rest", "master": "d0", "slaves": ["d1", "d2"]}],
+    }
+    return Site.model_validate(yaml.safe_load(yaml.safe_dump(data)))
+
+
+async def load(store, db: str, devices: int, years: int, end_year: int) -> tuple[int, float]:
+    hours = (date(end_year + 1, 1, 1) - date(end_year + 1 - years, 1, 1)).days * 24
+    started = time.perf_counter()
+    chunk = 24 * 365  # one year of hours per insert
+    for offset in range(0, hours, chunk):
+        n = min(chunk, hours - offset)
+        await store.command(
+            f"INSERT INTO {db}.consumption_hourly "
+            "SELECT 'bench', concat('d', toString(number % {devices})), "
+            f"if(number % {devices} = {devices - 1}, 'water_volume', 'energy_active_import'), "
+            f"toDateTime('{end_year + 1 - years}-01-01 00:00:00', 'UTC') + toIntervalHour({offset} + intDiv(number, {devices})) AS h, "
+            "toDate(h, 'Europe/Paris'), 1000 + (number * 7919) % 500000, 0, "
+            "(1000 + (number * 7919) % 500000) / 1e6 * 0.25 "
+            f"FROM numbers({n * devices})".replace("{devices}", str(devices))
+        )
+    await store.command(f"OPTIMIZE TABLE {db}.consumption_daily FINAL")
+    await store.command(f"OPTIMIZE TABLE {db}.consumption_monthly FINAL")
+    return hours * devices, time.perf_counter() - started
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--devices", type=int, default=255)
+    parser.add_argument("--years", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=50)
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="bench-consumption-"))
+    store = get_store(f"chdb://{folder / 'chdb'}")
+    db = "bench"
+    await migrate(store, db)
+    site = make_site(args.devices)
+    end_year = 2025
+    rows, seconds = await load(store, db, args.devices, args.years, end_year)
+    counts = {
+        t: (await store.query(f"SELECT count() FROM {db}.{t}"))[0][0]
+        for t in ("consumption_hourly", "consumption_daily", "consumption_monthly")
+    }
+    print(
+        f"\nloaded {rows:,} hourly rows ({args.devices} meters × {args.years} years) in {seconds:.0f} s; "
+        f"rows: {', '.join(f'{k} {v:,}' for k, v in counts.items())}\n"
+    )
+    day = date(end_year, 10, 26)  # a 25-hour day
+    print("| scope | period | median ms | p99 ms | max ms |")
+    print("|---|---|---:|---:|---:|")
+    worst = 0.0
+    for scope in ("total-electricity", "total-global", "circuit:c1", "device:rest"):
+        for period in ("day", "month", "year", "decade"):
+            times = []
+            await consumption(store, db, site, scope, period, day)  # warm-up
+            for _ in range(args.runs):
+                t = time.perf_counter()
+                result = await consumption(store, db, site, scope, period, day)
+                times.append((time.perf_counter() - t) * 1000)
+            assert result.total.value != 0
+            p99 = pct(times, 0.99)
+            worst = max(worst, p99)
+            print(f"| {scope} | {period} | {statistics.median(times):.1f} | {p99:.1f} | {max(times):.1f} |")
+    print(f"\nworst p99: {worst:.1f} ms (target ≤ 50 ms)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
