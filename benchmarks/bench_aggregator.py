@@ -2,7 +2,7 @@
 
 1. store path: ``Aggregator.store_batch`` on parsed readings (the pure computation + ClickHouse inserts);
 2. drain: N readings pre-published to a real nats-server (JetStream), then the aggregator service
-   (FastStream pull consumer, batches, acks) is started and timed until its durable consumer is empty.
+   (push consumer, batches, one ack per batch) is started and timed until its durable consumer is empty.
 
     .venv/bin/python benchmarks/bench_aggregator.py [--readings 100000] [--devices 255]
 
@@ -173,7 +173,7 @@ async def main() -> None:
     print(
         f"| store path (`Aggregator.store_batch`), median of {args.runs} | {statistics.median(rates):,.0f} |"
     )
-    print(f"| JetStream drain, whole (service start-up, migrations, pull consumer, acks) | {drained:,.0f} |")
+    print(f"| JetStream drain, whole (service start-up, migrations, push consumer, batch acks) | {drained:,.0f} |")
     print(f"| JetStream drain, after the first acked batch | {steady:,.0f} |")
 
 

@@ -96,6 +96,9 @@ class FakeMsg:
     async def term(self):
         self.done = "term"
 
+    async def in_progress(self):
+        self.kept = getattr(self, "kept", 0) + 1
+
 
 class FlakyAggregator:
     """Stands in for Aggregator in the handler: the first ``failures`` writes raise (ClickHouse down)."""
@@ -131,11 +134,13 @@ async def test_handle_batch_acks_after_write_and_naks_when_storage_fails(site: S
         reading("e2", t, energy_active_import=1.0).model_copy(update={"site": "x"}).model_dump_json().encode()
     )
 
-    down = FlakyAggregator(site, failures=10)
+    down = FlakyAggregator(site, failures=10)  # ClickHouse down for 10 attempts: retried, never skipped
     await service.handle_batch(down, [good[0], bad, good[1], other])  # type: ignore[arg-type]
-    assert [m.done for m in good] == ["nak", "nak"] and bad.done == "term" and other.done == "term"
-    assert down.stored == []
+    # AckPolicy.ALL: one ack of the last good message acks the batch
+    assert [m.done for m in good] == [None, "ack"] and bad.done == "term" and other.done == "term"
+    assert down.stored == [2] and good[1].kept == 10  # kept in progress while ClickHouse was down
+    good = [FakeMsg(m.data) for m in good]
 
     flaky = FlakyAggregator(site, failures=1)
     await service.handle_batch(flaky, good)  # type: ignore[arg-type]
-    assert [m.done for m in good] == ["ack", "ack"] and flaky.stored == [2]
+    assert [m.done for m in good] == [None, "ack"] and flaky.stored == [2]
