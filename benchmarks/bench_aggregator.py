@@ -173,7 +173,9 @@ async def main() -> None:
     print(
         f"| store path (`Aggregator.store_batch`), median of {args.runs} | {statistics.median(rates):,.0f} |"
     )
-    print(f"| JetStream drain, whole (service start-up, migrations, push consumer, batch acks) | {drained:,.0f} |")
+    print(
+        f"| JetStream drain, whole (service start-up, migrations, push consumer, batch acks) | {drained:,.0f} |"
+    )
     print(f"| JetStream drain, after the first acked batch | {steady:,.0f} |")
 
 

@@ -78,3 +78,19 @@ def test_broker_task_chatter_is_dropped(caplog):
     logger.info("callback for Task-12 is being executed...")
     logger.info("connected")
     assert [r.getMessage() for r in caplog.records if r.name == "ews.unit-test-2.broker"] == ["connected"]
+
+
+def test_one_line_messages():
+    from ews_contracts.text import one_line
+    from pydantic import BaseModel
+
+    class M(BaseModel):
+        port: int
+
+    try:
+        M.model_validate({"port": "x"})
+    except ValidationError as exc:
+        assert one_line(exc).startswith("port: Input should be a valid integer")
+    assert one_line(TimeoutError()) == "TimeoutError"
+    assert one_line(OSError("refused\n  by peer")) == "refused by peer"
+    assert one_line("a" * 400, limit=10) == "a" * 9 + "…"

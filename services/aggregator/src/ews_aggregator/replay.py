@@ -28,11 +28,12 @@ from ews_contracts.settings import Settings
 from ews_contracts.store import get_store
 from ews_contracts.streams import READINGS
 from ews_contracts.subjects import Kind, pattern
+from ews_contracts.text import one_line
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from .aggregator import Aggregator
-from .service import load_profiles_or_none, one_line
+from .service import load_profiles_or_none
 
 log = logging.getLogger("ews.aggregator.replay")
 

@@ -26,6 +26,7 @@ from ews_contracts.settings import Settings
 from ews_contracts.store import get_store
 from ews_contracts.streams import READINGS
 from ews_contracts.subjects import Kind, pattern
+from ews_contracts.text import one_line
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -44,12 +45,6 @@ BATCH_TIMEOUT = 0.5  # seconds to fill a batch: the latency from poll to ClickHo
 WRITE_ATTEMPTS = 3  # failures logged one by one; then every 30th
 RETRY_DELAY = 0.2  # seconds, times the attempt number
 MAX_RETRY_DELAY = 10.0
-
-
-def one_line(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def parse(msg: Msg, site: str) -> ReadingTaken:

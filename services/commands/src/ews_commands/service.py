@@ -27,6 +27,7 @@ from ews_contracts.settings import Settings
 from ews_contracts.site import Site
 from ews_contracts.streams import COMMANDS
 from ews_contracts.subjects import Kind, pattern
+from ews_contracts.text import one_line
 from faststream import AckPolicy
 from faststream.nats import NatsBroker, NatsMessage, PullSub
 from faststream.nats.annotations import NatsMessage as NatsMessageParam
@@ -40,11 +41,6 @@ log = logging.getLogger("ews.commands")
 DURABLE = "commands"
 MAX_AGE = 300.0  # seconds: an older request is refused as expired
 _REMEMBERED = 1024  # outcomes kept to answer redeliveries without writing again
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 class CommandsService:
@@ -159,7 +155,7 @@ class CommandsService:
             log.warning(
                 "command %s: publishing its outcome failed (%s); will retry",
                 request.command_id,
-                _one_line(str(exc) or type(exc).__name__),
+                one_line(str(exc) or type(exc).__name__),
             )
             await _settle(msg.nack(delay=2.0))
             return
@@ -178,7 +174,7 @@ class CommandsService:
 
     async def _refuse_malformed(self, msg: NatsMessage, body: bytes, exc: ValidationError) -> None:
         """Not a valid CommandRequested: answer with CommandFailed when it names a command, then drop it."""
-        reason = _one_line(f"malformed CommandRequested: {_first_error(exc)}")
+        reason = one_line(f"malformed CommandRequested: {_first_error(exc)}")
         log.warning("commands: %s", reason)
         try:
             raw = json.loads(body)
@@ -198,7 +194,7 @@ class CommandsService:
                 outcome = failed(stub, reason)
                 await publish_event(self.broker, outcome)
             except Exception as pub_exc:  # e.g. ids that cannot form a subject: nothing to answer
-                log.warning("commands: cannot answer a malformed request: %s", _one_line(str(pub_exc)))
+                log.warning("commands: cannot answer a malformed request: %s", one_line(str(pub_exc)))
         await _settle(msg.reject())
 
 
@@ -216,7 +212,7 @@ async def _settle(action) -> None:
     try:
         await action
     except Exception as exc:  # the connection may be gone; JetStream redelivers after ack_wait
-        log.warning("commands: ack/nack failed: %s", _one_line(str(exc) or type(exc).__name__))
+        log.warning("commands: ack/nack failed: %s", one_line(str(exc) or type(exc).__name__))
 
 
 async def serve(settings: Settings) -> None:

@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from ews_contracts.bus import ensure_streams, make_broker
 from ews_contracts.settings import Settings
+from ews_contracts.text import one_line
 from litestar import Litestar, MediaType, Request, Response, Router
 from litestar.exceptions import ValidationException
 from litestar.openapi import OpenAPIConfig
@@ -57,20 +58,16 @@ def discover() -> list[ModuleType]:
     return found
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
     """400 whose one-line ``detail`` names the offending field (Litestar's only says 'Validation failed')."""
-    detail = _one_line(exc.detail)
+    detail = one_line(exc.detail, limit=2000)
     extra = exc.extra if isinstance(exc.extra, list) else []
     if extra and isinstance(extra[0], dict):
         first = extra[0]
         where = first.get("key") or first.get("source") or ""
-        detail = f"{detail}: {where + ' ' if where else ''}{_one_line(first.get('message', ''))}".strip()
+        detail = f"{detail}: {where + ' ' if where else ''}{one_line(first.get('message', ''))}".strip()
     elif exc.detail.startswith("Validation failed") and extra:
-        detail = f"{detail}: {_one_line(str(extra[0]))}"
+        detail = f"{detail}: {one_line(str(extra[0]))}"
     return Response(
         {"status_code": 400, "detail": detail, "extra": extra},
         status_code=400,
@@ -79,7 +76,7 @@ def validation_error(request: Request[Any, Any, Any], exc: ValidationException) 
 
 
 def redis_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    log.warning("%s %s: Redis unavailable: %s", request.method, request.url.path, _one_line(str(exc)))
+    log.warning("%s %s: Redis unavailable: %s", request.method, request.url.path, one_line(str(exc)))
     return Response(
         {"status_code": 503, "detail": "the session and live-state store (Redis) is unavailable; try again"},
         status_code=503,

@@ -9,15 +9,12 @@ from typing import Any
 from ews_analytics import ENERGY_HOURLY, table
 from ews_contracts.settings import Settings
 from ews_contracts.store import Store, get_store
+from ews_contracts.text import one_line
 from litestar.exceptions import ServiceUnavailableException
 
 log = logging.getLogger("ews.gateway-api.storage")
 
 NOT_READY = ("(UNKNOWN_TABLE)", "(UNKNOWN_DATABASE)", "Code: 60.", "Code: 81.")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 async def open_store(settings: Settings) -> Store | None:
@@ -27,7 +24,7 @@ async def open_store(settings: Settings) -> Store | None:
             return get_store(settings.clickhouse_dsn)
         return await asyncio.to_thread(get_store, settings.clickhouse_dsn)
     except Exception as exc:
-        log.warning("analytics store unavailable for now: %s", _one_line(exc))
+        log.warning("analytics store unavailable for now: %s", one_line(exc))
         return None
 
 
@@ -53,9 +50,9 @@ def store_error(exc: BaseException) -> ServiceUnavailableException:
             "the analytics database is not ready yet (the aggregator creates it when it starts); try again shortly",
             headers={"Retry-After": "10"},
         )
-    log.warning("analytics query failed: %s", _one_line(exc))
+    log.warning("analytics query failed: %s", one_line(exc))
     return ServiceUnavailableException(
-        f"the analytics database did not answer: {_one_line(exc)[:200]}", headers={"Retry-After": "10"}
+        f"the analytics database did not answer: {one_line(exc)[:200]}", headers={"Retry-After": "10"}
     )
 
 

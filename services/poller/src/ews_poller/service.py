@@ -29,6 +29,7 @@ from ews_contracts.live import LiveDevice, live_key
 from ews_contracts.profiles import Profile, ProfileError, check_device, load_profiles
 from ews_contracts.settings import Settings
 from ews_contracts.site import Device, Gateway, Site
+from ews_contracts.text import one_line
 from ews_fieldbus import FieldbusError, ModbusGateway
 
 from .decode import RegisterImage, decode_device, fault_states
@@ -39,15 +40,6 @@ log = logging.getLogger("ews.poller")
 
 OUTBOX_LIMIT = 50_000
 NATS_CONNECT_TIMEOUT = 5.0
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def _describe(exc: BaseException) -> str:
-    return one_line(str(exc) or type(exc).__name__)
 
 
 class Complaints:
@@ -228,7 +220,7 @@ class Poller:
             try:
                 await self.poll_round(client, targets, tiers)
             except Exception as exc:  # a bug in one round must not stop the gateway's polling
-                log.error("poller: gateway %s: poll round failed: %s", gateway.id, _describe(exc))
+                log.error("poller: gateway %s: poll round failed: %s", gateway.id, one_line(exc))
             self.rounds[gateway.id] += 1
             now = loop.time()
             for tier in tiers:
@@ -260,13 +252,13 @@ class Poller:
                     for block in reads
                 }
             except FieldbusError as exc:
-                reason = _describe(exc)
+                reason = one_line(exc)
                 self._failed(target, reason)
                 if "cannot connect" in reason:
                     unreachable = reason
                 continue
             except Exception as exc:  # anything pymodbus lets through (garbled frame, …)
-                self._failed(target, f"{type(exc).__name__}: {_describe(exc)}")
+                self._failed(target, f"{type(exc).__name__}: {one_line(exc)}")
                 continue
             self._succeeded(target, blocks, _now_ms(), tiers)
 
@@ -281,7 +273,7 @@ class Poller:
         try:
             decoded = decode_device(target.profile, device, RegisterImage(blocks), tiers)
         except ValueError as exc:  # a block of the wrong length or with out-of-range words
-            self._failed(target, f"bad answer: {_describe(exc)}")
+            self._failed(target, f"bad answer: {one_line(exc)}")
             return
         if decoded.problems:
             self.complaints.complain(f"device {device.id} decode", "; ".join(decoded.problems))
@@ -373,7 +365,7 @@ class Poller:
                         await self._connect_nats()
                     await publish_event(self.broker, event)
                 except Exception as exc:
-                    self.complaints.complain("nats", f"publishing failed, will retry: {_describe(exc)}")
+                    self.complaints.complain("nats", f"publishing failed, will retry: {one_line(exc)}")
                     # re-check the streams first next time (a NATS server restarted without its data)
                     self._nats_ready = False
                     await asyncio.sleep(delay)
@@ -402,7 +394,7 @@ class Poller:
                         pipe.set(live_key(self.site.site, device), live.model_dump_json())
                     await pipe.execute()
             except Exception as exc:
-                self.complaints.complain("redis", f"writing live state failed, will retry: {_describe(exc)}")
+                self.complaints.complain("redis", f"writing live state failed, will retry: {one_line(exc)}")
                 for device, live in batch.items():
                     self._dirty.setdefault(device, live)  # unless a newer state arrived meanwhile
                 await asyncio.sleep(1.0)
