@@ -53,6 +53,17 @@ def test_rollover_range_comes_from_the_profile(site: Site):
     assert wrap_of(site.device("water"), "water_volume", profiles) == 2**32 * 10
     assert wrap_of(None, "energy_active_import", profiles) == 0
     assert wrap_of(site.device("e2"), "energy_active_import", {}) == 0  # unknown profile: no rollover
+    # a 64-bit counter never wraps (and 2**64 x scale in milli-units would not fit the Int64 column)
+    e2 = profiles["energy-meter-rs485-3ph"]
+    wide = e2.model_copy(
+        update={
+            "registers": [
+                r.model_copy(update={"type": "uint64"}) if str(r.quantity) == "energy_active_import" else r
+                for r in e2.registers
+            ]
+        }
+    )
+    assert wrap_of(site.device("e2"), "energy_active_import", {**profiles, e2.id: wide}) == 0
 
 
 def test_plan_and_costs_use_the_tariff_and_time_of_use_of_the_local_hour(site: Site):

@@ -25,6 +25,7 @@ from typing import Any
 from ews_analytics import CHECKPOINTS, COUNTER_READINGS, HOURLY, READINGS, PriceBook, migrate, table
 from ews_analytics.costs import MEDIUM_QUANTITY
 from ews_contracts.events import ReadingTaken
+from ews_contracts.profiles import resolve as resolve_profile
 from ews_contracts.quantities import COUNTERS, Quantity
 from ews_contracts.site import Device, Site
 from ews_contracts.store import Store
@@ -79,19 +80,14 @@ def wrap_of(device: Device | None, quantity: str, profiles: Mapping[str, Any]) -
     if device is None:
         return 0.0
     try:
-        from ews_contracts import profiles as profiles_module
-
-        resolve = getattr(profiles_module, "resolve", None)
-        profile = resolve(device, profiles) if resolve is not None else profiles.get(device.profile)
-        if profile is None:
-            return 0.0
+        profile = resolve_profile(device, profiles)  # with its modules and ea_register override
         pulse = device.pulse_weight is not None and device.medium is not None
         wanted = PULSE_COUNT if pulse and quantity == MEDIUM_QUANTITY[device.medium] else quantity
         reg = next((r for r in profile.registers if str(r.quantity) == wanted), None)
         if reg is None or reg.scale_from is not None:
             return 0.0
         words = INTEGER_TYPES.get(str(reg.type))
-        if words is None:
+        if words is None or words > 2:  # floats; and 64-bit counters never wrap in a meter's life
             return 0.0
         wrap = float(2 ** (16 * words)) * abs(float(reg.scale))
         return wrap * float(device.pulse_weight) if wanted == PULSE_COUNT and wanted != quantity else wrap

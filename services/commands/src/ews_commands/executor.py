@@ -122,9 +122,7 @@ class Executor:
         self.workers: dict[str, GatewayWorker] = {
             g.id: GatewayWorker(
                 gateway=g,
-                client=ModbusGateway(
-                    g.host, g.port, timeout=g.timeout, retries=g.retries, transport=g.transport, name=g.id
-                ),
+                client=ModbusGateway.for_gateway(g),  # its transport (tcp, rtu-over-tcp, rtu), timing
             )
             for g in gateways
         }
