@@ -55,6 +55,7 @@ async def test_login_logout_lock(client: AsyncClient, app: Litestar) -> None:
     assert me.json()["role"] == "administrator"
     assert me.json()["pages"] == ["installation", "consumption"]
     assert me.json()["language"] == "en" and me.json()["default_codes_in_use"] is True
+    assert me.json()["timezone"] == "Europe/Paris"  # the UI takes "today" in the site's zone
     assert "command-devices" in me.json()["permissions"] and "greenup-details" not in me.json()["permissions"]
 
     # Logout: session gone, PIN alone is enough on this browser

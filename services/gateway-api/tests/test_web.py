@@ -187,7 +187,7 @@ def test_app_js_calls_only_the_documented_api() -> None:
 
 # --- the page in the real app, and the API fields app.js reads ---------------------------------------
 
-ME_FIELDS = {"role", "pages", "permissions", "language", "default_codes_in_use"}
+ME_FIELDS = {"role", "pages", "permissions", "language", "default_codes_in_use", "timezone"}
 DEVICE_FIELDS = {"id", "name", "profile", "state", "values", "states", "updated_at", "address", "zone"}
 
 

@@ -111,6 +111,7 @@ class Me(BaseModel):
     language: str = Field(description="UI language of this session (the site default until changed).")
     languages: list[str] = Field(description="Languages the UI offers.")
     default_codes_in_use: bool = Field(description="This role still uses its factory codes.")
+    timezone: str = Field(description="The site's time zone: days, months and years are in it.")
 
 
 class CodesBody(BaseModel):
@@ -284,6 +285,7 @@ async def _me(request: Request[Any, Any, State], language: str | None = None) ->
         language=language or await language_of(request),
         languages=list(LANGUAGES),
         default_codes_in_use=bool(request.session.get(DEFAULT_CODES)),
+        timezone=request.app.state.site.timezone,
     )
 
 

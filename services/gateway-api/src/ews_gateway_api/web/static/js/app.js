@@ -303,7 +303,18 @@
     date.setDate(date.getDate() + days);
     return isoDate(date);
   }
-  const today = () => isoDate(new Date());
+  // "Today" is the site's day (its time zone from /api/v1/me), whatever the browser's zone.
+  let siteTimeZone = null;
+  function today() {
+    if (siteTimeZone) {
+      try {
+        return new Intl.DateTimeFormat("en-CA", { timeZone: siteTimeZone }).format(new Date());
+      } catch (e) {
+        /* unknown to this browser: its own day */
+      }
+    }
+    return isoDate(new Date());
+  }
 
   // --- state -----------------------------------------------------------------------------------
   const REFRESH_MS = 30000;
@@ -550,6 +561,8 @@
   async function enterApp(known) {
     const me = known || (await api("GET", "/api/v1/me"));
     state.me = me;
+    siteTimeZone = me.timezone || null;
+    if (state.followToday) state.day = today();
     // Text, dates and numbers follow one language: the session's when STRINGS has it, else English.
     useLanguage(me.language);
     $("login-view").hidden = true;
