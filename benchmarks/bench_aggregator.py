@@ -140,9 +140,9 @@ async def drain(settings: Settings, n: int, devices: int) -> tuple[float, float]
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--readings", type=int, default=100_000)
+    parser.add_argument("--readings", type=int, default=200_000)
     parser.add_argument("--devices", type=int, default=255)
-    parser.add_argument("--batch", type=int, default=5000)
+    parser.add_argument("--batch", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-aggregator-"))

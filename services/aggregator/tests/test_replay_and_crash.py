@@ -192,7 +192,9 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing_and_counts_nothing_
     await publish_all(nats_url, first)
     # the production consumer, except that in-flight messages of a killed process come back after 1 s
     nc = await nats.connect(nats_url)
-    await nc.jetstream().add_consumer("EWS_READINGS", config=consumer_config("acct", ack_wait=1.0))
+    await nc.jetstream().add_consumer(
+        "EWS_READINGS", config=consumer_config("acct", ack_wait=1.0, batch_size=2000)
+    )
     await nc.close()
     dsn = f"chdb://{tmp_path / 'chdb'}"
     env = {
@@ -203,6 +205,7 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing_and_counts_nothing_
         "EWS_SITE_FILE": str(SITE_FILE),
         "EWS_DATA_DIR": str(tmp_path / "data"),
         "EWS_LOG_LEVEL": "WARNING",
+        "EWS_AGGREGATOR_BATCH": "2000",  # several batches in the 9,000 readings: the kill lands mid-stream
     }
 
     def start() -> subprocess.Popen:

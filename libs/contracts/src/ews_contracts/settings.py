@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     poll_interval: float = Field(
         default=2.0, alias="EWS_POLL_INTERVAL", description="Seconds between counter polls."
     )
+    aggregator_batch: int = Field(
+        default=20_000,
+        ge=100,
+        le=200_000,
+        alias="EWS_AGGREGATOR_BATCH",
+        description="Readings the aggregator writes per batch when catching up (memory vs throughput).",
+    )
     secure_cookies: bool = Field(default=False, alias="EWS_SECURE_COOKIES", description="Set behind HTTPS.")
     log_level: str = Field(default="INFO", alias="EWS_LOG_LEVEL")
 

@@ -4,7 +4,7 @@ The consumer is a durable **push** consumer with ``AckPolicy.ALL``, bound with n
 connection that parses headers fast (``ews_contracts.natsclient``): FastStream's batch *pull* subscriber
 costs a Python ``wait_for`` per message and one ack publish per message, and nats-py's e-mail header parser
 ~15 µs per message; together they capped ingest at ~16,000 readings/s (benchmarks/bench_aggregator.py). Messages are collected into batches of up
-to ``BATCH_SIZE`` (or what arrived within ``BATCH_TIMEOUT``); each batch is written to ClickHouse and only
+to ``EWS_AGGREGATOR_BATCH`` (or what arrived within ``BATCH_TIMEOUT``); each batch is written to ClickHouse and only
 then acked, with one ack of its last message (``ALL`` acks everything delivered before it). A message that
 is not a valid ``ReadingTaken`` of this site is logged on one line and terminated (never redelivered); a
 ClickHouse failure is retried (with a growing delay, messages kept in progress) until it succeeds: the
@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
+from dataclasses import replace
 
 from ews_contracts.bus import ensure_streams, make_broker
 from ews_contracts.events import ReadingTaken
@@ -38,8 +40,8 @@ from .aggregator import Aggregator
 log = logging.getLogger("ews.aggregator")
 
 DURABLE = "aggregator"
-BATCH_SIZE = 5000  # a backlog (catch-up, replay) is written in big batches: ClickHouse inserts are per batch
-MAX_ACK_PENDING = 10 * BATCH_SIZE  # JetStream's default (1000) would cap every fetch below BATCH_SIZE
+BATCH_SIZE = 20_000  # default (EWS_AGGREGATOR_BATCH): a backlog is written in big batches, one insert each
+IN_FLIGHT_BATCHES = 4  # max_ack_pending = 4 batches delivered and not yet acked (bounds memory)
 ACK_WAIT = 15.0  # seconds before JetStream redelivers what a crashed aggregator had in flight
 BATCH_TIMEOUT = 0.5  # seconds to fill a batch: the latency from poll to ClickHouse
 WRITE_ATTEMPTS = 3  # failures logged one by one; then every 30th
@@ -113,7 +115,7 @@ def deliver_subject(site: str) -> str:
     return f"_ews.deliver.{site}.{DURABLE}"
 
 
-def consumer_config(site: str, ack_wait: float = ACK_WAIT) -> ConsumerConfig:
+def consumer_config(site: str, ack_wait: float = ACK_WAIT, batch_size: int = BATCH_SIZE) -> ConsumerConfig:
     """The durable push consumer of the aggregator."""
     return ConsumerConfig(
         name=DURABLE,
@@ -122,25 +124,33 @@ def consumer_config(site: str, ack_wait: float = ACK_WAIT) -> ConsumerConfig:
         deliver_subject=deliver_subject(site),
         ack_policy=JsAckPolicy.ALL,
         deliver_policy=DeliverPolicy.ALL,
-        max_ack_pending=MAX_ACK_PENDING,
+        max_ack_pending=IN_FLIGHT_BATCHES * batch_size,
         ack_wait=ack_wait,
         # no flow control needed: max_ack_pending bounds what is in flight, below the subscription's pending limit
         idle_heartbeat=5.0,
     )
 
 
-async def ensure_consumer(js, site: str) -> ConsumerConfig:
+async def ensure_consumer(js, site: str, batch_size: int = BATCH_SIZE) -> ConsumerConfig:
     """Create the durable consumer; an older pull-based or differently acked one is replaced (the
     aggregator is idempotent: the new consumer replays the stream and changes nothing already counted)."""
     try:
         info = await js.consumer_info(READINGS.name, DURABLE)
     except NotFoundError:
-        return (await js.add_consumer(READINGS.name, config=consumer_config(site))).config
+        return (
+            await js.add_consumer(READINGS.name, config=consumer_config(site, batch_size=batch_size))
+        ).config
     config = info.config
     if config.deliver_subject is None or config.ack_policy != JsAckPolicy.ALL:
         log.info("replacing the %s consumer of %s by a push consumer with ack-all", DURABLE, READINGS.name)
         await js.delete_consumer(READINGS.name, DURABLE)
-        return (await js.add_consumer(READINGS.name, config=consumer_config(site))).config
+        return (
+            await js.add_consumer(READINGS.name, config=consumer_config(site, batch_size=batch_size))
+        ).config
+    wanted = IN_FLIGHT_BATCHES * batch_size
+    if (config.max_ack_pending or 0) < wanted:  # made by an older version or a smaller batch: raise it
+        config = replace(config, max_ack_pending=wanted)
+        return (await js.add_consumer(READINGS.name, config=config)).config
     return config
 
 
@@ -151,8 +161,9 @@ class Batcher:
     worker thread); batches are stored one at a time, in delivery order.
     """
 
-    def __init__(self, aggregator: Aggregator) -> None:
+    def __init__(self, aggregator: Aggregator, batch_size: int = BATCH_SIZE) -> None:
         self.aggregator = aggregator
+        self.batch_size = batch_size
         self.pending: list[Msg] = []
         self.first_at = 0.0
         self.lock = asyncio.Lock()
@@ -162,7 +173,7 @@ class Batcher:
         if not self.pending:
             self.first_at = time.monotonic()
         self.pending.append(msg)
-        if len(self.pending) >= BATCH_SIZE:
+        if len(self.pending) >= self.batch_size:
             await self.flush(wait=False)
 
     async def flush(self, wait: bool = True) -> None:
@@ -191,11 +202,25 @@ class Batcher:
                 await self.flush()
 
 
+GC_THRESHOLD = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """The collector's cost grows with live objects: at thousands of readings per second (each a few
+    objects, nearly all freed by reference counting) the default gen-0 threshold of 700 allocations made
+    parsing 3x slower. Start-up objects (modules, profiles, ClickHouse client) are frozen out of its
+    view, and collections run every 50,000 allocations instead."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 async def serve(settings: Settings) -> None:
     aggregator = make_aggregator(settings)
     await aggregator.start()  # migrate + load state before the first message
+    tune_gc()
     broker = make_broker(settings.nats_url, "aggregator")
-    batcher = Batcher(aggregator)
+    batcher = Batcher(aggregator, settings.aggregator_batch)
     ticker = asyncio.create_task(batcher.tick(), name="aggregator-batches")
     sub = None
     nc = None
@@ -205,14 +230,14 @@ async def serve(settings: Settings) -> None:
         # the readings arrive on their own connection, with the fast header parser (the hot path)
         nc = await connect_fast(settings.nats_url, "aggregator-readings")
         js = nc.jetstream()
-        config = await ensure_consumer(js, aggregator.site.site)
+        config = await ensure_consumer(js, aggregator.site.site, settings.aggregator_batch)
         sub = await js.subscribe_bind(
             READINGS.name,
             config,
             DURABLE,
             cb=batcher.on_message,
             manual_ack=True,
-            pending_msgs_limit=4 * MAX_ACK_PENDING,
+            pending_msgs_limit=2 * (config.max_ack_pending or IN_FLIGHT_BATCHES * settings.aggregator_batch),
             pending_bytes_limit=256 * 1024 * 1024,
         )
         log.info(
