@@ -310,7 +310,7 @@ async def test_serve_target_runs_until_cancelled(nats_url: str, modbus: Bus, tmp
         js = h.nc.jetstream()
         for _ in range(100):  # until the durable consumer exists
             try:
-                await js.consumer_info("EWS_COMMANDS", "commands")
+                await js.consumer_info("EWS_COMMANDS", f"commands-{SITE_ID}")
                 break
             except nats.js.errors.NotFoundError:
                 assert not task.done(), task

@@ -38,7 +38,7 @@ from .executor import Executor, Outcome, failed
 
 log = logging.getLogger("ews.commands")
 
-DURABLE = "commands"
+DURABLE = "commands"  # + "-<site>": one durable consumer per site on a shared (hub) stream
 MAX_AGE = 300.0  # seconds: an older request is refused as expired
 _REMEMBERED = 1024  # outcomes kept to answer redeliveries without writing again
 
@@ -69,7 +69,7 @@ class CommandsService:
         self.broker.subscriber(
             pattern(self.site.site, Kind.COMMAND_REQUESTED),
             stream=jstream(COMMANDS),
-            durable=DURABLE,
+            durable=f"{DURABLE}-{self.site.site}",
             pull_sub=PullSub(batch_size=1, timeout=5.0),
             config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW, ack_wait=120, max_deliver=10),
             ack_policy=AckPolicy.MANUAL,
