@@ -77,3 +77,28 @@ def test_bad_cli_arguments_exit_nonzero(tmp_path, args):
     result = run_ews(args, tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+def test_check_site_reports_device_profile_problems(tmp_path):
+    from ews_contracts.settings import BUNDLED_DEMO_SITE
+
+    good = run_ews(["check-site", str(BUNDLED_DEMO_SITE)], tmp_path)
+    assert good.returncode == 0 and "— OK" in good.stdout, good.stderr
+    text = BUNDLED_DEMO_SITE.read_text().replace(
+        "profile: multifunction-meter-412045", "profile: no-such-meter", 1
+    )
+    bad = tmp_path / "site.yaml"
+    bad.write_text(text)
+    result = run_ews(["check-site", str(bad)], tmp_path)
+    assert_one_line_error(result, "device 'm1'", "unknown device profile 'no-such-meter'")
+
+
+def test_up_with_an_unknown_device_profile_is_one_line(tmp_path):
+    from ews_contracts.settings import BUNDLED_DEMO_SITE
+
+    bad = tmp_path / "site.yaml"
+    bad.write_text(
+        BUNDLED_DEMO_SITE.read_text().replace("profile: ev-station-greenup", "profile: ev-statoin", 1)
+    )
+    result = run_ews(["up", "--site", str(bad)], tmp_path)
+    assert_one_line_error(result, "device 'ev1'", "unknown device profile 'ev-statoin'")

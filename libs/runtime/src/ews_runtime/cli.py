@@ -46,8 +46,24 @@ def _settings(args: argparse.Namespace) -> Settings:
         err = exc.errors()[0]
         name = ".".join(str(p) for p in err["loc"])
         raise StartupError(f"environment variable {name}: {err['msg']} (got {err.get('input')!r})") from None
-    settings.site  # validate the site file before anything starts  # noqa: B018
+    check_devices(settings.site, settings.profiles_dir, settings.site_path)  # before anything starts
     return settings
+
+
+def check_devices(site, profiles_dir: Path | None, where: object) -> None:
+    """Every device against its profile (position, pulse input, modules, ea_register): StartupError with
+    one line per problem, so a typo in a profile name stops the start instead of silently losing a device."""
+    from ews_contracts.profiles import ProfileError, check_device, load_profiles
+
+    profiles = load_profiles(profiles_dir)
+    problems = []
+    for device in site.devices:
+        try:
+            check_device(device, profiles)
+        except ProfileError as exc:
+            problems.append(f"{where}: {exc}")
+    if problems:
+        raise StartupError("\n".join(problems))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -83,8 +99,11 @@ def cmd_check_site(args: argparse.Namespace) -> int:
     from ews_contracts.site import load_site
 
     site = load_site(Path(args.file))
+    extra = os.environ.get("EWS_PROFILES_DIR")
+    check_devices(site, Path(extra) if extra else None, args.file)
     print(
-        f"{args.file}: site {site.site!r}, {len(site.devices)} devices on {len(site.gateways)} gateways — OK"
+        f"{args.file}: site {site.site!r}, {len(site.devices)} devices on {len(site.gateways)} gateways, "
+        f"{len(site.virtual_devices)} virtual — OK"
     )
     return 0
 
