@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import zlib
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -272,7 +273,8 @@ class EvStationTwin(Twin):
         # a side B arrives later and leaves earlier than side A: the two sides of a double station differ
         self.shift = 1.5 if device.side == "B" else 0.0
         days = (t - _EPOCH).total_seconds() / 86_400
-        self.energy = DAILY_ENERGY * max(days, 0.0)
+        usage = 0.6 + (zlib.crc32(device.id.encode()) % 80) / 100  # stations differ, run to run the same
+        self.energy = DAILY_ENERGY * usage * max(days, 0.0)
         self.fault = False
         self.states.update(
             {
