@@ -286,7 +286,7 @@ async def test_serve_target_and_dead_services_do_not_stop_polling(tmp_path, redi
                 await events.close()
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
-                    await task
+                    await asyncio.wait_for(task, 20)  # stop() is bounded: never the suite's 300 s timeout
     raw = json.loads(await aioredis.from_url(redis_url).get(live_key("demo", "m1")))
     assert raw["state"] == "on"
 

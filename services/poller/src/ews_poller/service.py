@@ -194,12 +194,12 @@ class Poller:
         self._workers = []
         for client in self._gateways.values():
             with contextlib.suppress(Exception):
-                await client.close()
+                await asyncio.wait_for(client.close(), STOP_TIMEOUT)
         self._gateways = {}
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(self.broker.stop(), 5)
         with contextlib.suppress(Exception):
-            await self.redis.aclose()
+            await asyncio.wait_for(self.redis.aclose(), STOP_TIMEOUT)
 
     # --- polling ------------------------------------------------------------------------------------
 
@@ -403,12 +403,18 @@ class Poller:
             self.complaints.clear("redis", "writing live state again")
 
 
+STOP_TIMEOUT = 5.0  # seconds a task or a connection gets to finish when the poller stops
+
+
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel and wait, bounded: a library call that does not honour cancellation must not hang stop()."""
     for task in tasks:
         task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    if not tasks:
+        return
+    _, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+    for task in stuck:
+        log.warning("poller: task %s did not stop within %.0f s; left behind", task.get_name(), STOP_TIMEOUT)
 
 
 async def serve(settings: Settings) -> None:

@@ -177,8 +177,8 @@ class SimulatedSite:
         servers, self._servers = self._servers, {}
         for server in servers.values():
             try:
-                await server.shutdown()
-            except Exception as exc:  # closing anyway
+                await asyncio.wait_for(server.shutdown(), 5.0)
+            except Exception as exc:  # closing anyway (bounded: a stop never hangs)
                 log.warning("simulator: shutting a server down failed: %s", exc)
 
     async def __aenter__(self) -> SimulatedSite:
