@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pymodbus import FramerType, ModbusException
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -88,6 +89,13 @@ class ModbusGateway:
     ) -> None:
         self.name = name
         self.transport = transport
+        common = {
+            "timeout": timeout,
+            "retries": retries,
+            "reconnect_delay": 0.5,
+            "reconnect_delay_max": 10,
+            "name": name,
+        }
         if transport == "rtu":
             if not serial_port:
                 raise ValueError(f"{name}: transport 'rtu' needs a serial port")
@@ -99,11 +107,7 @@ class ModbusGateway:
                 bytesize=bytesize,
                 parity=parity,
                 stopbits=stopbits,
-                timeout=timeout,
-                retries=retries,
-                reconnect_delay=0.5,
-                reconnect_delay_max=10,
-                name=name,
+                **common,
             )
         elif transport in ("tcp", "rtu-over-tcp"):
             if not host:
@@ -114,11 +118,7 @@ class ModbusGateway:
                 host,
                 port=port,
                 framer=framer,
-                timeout=timeout,
-                retries=retries,
-                reconnect_delay=0.5,
-                reconnect_delay_max=10,
-                name=name,
+                **common,
             )
         else:
             raise ValueError(f"{name}: unknown transport {transport!r}; use tcp, rtu-over-tcp or rtu")
@@ -177,19 +177,15 @@ class ModbusGateway:
         if self.inter_frame_delay:
             self._free_at = time.monotonic() + self.inter_frame_delay
 
-    async def read(self, unit: int, function_code: int, address: int, count: int) -> list[int]:
-        """Read ``count`` registers (FC3 holding or FC4 input) starting at ``address``."""
-        if function_code not in (3, 4):
-            raise FieldbusError(f"function code {function_code} is not a register read")
-        where = f"unit {unit} FC{function_code} @{address}+{count}"
+    async def _transaction(
+        self, function_code: int, count: int, where: str, call: Callable[[], Awaitable[Any]]
+    ):
+        """One transaction on the bus (locked, inter-frame quiet, accounted); errors as FieldbusError."""
         async with self.lock:
             await self._ensure_connected()
             await self._quiet()
             try:
-                if function_code == 3:
-                    rr = await self._client.read_holding_registers(address, count=count, device_id=unit)
-                else:
-                    rr = await self._client.read_input_registers(address, count=count, device_id=unit)
+                rr = await call()
             except (TimeoutError, ModbusException, OSError) as exc:
                 self._done(function_code, count, False)
                 raise FieldbusError(f"{where}: {exc}") from exc
@@ -199,6 +195,21 @@ class ModbusGateway:
             self._done(function_code, count, not rr.isError())
         if rr.isError():
             raise FieldbusError(f"{where}: exception response {rr}")
+        return rr
+
+    async def read(self, unit: int, function_code: int, address: int, count: int) -> list[int]:
+        """Read ``count`` registers (FC3 holding or FC4 input) starting at ``address``."""
+        if function_code not in (3, 4):
+            raise FieldbusError(f"function code {function_code} is not a register read")
+        method = (
+            self._client.read_holding_registers if function_code == 3 else self._client.read_input_registers
+        )
+        rr = await self._transaction(
+            function_code,
+            count,
+            f"unit {unit} FC{function_code} @{address}+{count}",
+            lambda: method(address, count=count, device_id=unit),
+        )
         registers = getattr(rr, "registers", None)
         if registers is None or len(registers) != count:
             got = "no" if registers is None else len(registers)
@@ -207,22 +218,12 @@ class ModbusGateway:
 
     async def write_register(self, unit: int, address: int, value: int) -> None:
         """Write one holding register (FC6)."""
-        async with self.lock:
-            await self._ensure_connected()
-            await self._quiet()
-            try:
-                rr = await self._client.write_register(address, value, device_id=unit)
-            except (TimeoutError, ModbusException, OSError) as exc:
-                self._done(6, 1, False)
-                raise FieldbusError(f"unit {unit} write @{address}={value}: {exc}") from exc
-            except Exception as exc:
-                self._done(6, 1, False)
-                raise FieldbusError(
-                    f"unit {unit} write @{address}={value}: bad answer ({type(exc).__name__}: {exc})"
-                ) from exc
-            self._done(6, 1, not rr.isError())
-        if rr.isError():
-            raise FieldbusError(f"unit {unit} write @{address}={value}: exception response {rr}")
+        await self._transaction(
+            6,
+            1,
+            f"unit {unit} write @{address}={value}",
+            lambda: self._client.write_register(address, value, device_id=unit),
+        )
 
     async def close(self) -> None:
         self._client.close()
