@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Awaitable, Callable
 from datetime import date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from ews_analytics import Comparison, Consumption, compare, consumption, resolve_scope
 from ews_contracts.roles import Permission
 from ews_contracts.site import Site
+from ews_contracts.text import one_line
 from litestar import Request, Response, Router, get
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
@@ -28,6 +30,8 @@ from litestar.params import Parameter
 
 from ..guards import requires
 from ..storage import require_store, store_error
+
+T = TypeVar("T")
 
 CSV_HEADER = ("start", "quantity", "unit", "value", "cost", "currency")
 
@@ -47,7 +51,7 @@ DAY = Parameter(
 
 
 def bad_request(message: str) -> HTTPException:
-    return HTTPException(status_code=400, detail=" ".join(message.split()))
+    return HTTPException(status_code=400, detail=one_line(message, limit=2000))
 
 
 def parse_day(raw: str | None, site: Site) -> date:
@@ -59,21 +63,40 @@ def parse_day(raw: str | None, site: Site) -> date:
         raise bad_request(f"invalid date {raw!r}: use YYYY-MM-DD, e.g. 2025-03-30") from None
 
 
-async def _query(request: Request[Any, Any, State], scope: str, period: str, day: str | None) -> Consumption:
+async def _answer(
+    request: Request[Any, Any, State],
+    scopes: tuple[str, ...],
+    day: str | None,
+    query: Callable[[Any, date], Awaitable[T]],
+    check: Callable[[], None] = lambda: None,
+) -> T:
+    """Validate the scopes and the date before touching the store, then run ``query(store, day)``:
+    bad parameters -> 400 naming them, an unreachable store -> 503."""
     state = request.app.state
-    site: Site = state.site
-    when = parse_day(day, site)
+    when = parse_day(day, state.site)
     try:
-        resolve_scope(site, scope)  # validate before touching the store
+        for scope in scopes:
+            resolve_scope(state.site, scope)
+        check()
     except ValueError as exc:
         raise bad_request(str(exc)) from None
     store = await require_store(state)
     try:
-        return await consumption(store, state.database, site, scope, period, when)
+        return await query(store, when)
     except ValueError as exc:  # bad period (or scope): the analytics library names it
         raise bad_request(str(exc)) from None
     except Exception as exc:
         raise store_error(exc) from None
+
+
+async def _query(request: Request[Any, Any, State], scope: str, period: str, day: str | None) -> Consumption:
+    state = request.app.state
+    return await _answer(
+        request,
+        (scope,),
+        day,
+        lambda store, when: consumption(store, state.database, state.site, scope, period, when),
+    )
 
 
 @get(
@@ -121,22 +144,18 @@ async def get_comparison(
     detail: str = DETAIL,
 ) -> Comparison:
     state = request.app.state
-    site: Site = state.site
-    when = parse_day(day, site)
-    try:
-        for scope in (a, b):
-            resolve_scope(site, scope)
+
+    def check_detail() -> None:
         if detail not in ("total", "detailed"):
             raise ValueError(f"unknown detail {detail!r}: use total or detailed")
-    except ValueError as exc:
-        raise bad_request(str(exc)) from None
-    store = await require_store(state)
-    try:
-        return await compare(store, state.database, site, a, b, period, when, detail)
-    except ValueError as exc:
-        raise bad_request(str(exc)) from None
-    except Exception as exc:
-        raise store_error(exc) from None
+
+    return await _answer(
+        request,
+        (a, b),
+        day,
+        lambda store, when: compare(store, state.database, state.site, a, b, period, when, detail),
+        check_detail,
+    )
 
 
 def to_csv(result: Consumption, quantity: str) -> str:
