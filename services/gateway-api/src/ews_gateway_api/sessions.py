@@ -141,3 +141,18 @@ def session_config(secure: bool) -> SessionConfig:
         store="sessions",
         session_id_bytes=SESSION_ID_BYTES,
     )
+
+
+def browser_cookie(
+    connection: ASGIConnection[Any, Any, Any, Any], key: str, value: str, max_age: int
+) -> Cookie:
+    """A long-lived cookie of this browser (unlock, language) with the session cookie's protections."""
+    return Cookie(
+        key=key,
+        value=value,
+        max_age=max_age,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=connection.app.state.settings.secure_cookies,
+    )

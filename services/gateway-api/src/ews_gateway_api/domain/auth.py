@@ -46,6 +46,7 @@ from ..guards import SESSION_ROLE, authenticated, current_role, public, requires
 from ..sessions import (
     LOGIN_AT,
     SESSION_COOKIE,
+    browser_cookie,
     index_session,
     revoke_role_sessions,
     rotate_session,
@@ -149,15 +150,7 @@ def client_of(request: Request[Any, Any, Any]) -> str:
 
 
 def _unlock_cookie(request: Request[Any, Any, Any], value: str, max_age: int) -> Cookie:
-    return Cookie(
-        key=UNLOCK_COOKIE,
-        value=value,
-        max_age=max_age,
-        path="/",
-        httponly=True,
-        samesite="strict",
-        secure=request.app.state.settings.secure_cookies,
-    )
+    return browser_cookie(request, UNLOCK_COOKIE, value, max_age)
 
 
 async def auth_call(state: State, operation: str, body: BaseModel) -> bytes:

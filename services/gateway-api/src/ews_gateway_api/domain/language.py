@@ -24,6 +24,7 @@ from litestar.exceptions import ValidationException
 from pydantic import BaseModel, Field
 
 from ..guards import SESSION_ROLE, public, requires
+from ..sessions import browser_cookie
 
 # L1: the 13 UI languages (BCP 47 tags)
 LANGUAGES: tuple[str, ...] = (
@@ -81,15 +82,7 @@ async def language_of(request: Request[Any, Any, Any]) -> str:
 
 
 def language_cookie(request: Request[Any, Any, Any], language: str) -> Cookie:
-    return Cookie(
-        key=LANGUAGE_COOKIE,
-        value=language,
-        max_age=LANGUAGE_COOKIE_MAX_AGE,
-        path="/",
-        httponly=True,
-        samesite="strict",
-        secure=request.app.state.settings.secure_cookies,
-    )
+    return browser_cookie(request, LANGUAGE_COOKIE, language, LANGUAGE_COOKIE_MAX_AGE)
 
 
 def choose_language(request: Request[Any, Any, Any], language: str) -> Cookie:
