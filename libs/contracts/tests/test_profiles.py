@@ -215,3 +215,10 @@ def test_commands_of_combined_modules_are_accepted():
 
     plan = plan_command(load_site(BUNDLED_DEMO_SITE), PROFILES, "f1-light", "relay", "close")
     assert (plan.device.address, plan.command.address, plan.raw) == (15, 272, 1)
+
+
+@pytest.mark.parametrize("dtype", list(DataType))
+def test_integer_range_matches_the_reference_table(dtype):
+    from ews_contracts.profiles import integer_range
+
+    assert integer_range(dtype) == RANGES.get(dtype)  # None for the float types

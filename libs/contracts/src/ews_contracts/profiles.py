@@ -54,6 +54,16 @@ DATA_TYPES: dict[DataType, tuple[int, str]] = {
     DataType.FLOAT64: (4, "d"),
 }
 
+
+def integer_range(dtype: DataType) -> tuple[int, int] | None:
+    """(lowest, highest) raw value an integer register type holds; None for floats."""
+    count, code = DATA_TYPES[dtype]
+    if code in "fd":
+        return None
+    bits = 16 * count
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if code.islower() else (0, 2**bits - 1)
+
+
 FunctionCode = Literal[3, 4]
 WordOrder = Literal["big", "little"]
 Function = Literal["measure", "status", "command", "function", "link"]

@@ -25,6 +25,7 @@ from typing import Any
 from ews_analytics import CHECKPOINTS, COUNTER_READINGS, HOURLY, READINGS, PriceBook, migrate, table
 from ews_analytics.costs import MEDIUM_QUANTITY
 from ews_contracts.events import ReadingTaken
+from ews_contracts.profiles import DATA_TYPES, integer_range
 from ews_contracts.profiles import resolve as resolve_profile
 from ews_contracts.quantities import COUNTERS, Quantity
 from ews_contracts.site import Device, Site
@@ -41,7 +42,6 @@ HOUR_COLUMNS = ["site", "device", "quantity", "hour", "day", "value_milli", "est
 READING_COLUMNS = ["site", "device", "quantity", "ts", "value", "profile", "event_id"]
 COUNTER_COLUMNS = ["site", "device", "quantity", "ts", "value_milli", "wrap_milli", "batch"]
 RECONCILE_CLUSTER_MS = 6 * HOUR_MS  # suspect readings closer than this are reconciled together
-INTEGER_TYPES = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "int64": 4, "uint64": 4}
 
 
 def _ms(ts: datetime) -> int:
@@ -86,10 +86,12 @@ def wrap_of(device: Device | None, quantity: str, profiles: Mapping[str, Any]) -
         reg = next((r for r in profile.registers if str(r.quantity) == wanted), None)
         if reg is None or reg.scale_from is not None:
             return 0.0
-        words = INTEGER_TYPES.get(str(reg.type))
-        if words is None or words > 2:  # floats; and 64-bit counters never wrap in a meter's life
+        limits = integer_range(reg.type)
+        if (
+            limits is None or DATA_TYPES[reg.type][0] > 2
+        ):  # floats; 64-bit counters never wrap in a meter's life
             return 0.0
-        wrap = float(2 ** (16 * words)) * abs(float(reg.scale))
+        wrap = float(limits[1] - limits[0] + 1) * abs(float(reg.scale))
         return wrap * float(device.pulse_weight) if wanted == PULSE_COUNT and wanted != quantity else wrap
     except Exception:  # a profile that cannot be resolved: no rollover detection, resets still safe
         return 0.0

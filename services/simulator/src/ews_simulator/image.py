@@ -22,21 +22,13 @@ from ews_contracts.profiles import (
     WordOrder,
     decode_raw,
     encode_raw,
+    integer_range,
     scaled,
     unscaled,
 )
 from ews_contracts.site import Device
 
 from .twins import Twin
-
-_RANGES: dict[DataType, tuple[float, float]] = {
-    DataType.INT16: (-(2**15), 2**15 - 1),
-    DataType.UINT16: (0, 2**16 - 1),
-    DataType.INT32: (-(2**31), 2**31 - 1),
-    DataType.UINT32: (0, 2**32 - 1),
-    DataType.INT64: (-(2**63), 2**63 - 1),
-    DataType.UINT64: (0, 2**64 - 1),
-}
 
 
 class ImageError(ValueError):
@@ -45,10 +37,10 @@ class ImageError(ValueError):
 
 def fit(raw: int | float, dtype: DataType) -> int | float:
     """Clamp a raw number into what the register type can hold."""
-    if dtype in (DataType.FLOAT32, DataType.FLOAT64):
+    limits = integer_range(dtype)
+    if limits is None:
         return raw if math.isfinite(raw) else 0.0
-    low, high = _RANGES[dtype]
-    return int(min(max(raw, low), high))
+    return int(min(max(raw, limits[0]), limits[1]))
 
 
 def scale_register_value(scales: list[DerivedScale]) -> int:
