@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ews_contracts.commandcheck import CommandPlan
 from ews_contracts.events import CommandCompleted, CommandFailed, CommandRequested
 from ews_contracts.site import Gateway
+from ews_contracts.text import one_line
 from ews_fieldbus import FieldbusError, ModbusGateway
 
 log = logging.getLogger("ews.commands.executor")
@@ -28,27 +29,26 @@ def outcome_id(command_id: str) -> str:
     return f"{command_id}.outcome"
 
 
+def _about(request: CommandRequested) -> dict[str, str]:
+    """What every outcome repeats of its request (its id is derived: a redelivery gives the same one)."""
+    return {
+        "event_id": outcome_id(request.command_id),
+        "site": request.site,
+        "command_id": request.command_id,
+        "device": request.device,
+        "action": request.action,
+    }
+
+
 def completed(request: CommandRequested, value: str | None, readback: str | None) -> CommandCompleted:
-    return CommandCompleted(
-        event_id=outcome_id(request.command_id),
-        site=request.site,
-        command_id=request.command_id,
-        device=request.device,
-        action=request.action,
-        value=value,
-        readback=readback,
-    )
+    return CommandCompleted(**_about(request), value=value, readback=readback)
 
 
 def failed(request: CommandRequested, error: str, value: str | None = None) -> CommandFailed:
     return CommandFailed(
-        event_id=outcome_id(request.command_id),
-        site=request.site,
-        command_id=request.command_id,
-        device=request.device,
-        action=request.action,
+        **_about(request),
         value=value if value is not None else request.value,
-        error=" ".join(error.split()) or "unknown error",  # always one line
+        error=one_line(error) or "unknown error",  # always one line
     )
 
 

@@ -27,16 +27,8 @@ class Span:
 
 
 @dataclass(frozen=True, order=True)
-class ReadBlock:
-    """One Modbus read request."""
-
-    fc: int
-    address: int
-    count: int
-
-    @property
-    def end(self) -> int:
-        return self.address + self.count
+class ReadBlock(Span):
+    """One Modbus read request (covering one or more spans)."""
 
 
 ALL_TIERS: frozenset[str] = frozenset({"fast", "counter"})
