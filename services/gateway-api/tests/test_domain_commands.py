@@ -19,6 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from ews_contracts.bus import ensure_streams, make_broker, publish_event
 from ews_contracts.events import CommandCompleted, CommandFailed, CommandRequested
+from ews_contracts.profiles import load_profiles
 from ews_contracts.settings import Settings
 from ews_gateway_api.domain import commands
 from litestar import Litestar, Request, post
@@ -42,6 +43,7 @@ def make_app(settings: Settings) -> Litestar:
         await ensure_streams(broker)
         app.state.settings = settings
         app.state.site = settings.site
+        app.state.profiles = load_profiles(settings.profiles_dir)
         app.state.broker = broker
         app.state.redis = aioredis.from_url(settings.redis_url)
         try:

@@ -27,6 +27,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 from ews_contracts.bus import ensure_streams, make_broker
+from ews_contracts.profiles import load_profiles
 from ews_contracts.settings import Settings
 from ews_contracts.text import one_line
 from litestar import Litestar, MediaType, Request, Response, Router
@@ -146,6 +147,9 @@ def create_app(settings: Settings) -> Litestar:
     )
     app.state.settings = settings
     app.state.site = site
+    app.state.profiles = load_profiles(
+        settings.profiles_dir
+    )  # once: devices and commands read them per request
     app.state.redis = redis_client
     app.state.broker = None
     app.state.store = None

@@ -19,7 +19,6 @@ from typing import Any, Literal
 from ews_contracts.bus import ensure_streams, jstream, make_broker, publish_event
 from ews_contracts.commandcheck import CommandRejected, plan_command
 from ews_contracts.events import CommandCompleted, CommandFailed, CommandRequested, utcnow
-from ews_contracts.profiles import load_profiles
 from ews_contracts.roles import Permission
 from ews_contracts.streams import COMMANDS
 from ews_contracts.subjects import Kind, pattern
@@ -124,9 +123,7 @@ async def request_command(request: Request[Any, Any, State], data: CommandBody) 
     state = request.app.state
     site = state.site
     try:
-        plan = plan_command(
-            site, load_profiles(state.settings.profiles_dir), data.device, data.action, data.value
-        )
+        plan = plan_command(site, state.profiles, data.device, data.action, data.value)
     except CommandRejected as exc:
         if exc.not_found:
             raise NotFoundException(str(exc)) from None

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from ews_contracts.live import LiveDevice, live_key
-from ews_contracts.profiles import Profile, ProfileError, load_profiles, resolve
+from ews_contracts.profiles import Profile, ProfileError, resolve
 from ews_contracts.quantities import GROUPS, group_of, unit_of
 from ews_contracts.site import Device, Site
 from litestar import Request, Router, get
@@ -189,11 +189,6 @@ async def views(
     return [view(d, _live(raw, d.id), profiles) for d, raw in zip(devices, raws, strict=True)]
 
 
-def _profiles(state: State) -> dict[str, Profile]:
-    settings = getattr(state, "settings", None)
-    return load_profiles(getattr(settings, "profiles_dir", None))
-
-
 def _check_filter(kind: str, value: str | None, known: list[Any]) -> None:
     if value is not None and value not in {item.id for item in known}:
         raise ValidationException(
@@ -229,7 +224,7 @@ async def list_devices(
         and (zone is None or d.zone == zone)
         and (circuit is None or d.circuit == circuit)
     ]
-    return DeviceList(devices=await views(state.redis, site, devices, _profiles(state)))
+    return DeviceList(devices=await views(state.redis, site, devices, state.profiles))
 
 
 @get(
@@ -244,7 +239,7 @@ async def get_device(request: Request[Any, Any, State], device_id: str) -> Devic
     device = state.site.device(device_id)
     if device is None:
         raise NotFoundException(f"unknown device {device_id!r}")
-    (one,) = await views(state.redis, state.site, [device], _profiles(state))
+    (one,) = await views(state.redis, state.site, [device], state.profiles)
     return one
 
 
