@@ -476,7 +476,15 @@ def load_profile(path: Path) -> Profile:
 
 @lru_cache(maxsize=8)
 def load_profiles(extra_dir: Path | None = None) -> dict[str, Profile]:
-    """Every profile of the bundled folder, then of ``extra_dir`` (which may replace bundled ones)."""
+    """Every profile of the bundled folder, then of ``extra_dir`` (which may replace bundled ones).
+
+    Read and validated once per process and folder (``ews`` checks the site's devices at start-up, then
+    the service loads them again); each caller gets its own dict of the (immutable) profiles."""
+    return dict(_load_profiles(None if extra_dir is None else Path(extra_dir).resolve()))
+
+
+@lru_cache(maxsize=8)
+def _load_profiles(extra_dir: Path | None) -> dict[str, Profile]:
     found: dict[str, Profile] = {}
     for folder in (BUNDLED_PROFILES, extra_dir):
         if folder is None:
