@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -73,7 +74,7 @@ def redis_server_binary() -> str:
     return found
 
 
-class ManagedServer:
+class ManagedServer(ABC):
     """A child server process started on a port, stopped (SIGTERM, then SIGKILL) on exit."""
 
     name = "server"
@@ -86,12 +87,14 @@ class ManagedServer:
         self.log = log
         self.proc: subprocess.Popen | None = None
 
+    @abstractmethod
     def command(self) -> list[str]:
-        raise NotImplementedError
+        """The server's command line."""
 
     @property
+    @abstractmethod
     def url(self) -> str:
-        raise NotImplementedError
+        """The URL clients connect to."""
 
     def start(self, timeout: float = 20.0) -> ManagedServer:
         if port_in_use(self.host, self.port):

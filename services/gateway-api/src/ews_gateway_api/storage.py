@@ -52,7 +52,7 @@ def store_error(exc: BaseException) -> ServiceUnavailableException:
         )
     log.warning("analytics query failed: %s", one_line(exc))
     return ServiceUnavailableException(
-        f"the analytics database did not answer: {one_line(exc)[:200]}", headers={"Retry-After": "10"}
+        f"the analytics database did not answer: {one_line(exc, limit=200)}", headers={"Retry-After": "10"}
     )
 
 
