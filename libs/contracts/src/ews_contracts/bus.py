@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from faststream.nats import JStream, NatsBroker
+from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
@@ -83,7 +84,11 @@ def _config(spec: StreamSpec) -> StreamConfig:
 
 async def ensure_streams(broker: NatsBroker) -> None:
     """Create every stream of ``streams.ALL_STREAMS`` or bring its config up to date (idempotent)."""
-    js = broker.connection.jetstream()
+    await ensure_streams_with(broker.connection.jetstream())
+
+
+async def ensure_streams_with(js: JetStreamContext) -> None:
+    """``ensure_streams`` on a plain nats-py JetStream context (a service without a FastStream broker)."""
     for spec in ALL_STREAMS:
         config = _config(spec)
         try:

@@ -21,7 +21,7 @@ import logging
 import time
 from dataclasses import replace
 
-from ews_contracts.bus import ensure_streams, make_broker
+from ews_contracts.bus import ensure_streams_with
 from ews_contracts.events import ReadingTaken
 from ews_contracts.natsclient import connect_fast
 from ews_contracts.settings import Settings
@@ -219,17 +219,15 @@ async def serve(settings: Settings) -> None:
     aggregator = make_aggregator(settings)
     await aggregator.start()  # migrate + load state before the first message
     tune_gc()
-    broker = make_broker(settings.nats_url, "aggregator")
     batcher = Batcher(aggregator, settings.aggregator_batch)
     ticker = asyncio.create_task(batcher.tick(), name="aggregator-batches")
     sub = None
     nc = None
     try:
-        await broker.connect()
-        await ensure_streams(broker)
-        # the readings arrive on their own connection, with the fast header parser (the hot path)
-        nc = await connect_fast(settings.nats_url, "aggregator-readings")
+        # readings are the hot path: a plain nats-py connection with the fast header parser
+        nc = await connect_fast(settings.nats_url, "aggregator")
         js = nc.jetstream()
+        await ensure_streams_with(js)
         config = await ensure_consumer(js, aggregator.site.site, settings.aggregator_batch)
         sub = await js.subscribe_bind(
             READINGS.name,
@@ -256,4 +254,3 @@ async def serve(settings: Settings) -> None:
         if nc is not None:
             with contextlib.suppress(Exception):
                 await nc.close()
-        await broker.stop()
