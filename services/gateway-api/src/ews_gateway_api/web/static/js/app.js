@@ -814,25 +814,28 @@
       const devices = await fetchDevices("installation");
       if (devices === null) return;
       $("device-list").replaceChildren(
-        ...devices.map((device) =>
-          el(
-            "li",
-            { class: "device", "data-device": device.id },
-            el(
-              "div",
-              { class: "device-head" },
-              el("div", {}, el("div", { class: "device-name", text: device.name || device.id }), deviceMeta(device)),
-              stateBadge(device)
-            ),
-            valueList(device)
-          )
-        )
+        ...devices.map((device) => deviceCard(device, stateBadge(device), valueList(device)))
       );
       setMessage(message, devices.length ? "" : t("noDevices"), "info");
       $("installation-updated").textContent = t("updatedAt", { time: formatTime(new Date().toISOString()) });
     } catch (error) {
       if (state.me) setMessage(message, t("loadFailed", { detail: errorText(error) }), "error");
     }
+  }
+
+  // One device as a card: name and address line, its badges, then its body (values, actions …).
+  function deviceCard(device, badges, body) {
+    return el(
+      "li",
+      { class: "device", "data-device": device.id },
+      el(
+        "div",
+        { class: "device-head" },
+        el("div", {}, el("div", { class: "device-name", text: device.name || device.id }), deviceMeta(device)),
+        badges
+      ),
+      body
+    );
   }
 
   // --- green'up --------------------------------------------------------------------------------
@@ -850,17 +853,7 @@
     if (states.charge_process) add(t("chargeProcess"), states.charge_process);
     if ("power_active" in values) add(t("power"), formatPower(values.power_active));
     if ("energy_active_import" in values) add(t("energy"), formatEnergy(values.energy_active_import));
-    const item = el(
-      "li",
-      { class: "device", "data-device": device.id },
-      el(
-        "div",
-        { class: "device-head" },
-        el("div", {}, el("div", { class: "device-name", text: device.name || device.id }), deviceMeta(device)),
-        badges
-      ),
-      rows.length ? el("dl", { class: "device-values" }, rows) : null
-    );
+    const item = deviceCard(device, badges, rows.length ? el("dl", { class: "device-values" }, rows) : null);
     if (can("greenup-management") && can("command-devices")) {
       // the current charging process's value is shown pressed
       const button = (value, label) =>
