@@ -49,3 +49,26 @@ def write_site(path: Path, site_id: str, ports: list[int], devices: int, **gatew
     }
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def meters_site(devices: int, **extra: object) -> dict:
+    """Site data for the accounting benchmarks: ``devices`` RS485 energy meters d0… on gateways of 32."""
+    data: dict = {
+        "site": "bench",
+        "name": "Benchmark site",
+        "timezone": "Europe/Paris",
+        "tariffs": [{"effective_from": "2015-01-01", "electricity_per_kwh": 0.25, "water_per_m3": 4.0}],
+        "gateways": [{"id": f"gw{g}", "host": "127.0.0.1"} for g in range(devices // 32 + 1)],
+        "devices": [
+            {
+                "id": f"d{i}",
+                "name": f"Meter {i}",
+                "profile": "energy-meter-rs485-3ph",
+                "gateway": f"gw{i // 32}",
+                "address": i % 32 + 1,
+            }
+            for i in range(devices)
+        ],
+    }
+    data.update(extra)
+    return data

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import nats
 import yaml
+from _sites import meters_site
 from ews_aggregator.aggregator import Aggregator
 from ews_aggregator.service import DURABLE, serve
 from ews_contracts.bus import ensure_streams, make_broker
@@ -35,23 +36,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def site_file(folder: Path, devices: int) -> Path:
-    data = {
-        "site": "bench",
-        "name": "Benchmark site",
-        "timezone": "Europe/Paris",
-        "tariffs": [{"effective_from": "2020-01-01", "electricity_per_kwh": 0.25}],
-        "gateways": [{"id": f"gw{g}", "host": "127.0.0.1"} for g in range(devices // 32 + 1)],
-        "devices": [
-            {
-                "id": f"d{i}",
-                "name": f"Meter {i}",
-                "profile": "energy-meter-rs485-3ph",
-                "gateway": f"gw{i // 32}",
-                "address": i % 32 + 1,
-            }
-            for i in range(devices)
-        ],
-    }
+    data = meters_site(devices)
     path = folder / "site.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

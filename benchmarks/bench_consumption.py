@@ -20,45 +20,27 @@ from datetime import date
 from pathlib import Path
 
 import yaml
+from _sites import meters_site
 from ews_analytics import consumption, migrate
 from ews_contracts.site import Site
 from ews_contracts.store import get_store
 
 
 def site_data(devices: int) -> dict:
-    data = {
-        "site": "bench",
-        "name": "Benchmark site",
-        "timezone": "Europe/Paris",
-        "tariffs": [{"effective_from": "2015-01-01", "electricity_per_kwh": 0.25, "water_per_m3": 4.0}],
-        "gateways": [{"id": f"gw{g}", "host": "127.0.0.1"} for g in range(devices // 32 + 1)],
-        "zones": [{"id": "z1", "name": "Zone 1"}],
-        "circuits": [{"id": "c1", "name": "Circuit 1", "zone": "z1"}],
-        "devices": [
-            {
-                "id": f"d{i}",
-                "name": f"Meter {i}",
-                "profile": "energy-meter-rs485-3ph",
-                "gateway": f"gw{i // 32}",
-                "address": i % 32 + 1,
-                **({"circuit": "c1"} if i % 4 == 0 else {}),
-            }
-            for i in range(devices - 1)
-        ]
-        + [
-            {
-                "id": f"d{devices - 1}",
-                "name": "Water",
-                "profile": "pulse-concentrator-004687",
-                "gateway": f"gw{(devices - 1) // 32}",
-                "address": (devices - 1) % 32 + 1,
-                "position": 1,
-                "medium": "water",
-                "pulse_weight": 10,
-            }
-        ],
-        "virtual_devices": [{"id": "rest", "name": "Rest", "master": "d0", "slaves": ["d1", "d2"]}],
-    }
+    """Meters (every 4th on circuit c1), the last one a water pulse meter, and a virtual device."""
+    data = meters_site(
+        devices,
+        zones=[{"id": "z1", "name": "Zone 1"}],
+        circuits=[{"id": "c1", "name": "Circuit 1", "zone": "z1"}],
+        virtual_devices=[{"id": "rest", "name": "Rest", "master": "d0", "slaves": ["d1", "d2"]}],
+    )
+    for i, device in enumerate(data["devices"]):
+        if i % 4 == 0:
+            device["circuit"] = "c1"
+    data["devices"][-1].update(
+        name="Water", profile="pulse-concentrator-004687", position=1, medium="water", pulse_weight=10
+    )
+    data["devices"][-1].pop("circuit", None)
     return data
 
 
