@@ -161,7 +161,8 @@ async def main() -> None:
     print(
         f"| JetStream drain, whole (service start-up, migrations, push consumer, batch acks) | {drained:,.0f} |"
     )
-    print(f"| JetStream drain, after the first acked batch | {steady:,.0f} |")
+    after_first = f"{steady:,.0f}" if steady > 0 else "n/a (one batch: use more --readings)"
+    print(f"| JetStream drain, after the first acked batch | {after_first} |")
 
 
 if __name__ == "__main__":
