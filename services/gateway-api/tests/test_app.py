@@ -149,12 +149,15 @@ async def test_devices_merge_site_and_live_state(client: AsyncClient, app: Lites
     resp = await client.get("/api/v1/devices")
     assert resp.status_code == 200
     devices = {d["id"]: d for d in resp.json()["devices"]}
-    assert list(devices) == [d.id for d in app.state.site.devices]
+    site = app.state.site
+    assert list(devices) == [d.id for d in site.devices] + [v.id for v in site.virtual_devices]
     assert {"m1", "e2", "water", "gas", "ev1"} <= set(devices)
     assert devices["m1"]["state"] == "unknown"  # unreadable live state is ignored
     assert devices["water"] == {
         "id": "water",
         "name": "Water main",
+        "kind": "device",
+        "virtual": None,
         "profile": "pulse-concentrator-004687",
         "gateway": "gw1",
         "address": 5,
@@ -171,8 +174,10 @@ async def test_devices_merge_site_and_live_state(client: AsyncClient, app: Lites
         "values": {},
         "states": {},
         "updated_at": None,
+        "age_s": None,
+        "stale": False,
         "address_label": "5-1",
-        "functions": ["measure"],
+        "functions": ["measure", "link"],  # shares address 5 with the gas meter
         "breaker": None,
         "tables": [],
         "commands": [],
@@ -182,7 +187,7 @@ async def test_devices_merge_site_and_live_state(client: AsyncClient, app: Lites
     assert one["states"]["charger"] == "charging"
     assert one["values"] == {"power_active": 7200.0} and one["state"] == "on"
     assert one["updated_at"] == "2025-06-01T10:00:00Z"
-    assert one == devices["ev1"]
+    assert one == devices["ev1"] | {"age_s": one["age_s"]}  # age_s: seconds since updated_at, at each call
 
     resp = await client.get("/api/v1/devices/nope")
     assert resp.status_code == 404 and resp.json()["detail"] == "unknown device 'nope'"
@@ -206,9 +211,11 @@ async def test_consumption_of_an_empty_database(
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert len(body["buckets"]) == hours
-    assert body["buckets"][0] == {"start": first, "value": 0.0, "unit": "Wh", "cost": 0.0}
-    assert body["total"] == {"value": 0.0, "unit": "Wh", "cost": 0.0, "currency": "EUR"}
-    assert body["previous"] == {"total": {"value": 0.0, "unit": "Wh", "cost": 0.0, "currency": "EUR"}}
+    assert body["buckets"][0] == {"start": first, "value": 0.0, "unit": "Wh", "cost": 0.0, "no_data": True}
+    assert body["total"] == {"value": 0.0, "unit": "Wh", "cost": 0.0, "currency": "EUR", "no_data": True}
+    assert body["has_data"] is False
+    assert body["previous"]["total"] == {"value": 0.0, "unit": "Wh", "cost": 0.0, "currency": "EUR", "no_data": True}
+    assert all(b["no_data"] for b in body["previous"]["buckets"])
 
     resp = await client.get("/api/v1/consumption/datalogger.csv", params={"date": day})
     assert resp.status_code == 200

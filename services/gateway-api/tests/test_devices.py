@@ -26,12 +26,14 @@ async def ids(client: AsyncClient, **params: str) -> list[str]:
 async def test_filters_by_gateway_panel_zone_circuit(client: AsyncClient) -> None:
     await client.post("/api/v1/auth/login", json=CODES["installer"])
     everything = await ids(client)
-    assert len(everything) == 22 and everything[:5] == ["m1", "e2", "water", "gas", "ev1"]
+    assert len(everything) == 23 and everything[:5] == ["m1", "e2", "water", "gas", "ev1"]
+    assert everything[-1] == "hvac-rest"  # the virtual devices come after the devices
     assert await ids(client, gateway="gw1") == everything
     assert await ids(client, panel="floor1") == ["f1-light", "f1-sockets", "f1-signals"]
     assert await ids(client, zone="parking") == ["ev1", "ev2a", "ev2b"]
     assert await ids(client, circuit="kitchen") == ["pm-access", "rcd-kitchen"]
     assert await ids(client, zone="building", circuit="it-room") == ["pm-premium", "mccb-it"]
+    assert await ids(client, circuit="hvac-lighting") == ["m1", "gen1", "hvac-rest"]
     resp = await client.get("/api/v1/devices", params={"panel": "attic"})
     assert resp.status_code == 400
     detail = resp.json()["detail"]
@@ -56,7 +58,8 @@ async def test_device_buttons_and_measure_tables(client: AsyncClient, app: Lites
 
     one = (await client.get("/api/v1/devices/f1-light")).json()
     assert one["address"] == 15 and one["address_label"] == "15"  # interface 1, module 5
-    assert one["functions"] == ["measure", "status", "command"]  # three modules, one device
+    # three modules, one device at one address: reached through the interface (link)
+    assert one["functions"] == ["measure", "status", "command", "link"]
     assert one["breaker"] == "tripped" and one["state"] == "on"
     assert [t["group"] for t in one["tables"]] == ["energy", "power", "voltage", "current"]
     assert one["tables"][2]["rows"] == [{"quantity": "voltage_l1", "value": 231.2, "unit": "V"}]

@@ -32,6 +32,7 @@ EA = Quantity.ENERGY_ACTIVE_IMPORT
 def demo_site(port: int) -> Site:
     data = load_site(BUNDLED_DEMO_SITE).model_dump()
     data["devices"] = [d for d in data["devices"] if d["id"] in DEVICES]  # the demo's first five
+    data["virtual_devices"] = []  # the demo's virtual device needs gen1
     data["gateways"][0].update(port=port, timeout=0.5, retries=0)
     return Site.model_validate(data)
 

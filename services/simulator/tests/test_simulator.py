@@ -30,6 +30,7 @@ EA = Quantity.ENERGY_ACTIVE_IMPORT
 def demo_site(port: int) -> Site:
     data = load_site(BUNDLED_DEMO_SITE).model_dump()
     data["devices"] = [d for d in data["devices"] if d["id"] in {"m1", "e2", "water", "gas", "ev1"}]
+    data["virtual_devices"] = []  # the demo's virtual device needs gen1
     for gateway in data["gateways"]:
         gateway["port"] = port
         gateway["retries"] = 0

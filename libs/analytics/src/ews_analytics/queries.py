@@ -17,6 +17,13 @@ Scopes (a scope is a linear combination of real devices: virtual devices are mas
 - ``device:<id>``: Ea+ (Wh) for an electricity device, dm³ for a water or gas meter; a virtual
   device's id works too.
 
+Pages: a bucket no rollup row covers has ``no_data: true`` (say "no data", do not draw 0);
+``previous.buckets`` are the preceding period's buckets (same query); ``split="circuit"`` adds
+``series`` (per circuit of the selection's members, exact in milli-units, scopes in units only);
+``summary()`` gives today … last year from three queries; ``quantity_series()`` averages a real
+device's raw ``readings`` (power, voltage …) per bucket. Dates must lie in MIN_DATE … MAX_DATE
+(``check_day``); bounds beyond what the store's Date/DateTime columns hold are clamped (no rows there).
+
 Values are exact: the store keeps integer milli-units. ``estimated`` (only when non-zero) is the part
 of a value spread pro rata over a gap in the readings; ``wh_equivalent`` (gas only) is the volume ×
 the site's ``gas_wh_per_dm3``.
@@ -29,13 +36,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
-from ews_contracts.quantities import unit_of
+from ews_contracts.quantities import Quantity, unit_of
 from ews_contracts.site import Site
 from ews_contracts.store import Store
 from pydantic import BaseModel, Field, model_serializer
 
 from .costs import MEDIUM_QUANTITY, QUANTITY_MEDIUM, medium_of, standing_charges
-from .schema import DAILY, HOURLY, MONTHLY, table
+from .schema import DAILY, HOURLY, MONTHLY, READINGS, table
 
 Period = Literal["day", "month", "year", "decade"]
 PERIODS: tuple[str, ...] = ("day", "month", "year", "decade")
@@ -66,6 +73,11 @@ class Bucket(_Compact):
         default=None, description="Part of value spread pro rata over a gap in the readings (when any)."
     )
     wh_equivalent: float | None = Field(default=None, description="Gas only: value × gas_wh_per_dm3.")
+    no_data: bool | None = Field(
+        default=None,
+        description="True when no reading covered the bucket (future, before the first reading, meter "
+        "down): show 'no data', not zero. value is then 0 (plus standing charges for money scopes).",
+    )
 
 
 class Total(_Compact):
@@ -78,10 +90,25 @@ class Total(_Compact):
     standing_charge: float | None = Field(
         default=None, description="Daily standing charges included in cost (site totals only)."
     )
+    no_data: bool | None = Field(default=None, description="True when no bucket of the period has data.")
 
 
 class PreviousTotal(BaseModel):
     total: Total
+    buckets: list[Bucket] = Field(
+        default_factory=list,
+        description="The preceding period's buckets (its own local starts; a month may have another length).",
+    )
+
+
+class Series(BaseModel):
+    """One circuit's share of every bucket (split=circuit): the series of a bucket sum to its value."""
+
+    key: str = Field(examples=["circuit:offices", "none"], description="circuit:<id>, or none (no circuit).")
+    name: str = Field(description="The circuit's name, '' for devices without a circuit.")
+    values: list[float | None] = Field(description="Aligned with buckets; None where the bucket has no data.")
+    total: float
+    cost: float = Field(description="Without standing charges (those belong to no circuit).")
 
 
 class Part(_Compact):
@@ -103,6 +130,10 @@ class Consumption(BaseModel):
     total: Total
     previous: PreviousTotal = Field(description="Total of the preceding period (yesterday, last month ...).")
     parts: list[Part] = Field(default_factory=list, description="total-global: per medium (pie chart).")
+    has_data: bool = Field(description="False when no bucket of the period has data.")
+    series: list[Series] = Field(
+        default_factory=list, description="split=circuit: the buckets split by circuit (stacked histogram)."
+    )
 
 
 # --- scopes ----------------------------------------------------------------------------------------
@@ -119,6 +150,17 @@ class Selection:
     in_currency: bool
     groups: dict[str, dict[str, int]] = field(default_factory=dict)
     standing: tuple[str, ...] = ()
+    members: tuple[Member, ...] = ()
+
+    @property
+    def devices(self) -> dict[str, dict[str, int]]:
+        """The groups plus the devices whose coefficients cancel out (e + (s − e)): the rows to read."""
+        out = {q: dict(g) for q, g in self.groups.items()}
+        for q, g in _group(list(self.members), keep_zero=True).items():
+            if q in out:
+                for dev in g:
+                    out[q].setdefault(dev, 0)
+        return out
 
     @property
     def quantity(self) -> str | None:
@@ -159,23 +201,23 @@ def members(site: Site) -> dict[str, Member]:
     return out
 
 
-def _group(items: list[Member]) -> dict[str, dict[str, int]]:
+def _group(items: list[Member], keep_zero: bool = False) -> dict[str, dict[str, int]]:
     groups: dict[str, dict[str, int]] = {}
     for m in items:
         group = groups.setdefault(MEDIUM_QUANTITY[m.medium], {})
         for dev, coef in m.terms.items():
             group[dev] = group.get(dev, 0) + coef
-    return {q: {d: c for d, c in g.items() if c} for q, g in groups.items()}
+    return {q: {d: c for d, c in g.items() if c or keep_zero} for q, g in groups.items()}
 
 
 def _partial(items: list[Member], currency: str) -> Selection:
     electric = [m for m in items if m.medium == "electricity"]
     if electric or not items:
-        return Selection("Wh", False, _group(electric))
+        return Selection("Wh", False, _group(electric), members=tuple(electric))
     groups = _group(items)
     if len(groups) == 1:
-        return Selection(unit_of(next(iter(groups))), False, groups)
-    return Selection(currency, True, groups)
+        return Selection(unit_of(next(iter(groups))), False, groups, members=tuple(items))
+    return Selection(currency, True, groups, members=tuple(items))
 
 
 def _known(kind: str, ident: str, scope: str, ids: list[str]) -> None:
@@ -189,11 +231,12 @@ def resolve_scope(site: Site, scope: str) -> Selection:
     every = members(site)
     counted = [m for m in every.values() if not m.exclude_from_total]
     if scope == "total-electricity":
-        return Selection(
-            "Wh", False, _group([m for m in counted if m.medium == "electricity"]), ("electricity",)
-        )
+        electric = [m for m in counted if m.medium == "electricity"]
+        return Selection("Wh", False, _group(electric), ("electricity",), tuple(electric))
     if scope == "total-global":
-        return Selection(site.currency, True, _group(counted), ("electricity", "water", "gas"))
+        return Selection(
+            site.currency, True, _group(counted), ("electricity", "water", "gas"), tuple(counted)
+        )
     kind, sep, ident = scope.partition(":")
     if not sep or kind not in ("zone", "circuit", "panel", "gateway", "device") or not ident:
         raise ValueError(f"unknown scope {scope!r}: use {SCOPE_HELP}")
@@ -201,7 +244,7 @@ def resolve_scope(site: Site, scope: str) -> Selection:
         _known("device", ident, scope, list(every))
         m = every[ident]
         quantity = MEDIUM_QUANTITY[m.medium]
-        return Selection(unit_of(quantity), False, _group([m]))
+        return Selection(unit_of(quantity), False, _group([m]), members=(m,))
     if kind == "circuit":
         _known("circuit", ident, scope, [c.id for c in site.circuits])
         return _partial([m for m in every.values() if m.circuit == ident], site.currency)
@@ -231,9 +274,33 @@ def scope_kind(selection: Selection) -> str:
 # --- periods ---------------------------------------------------------------------------------------
 
 
+MIN_DATE = date(1970, 1, 1)
+MAX_DATE = date(2200, 12, 31)
+SPLITS: tuple[str, ...] = ("circuit",)
+# what the store's columns can hold: DateTime (hours) and Date (days, months)
+_MIN_HOUR, _MAX_HOUR = datetime(1970, 1, 1), datetime(2106, 2, 7, 6, 28, 15)
+_MIN_DAY, _MAX_DAY = date(1970, 1, 1), date(2149, 6, 6)
+
+
 def _check_period(period: str) -> None:
     if period not in PERIODS:
         raise ValueError(f"unknown period {period!r}: use day, month, year or decade")
+
+
+def check_day(period: str, day: date) -> None:
+    """ValueError naming the date and the allowed span when ``day`` or its period leaves
+    [MIN_DATE, MAX_DATE] (the previous period may leave it: it then has no data)."""
+    _check_period(period)
+    span = f"{MIN_DATE.isoformat()} to {MAX_DATE.isoformat()}"
+    if not MIN_DATE <= day <= MAX_DATE:
+        raise ValueError(f"date {day.isoformat()} is out of range: use a date from {span}")
+    start, end = period_range(period, day)
+    if start < MIN_DATE or end > MAX_DATE + timedelta(days=1):
+        last = (end - timedelta(days=1)).isoformat()
+        raise ValueError(
+            f"the {period} of date {day.isoformat()} ({start.isoformat()} to {last}) leaves the allowed "
+            f"span {span}: use a later date or a shorter period"
+        )
 
 
 def _add_months(d: date, months: int) -> date:
@@ -315,56 +382,112 @@ def _key(period: str, raw: Any) -> Hashable:
 
 
 def _bounds(period: str, d: date, site: Site) -> Any:
-    return local_midnight_utc(d, site).replace(tzinfo=None) if period == "day" else d
+    """A period bound as the SQL parameter, clamped to what the column type holds (no rows beyond)."""
+    if period == "day":
+        if d <= MIN_DATE:
+            return _MIN_HOUR
+        if d > _MAX_DAY:
+            return _MAX_HOUR
+        return min(max(local_midnight_utc(d, site).replace(tzinfo=None), _MIN_HOUR), _MAX_HOUR)
+    return min(max(d, _MIN_DAY), _MAX_DAY)
 
 
 # --- query -----------------------------------------------------------------------------------------
 
-# (current period?, bucket key, quantity) -> [value milli, estimated milli, cost]
-Sums = dict[tuple[bool, Hashable, str], list[float]]
+
+@dataclass
+class _Acc:
+    value: int = 0  # milli-units (exact)
+    estimated: int = 0
+    cost: float = 0.0
+
+    def add(self, value: int, estimated: int, cost: float) -> None:
+        self.value += value
+        self.estimated += estimated
+        self.cost += cost
 
 
-async def _sums(
-    store: Store, database: str, site: Site, selection: Selection, period: str, day: date
-) -> Sums:
-    """Sums of the period's buckets and of the previous period, per quantity, coefficients applied."""
-    if not selection.groups:
-        return {}
+@dataclass
+class _Rows:
+    """One query's answer. A key present = a rollup row exists (data), even if it sums to 0."""
+
+    buckets: dict[tuple[bool, Hashable], _Acc] = field(default_factory=dict)  # (current?, key), coefs applied
+    quantities: dict[str, _Acc] = field(default_factory=dict)  # current period, per quantity
+    series: dict[tuple[str, Hashable], _Acc] = field(default_factory=dict)  # split: (series key, key)
+
+
+def _series_key(m: Member) -> str:
+    return f"circuit:{m.circuit}" if m.circuit else "none"
+
+
+def _circuit_coefs(selection: Selection) -> dict[str, list[tuple[str, int]]]:
+    """real device -> [(series key, coefficient)]: each member's terms added to the member's circuit."""
+    coefs: dict[str, dict[str, int]] = {}
+    for m in selection.members:
+        key = _series_key(m)
+        for dev, c in m.terms.items():
+            per = coefs.setdefault(dev, {})
+            per[key] = per.get(key, 0) + c
+    return {dev: [(k, c) for k, c in per.items() if c] for dev, per in coefs.items()}
+
+
+async def _rows(
+    store: Store, database: str, site: Site, selection: Selection, period: str, day: date, split: bool
+) -> _Rows:
+    """One query: the period's buckets and the previous period's, coefficients applied; with ``split``,
+    the current period per device (no coefficients) spread over the members' circuits here."""
+    out = _Rows()
+    devices = selection.devices
     name, column, key, kind = _GRAIN[period]
     start, end = period_range(period, day)
     prev_start, _ = period_range(period, previous_day(period, day))
-    devices: list[str] = []
-    coefs: list[int] = []
     params: dict[str, Any] = {
         "site": site.site,
         "from": _bounds(period, prev_start, site),
         "start": _bounds(period, start, site),
         "end": _bounds(period, end, site),
     }
+    devs: list[str] = []
+    coefs: list[int] = []
     ors = []
-    for n, (quantity, group) in enumerate(sorted(selection.groups.items())):
+    for n, (quantity, group) in enumerate(sorted(devices.items())):
         if not group:
             continue
         params[f"q{n}"] = str(quantity)
         params[f"d{n}"] = list(group)
         ors.append(f"(quantity = {{q{n}:String}} AND device IN {{d{n}:Array(String)}})")
-        devices.extend(group)
+        devs.extend(group)
         coefs.extend(group.values())
     if not ors:
-        return {}
-    params["devs"], params["coefs"] = devices, coefs
+        return out
+    params["devs"], params["coefs"] = devs, coefs
     coef = "transform(toString(device), {devs:Array(String)}, {coefs:Array(Int64)}, toInt64(0))"
+    if split:  # current period per device, raw; previous period summed with coefficients
+        factor = f"if(cur, toInt64(1), {coef})"
+        select, group_by = "if(cur, toString(device), '') AS dev, ", ", dev"
+    else:
+        factor, select, group_by = coef, "", ""
     sql = (
-        f"SELECT {column} >= {{start:{kind}}} AS cur, {key} AS b, quantity, "
-        f"sum(value_milli * {coef}), sum(estimated_milli * {coef}), sum(cost * {coef}) "
+        f"SELECT {column} >= {{start:{kind}}} AS cur, {key} AS b, quantity, {select}"
+        f"sum(value_milli * {factor}), sum(estimated_milli * {factor}), sum(cost * {factor}) "
         f"FROM {table(database, name)} "
         f"WHERE site = {{site:String}} AND {column} >= {{from:{kind}}} AND {column} < {{end:{kind}}} "
-        f"AND ({' OR '.join(ors)}) GROUP BY cur, b, quantity"
+        f"AND ({' OR '.join(ors)}) GROUP BY cur, b, quantity{group_by}"
     )
-    rows = await store.query(sql, params)
-    out: Sums = {}
-    for cur, b, quantity, value, estimated, cost in rows:
-        out[(bool(cur), _key(period, b), str(quantity))] = [float(value), float(estimated), float(cost)]
+    result = await store.query(sql, params)
+    circuits = _circuit_coefs(selection) if split else {}
+    for row in result:
+        cur, b, quantity = bool(row[0]), _key(period, row[1]), str(row[2])
+        value, estimated, cost = int(row[-3]), int(row[-2]), float(row[-1])
+        if split and cur:
+            device = str(row[3])
+            for series_key, c in circuits.get(device, ()):
+                out.series.setdefault((series_key, b), _Acc()).add(c * value, c * estimated, c * cost)
+            c = devices.get(quantity, {}).get(device, 0)
+            value, estimated, cost = c * value, c * estimated, c * cost
+        out.buckets.setdefault((cur, b), _Acc()).add(value, estimated, cost)
+        if cur:
+            out.quantities.setdefault(quantity, _Acc()).add(value, estimated, cost)
     return out
 
 
@@ -375,43 +498,110 @@ def _r(x: float) -> float:
 def _standing(
     site: Site, selection: Selection, period: str, day: date, today: date
 ) -> tuple[dict[Hashable, float], float]:
-    """Standing charges: per bucket key of the period, and the previous period's total."""
+    """Standing charges of the period containing ``day``: per bucket key, and their total."""
     start, end = period_range(period, day)
-    prev_start, prev_end = period_range(period, previous_day(period, day))
-    current = standing_charges(site, selection.standing, start, end, today)
-    previous = sum(standing_charges(site, selection.standing, prev_start, prev_end, today).values())
+    charges = standing_charges(site, selection.standing, start, end, today)
     per_bucket: dict[Hashable, float] = {}
     if period == "day":
-        hours = bucket_starts("day", day, site)
-        charge = current.get(day, 0.0)
-        for key, _ in hours:
-            per_bucket[key] = charge / len(hours)
+        charge = charges.get(day, 0.0)
+        if charge:
+            hours = bucket_starts("day", day, site)
+            for key, _ in hours:
+                per_bucket[key] = charge / len(hours)
     else:
-        for d, charge in current.items():
+        for d, charge in charges.items():
             k = bucket_of(period, d, site)
             per_bucket[k] = per_bucket.get(k, 0.0) + charge
-    return per_bucket, previous
+    return per_bucket, sum(charges.values())
 
 
-@dataclass
-class _Acc:
-    value: float = 0.0
-    estimated: float = 0.0
-    cost: float = 0.0
-
-
-def _make_total(site: Site, selection: Selection, acc: _Acc, standing: float) -> Total:
-    value = acc.cost + standing if selection.in_currency else acc.value
+def _make_total(site: Site, selection: Selection, acc: _Acc, standing: float, no_data: bool) -> Total:
+    value = acc.cost + standing if selection.in_currency else acc.value / MILLI
     gas = selection.quantity == MEDIUM_QUANTITY["gas"]
     return Total(
         value=_r(value),
         unit=selection.unit,
         cost=_r(acc.cost + standing),
         currency=site.currency,
-        estimated=_r(acc.estimated) if acc.estimated and not selection.in_currency else None,
-        wh_equivalent=_r(acc.value * site.gas_wh_per_dm3) if gas else None,
+        estimated=_r(acc.estimated / MILLI) if acc.estimated and not selection.in_currency else None,
+        wh_equivalent=_r(acc.value / MILLI * site.gas_wh_per_dm3) if gas else None,
         standing_charge=_r(standing) if standing else None,
+        no_data=True if no_data else None,
     )
+
+
+def _period(
+    site: Site, selection: Selection, period: str, day: date, rows: _Rows, current: bool, today: date
+) -> tuple[list[Bucket], Total]:
+    """The buckets and the total of the period containing ``day`` (current or previous rows)."""
+    standing, standing_total = _standing(site, selection, period, day, today)
+    gas = selection.quantity == MEDIUM_QUANTITY["gas"]
+    total = _Acc()
+    buckets: list[Bucket] = []
+    for key, start in bucket_starts(period, day, site):
+        found = rows.buckets.get((current, key))
+        acc = found or _Acc()
+        total.add(acc.value, acc.estimated, acc.cost)
+        charge = standing.get(key, 0.0)
+        buckets.append(
+            Bucket(
+                start=start,
+                value=_r(acc.cost + charge if selection.in_currency else acc.value / MILLI),
+                unit=selection.unit,
+                cost=_r(acc.cost + charge),
+                estimated=_r(acc.estimated / MILLI) if acc.estimated and not selection.in_currency else None,
+                wh_equivalent=_r(acc.value / MILLI * site.gas_wh_per_dm3) if gas else None,
+                no_data=None if found else True,
+            )
+        )
+    no_data = all(b.no_data for b in buckets)
+    return buckets, _make_total(site, selection, total, standing_total, no_data)
+
+
+def check_split(site: Site, scope: str, split: str | None) -> None:
+    """ValueError naming the problem unless ``split`` is None or "circuit" on a scope in units."""
+    _check_split(split, scope, resolve_scope(site, scope) if split is not None else None)
+
+
+def _check_split(split: str | None, scope: str, selection: Selection | None) -> None:
+    if split is None:
+        return
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: use circuit, or leave split out")
+    if selection is not None and selection.in_currency:
+        raise ValueError(
+            f"split=circuit needs a scope in units (Wh, dm³), but {scope!r} is summed in money "
+            f"({selection.unit}): use total-electricity, a zone, a circuit, a panel or a device"
+        )
+
+
+def _series(
+    site: Site, selection: Selection, period: str, day: date, rows: _Rows, buckets: list[Bucket]
+) -> list[Series]:
+    keys = bucket_starts(period, day, site)
+    present = {_series_key(m) for m in selection.members}
+    names = {f"circuit:{c.id}": c.name for c in site.circuits}
+    order = [k for k in names if k in present]
+    order += sorted(k for k in present if k not in names and k != "none")
+    order += ["none"] if "none" in present else []
+    out = []
+    for series_key in order:
+        values: list[float | None] = []
+        total = _Acc()
+        for (key, _), bucket in zip(keys, buckets, strict=True):
+            acc = rows.series.get((series_key, key)) or _Acc()
+            total.add(acc.value, acc.estimated, acc.cost)
+            values.append(None if bucket.no_data else _r(acc.value / MILLI))
+        out.append(
+            Series(
+                key=series_key,
+                name=names.get(series_key, "" if series_key == "none" else series_key),
+                values=values,
+                total=_r(total.value / MILLI),
+                cost=_r(total.cost),
+            )
+        )
+    return out
 
 
 async def consumption(
@@ -422,62 +612,36 @@ async def consumption(
     period: str,
     day: date,
     today: date | None = None,
+    split: str | None = None,
 ) -> Consumption:
-    """Histogram of ``scope`` over the ``period`` containing ``day`` (site-local), with the previous total.
+    """Histogram of ``scope`` over the ``period`` containing ``day`` (site-local), with the previous
+    period's buckets and total, from one query.
 
-    ``today`` (default: today in the site's zone) bounds the standing charges. Raises ValueError (one
-    line naming the problem and the fix) for a bad scope, period or id.
+    ``today`` (default: today in the site's zone) bounds the standing charges. ``split="circuit"``
+    (scopes in units only) adds ``series``: each bucket split by the circuit of the selection's members
+    (a virtual device counts in its own circuit), summing exactly to the bucket. Raises ValueError (one
+    line naming the problem and the fix) for a bad scope, period, split, id or out-of-range date.
     """
-    _check_period(period)
+    check_day(period, day)
     selection = resolve_scope(site, scope)
+    _check_split(split, scope, selection)
     today = today or datetime.now(site.tz).date()
-    sums = await _sums(store, database, site, selection, period, day)
-    standing, previous_standing = _standing(site, selection, period, day, today)
-    gas = selection.quantity == MEDIUM_QUANTITY["gas"]
+    rows = await _rows(store, database, site, selection, period, day, split is not None)
+    buckets, total = _period(site, selection, period, day, rows, True, today)
+    prev_buckets, prev_total = _period(site, selection, period, previous_day(period, day), rows, False, today)
 
-    per_bucket: dict[Hashable, _Acc] = {}
-    previous, total = _Acc(), _Acc()
-    parts: dict[str, _Acc] = {}
-    for (cur, key, quantity), (value, estimated, cost) in sums.items():
-        value, estimated = value / MILLI, estimated / MILLI
-        acc = per_bucket.setdefault(key, _Acc()) if cur else previous
-        acc.value += value
-        acc.estimated += estimated
-        acc.cost += cost
-        if cur:
-            part = parts.setdefault(quantity, _Acc())
-            part.value += value
-            part.cost += cost
-
-    buckets = []
-    for key, start in bucket_starts(period, day, site):
-        acc = per_bucket.get(key, _Acc())
-        charge = standing.get(key, 0.0)
-        total.value += acc.value
-        total.estimated += acc.estimated
-        total.cost += acc.cost
-        buckets.append(
-            Bucket(
-                start=start,
-                value=_r(acc.cost + charge if selection.in_currency else acc.value),
-                unit=selection.unit,
-                cost=_r(acc.cost + charge),
-                estimated=_r(acc.estimated) if acc.estimated and not selection.in_currency else None,
-                wh_equivalent=_r(acc.value * site.gas_wh_per_dm3) if gas else None,
-            )
-        )
     result_parts: list[Part] = []
     if scope == "total-global":
         for medium in ("electricity", "gas", "water"):
             quantity = MEDIUM_QUANTITY[medium]
-            acc = parts.get(quantity, _Acc())
+            acc = rows.quantities.get(quantity, _Acc())
             result_parts.append(
                 Part(
                     medium=medium,  # type: ignore[arg-type]
-                    value=_r(acc.value),
+                    value=_r(acc.value / MILLI),
                     unit=unit_of(quantity),
                     cost=_r(acc.cost),
-                    wh_equivalent=_r(acc.value * site.gas_wh_per_dm3) if medium == "gas" else None,
+                    wh_equivalent=_r(acc.value / MILLI * site.gas_wh_per_dm3) if medium == "gas" else None,
                 )
             )
     return Consumption(
@@ -486,9 +650,153 @@ async def consumption(
         unit=selection.unit,
         currency=site.currency,
         buckets=buckets,
-        total=_make_total(site, selection, total, sum(standing.values())),
-        previous=PreviousTotal(total=_make_total(site, selection, previous, previous_standing)),
+        total=total,
+        previous=PreviousTotal(total=prev_total, buckets=prev_buckets),
         parts=result_parts,
+        has_data=not total.no_data,
+        series=_series(site, selection, period, day, rows, buckets) if split else [],
+    )
+
+
+# --- summary (the "Data" table) --------------------------------------------------------------------
+
+
+class Summary(BaseModel):
+    """Totals of today, yesterday, this/last month, this/last year (no_data: true where nothing)."""
+
+    scope: str
+    unit: str
+    currency: str
+    day: date = Field(description="The site-local date taken as today.")
+    today: Total
+    yesterday: Total
+    this_month: Total
+    last_month: Total
+    this_year: Total
+    last_year: Total
+
+
+async def summary(store: Store, database: str, site: Site, scope: str, today: date | None = None) -> Summary:
+    """Three queries (day, month, year of ``today``), each with its previous period's total."""
+    today = today or datetime.now(site.tz).date()
+    d, m, y = [
+        await consumption(store, database, site, scope, p, today, today) for p in ("day", "month", "year")
+    ]
+    return Summary(
+        scope=scope,
+        unit=d.unit,
+        currency=site.currency,
+        day=today,
+        today=d.total,
+        yesterday=d.previous.total,
+        this_month=m.total,
+        last_month=m.previous.total,
+        this_year=y.total,
+        last_year=y.previous.total,
+    )
+
+
+# --- raw quantities (the "Details" mode) -----------------------------------------------------------
+
+
+class QuantityLine(BaseModel):
+    quantity: str = Field(examples=["power_active"])
+    unit: str = Field(examples=["W"])
+    values: list[float | None] = Field(description="Average of the readings per bucket; None: no reading.")
+    min: list[float | None]
+    max: list[float | None]
+
+
+class QuantitySeries(BaseModel):
+    device: str
+    period: Period
+    starts: list[datetime] = Field(description="Local start of every bucket, with its UTC offset.")
+    series: list[QuantityLine]
+    has_data: bool
+
+
+QUANTITIES: frozenset[str] = frozenset(str(q) for q in Quantity)
+
+
+def check_quantities(site: Site, device_id: str, quantities: list[str]) -> list[str]:
+    """The quantities (deduplicated, in order) of a real device; ValueError naming what is wrong."""
+    if site.device(device_id) is None:
+        if any(v.id == device_id for v in site.virtual_devices):
+            raise ValueError(
+                f"device {device_id!r} is virtual: raw readings exist only for real devices, use its master "
+                "or slaves"
+            )
+        known = ", ".join(d.id for d in site.devices)
+        raise ValueError(f"unknown device {device_id!r}: use one of {known}")
+    if not quantities:
+        raise ValueError("no quantity: give at least one, e.g. quantity=power_active")
+    for q in quantities:
+        if q not in QUANTITIES:
+            raise ValueError(
+                f"unknown quantity {q!r}: use a quantity name such as power_active, voltage_l1, frequency"
+            )
+    return list(dict.fromkeys(quantities))
+
+
+async def quantity_series(
+    store: Store,
+    database: str,
+    site: Site,
+    device_id: str,
+    quantities: list[str],
+    period: str,
+    day: date,
+) -> QuantitySeries:
+    """Average, min and max of raw readings of a real device per bucket of the period (hours of the local
+    day, days of the month, months of the year, years of the decade); None where there is no reading."""
+    check_day(period, day)
+    wanted = check_quantities(site, device_id, quantities)
+    starts = bucket_starts(period, day, site)
+    start, end = period_range(period, day)
+    t0 = local_midnight_utc(start, site)
+    params: dict[str, Any] = {
+        "site": site.site,
+        "device": device_id,
+        "quantities": wanted,
+        "from": t0.replace(tzinfo=None),
+        "end": local_midnight_utc(end, site).replace(tzinfo=None),
+        "t0": int(t0.timestamp()),
+        "tz": site.timezone,
+    }
+    key = {
+        "day": "{t0:Int64} + intDiv(toInt64(toUnixTimestamp(ts)) - {t0:Int64}, 3600) * 3600",
+        "month": "toDate(ts, {tz:String})",
+        "year": "toStartOfMonth(toDate(ts, {tz:String}))",
+        "decade": "toStartOfYear(toDate(ts, {tz:String}))",
+    }[period]
+    sql = (
+        f"SELECT quantity, {key} AS b, avg(value), min(value), max(value) "
+        f"FROM {table(database, READINGS)} FINAL "
+        "WHERE site = {site:String} AND device = {device:String} AND quantity IN {quantities:Array(String)} "
+        "AND ts >= {from:DateTime64(3, 'UTC')} AND ts < {end:DateTime64(3, 'UTC')} "
+        "GROUP BY quantity, b"
+    )
+    found: dict[tuple[str, Hashable], tuple[float, float, float]] = {}
+    for quantity, b, avg, low, high in await store.query(sql, params):
+        found[(str(quantity), _key(period, b))] = (float(avg), float(low), float(high))
+    lines = []
+    for q in wanted:
+        cells = [found.get((q, k)) for k, _ in starts]
+        lines.append(
+            QuantityLine(
+                quantity=q,
+                unit=unit_of(q),
+                values=[_r(c[0]) if c else None for c in cells],
+                min=[_r(c[1]) if c else None for c in cells],
+                max=[_r(c[2]) if c else None for c in cells],
+            )
+        )
+    return QuantitySeries(
+        device=device_id,
+        period=period,  # type: ignore[arg-type]
+        starts=[s for _, s in starts],
+        series=lines,
+        has_data=bool(found),
     )
 
 
@@ -526,7 +834,9 @@ def _in_currency(c: Consumption) -> Consumption:
             "unit": c.currency,
             "buckets": [money(b) for b in c.buckets],
             "total": money(c.total),
-            "previous": PreviousTotal(total=money(c.previous.total)),
+            "previous": PreviousTotal(
+                total=money(c.previous.total), buckets=[money(b) for b in c.previous.buckets]
+            ),
         }
     )
 
@@ -556,7 +866,7 @@ async def compare(
             kind=k,
             buckets=s.buckets if detail == "detailed" else [],
             total=s.total,
-            previous=s.previous,
+            previous=s.previous if detail == "detailed" else PreviousTotal(total=s.previous.total),
         )
         for s, k in zip(sides, kinds, strict=True)
     ]
@@ -572,21 +882,36 @@ async def compare(
 
 
 __all__ = [
+    "MAX_DATE",
+    "MIN_DATE",
+    "PERIODS",
+    "QUANTITIES",
+    "SCOPE_HELP",
+    "SPLITS",
     "Bucket",
     "Comparison",
     "Consumption",
-    "PERIODS",
+    "Member",
     "Part",
     "PreviousTotal",
+    "QuantityLine",
+    "QuantitySeries",
     "Selection",
+    "Series",
     "Side",
+    "Summary",
     "Total",
     "bucket_starts",
+    "check_day",
+    "check_quantities",
+    "check_split",
     "compare",
     "consumption",
     "members",
     "period_range",
     "previous_day",
+    "quantity_series",
     "resolve_scope",
     "scope_kind",
+    "summary",
 ]

@@ -1,7 +1,7 @@
 """The Litestar application: discovers the domain modules, wires sessions, the bus, Redis and ClickHouse.
 
-Every module of ``ews_gateway_api.domain`` that exports ``router`` is mounted (no central list); one
-that also exports ``lifespan`` (an async context manager factory taking the app) gets it entered after
+Every module of ``ews_gateway_api.domain`` (the JSON API) and ``ews_gateway_api.pages`` (the web pages)
+that exports ``router`` is mounted (no central list); one that also exports ``lifespan`` (an async context manager factory taking the app) gets it entered after
 the core lifespan, in module-name order, and exited in reverse.
 
 ``app.state`` (set by the core lifespan, available to every handler and domain lifespan):
@@ -31,16 +31,22 @@ from ews_contracts.profiles import load_profiles
 from ews_contracts.settings import Settings
 from ews_contracts.text import one_line
 from litestar import Litestar, MediaType, Request, Response, Router
-from litestar.exceptions import ValidationException
+from litestar.config.compression import CompressionConfig
+from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions.responses import create_exception_response
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.stores.redis import RedisStore
+from litestar.template.config import TemplateConfig
 from litestar.types import ControllerRouterHandler
 
-from . import domain
+from . import domain, pages
 from .guards import public
+from .pages import _page
 from .sessions import SESSION_COOKIE, session_config
 from .storage import open_store
+from .web import TEMPLATES_DIR
 
 log = logging.getLogger("ews.gateway-api")
 
@@ -48,19 +54,58 @@ Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
 
 
 def discover() -> list[ModuleType]:
-    """Every module (or package) of ``ews_gateway_api.domain`` that exports ``router``, by name."""
+    """Every module (or package) of ``domain`` and ``pages`` that exports ``router``, by name."""
     found = []
-    for info in sorted(pkgutil.iter_modules(domain.__path__), key=lambda i: i.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{domain.__name__}.{info.name}")
-        if getattr(module, "router", None) is not None:
-            found.append(module)
+    for package in (domain, pages):
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+            if info.name.startswith("_"):
+                continue
+            module = importlib.import_module(f"{package.__name__}.{info.name}")
+            if getattr(module, "router", None) is not None:
+                found.append(module)
     return found
 
 
-def validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+def is_page(request: Request[Any, Any, Any]) -> bool:
+    """A web page (HTML errors) rather than the JSON API, the schema or a static file."""
+    path = request.url.path
+    return not path.startswith(("/api/", "/schema", "/static/", "/health", "/ready", "/metrics"))
+
+
+def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    """Pages get an error page in the person's language; the API keeps Litestar's JSON errors."""
+    if is_page(request):
+        return _page.error_page(request, exc)
+    return create_exception_response(request, exc)
+
+
+def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """A bug or an unforeseen failure: logged once with its traceback, answered in one line (a page
+    for a page, JSON for the API) — never a traceback for the person."""
+    log.error("%s %s: %s", request.method, request.url.path, one_line(exc), exc_info=exc)
+    if is_page(request):
+        return _page.error_page(request, exc)
+    return Response(
+        {"status_code": 500, "detail": "internal error (logged); try again"},
+        status_code=500,
+        media_type=MediaType.JSON,
+    )
+
+
+def configure_templates(engine: JinjaTemplateEngine) -> None:
+    env = engine.engine
+    env.add_extension("jinja2.ext.i18n")
+    env.add_extension("jinja2.ext.do")
+    env.newstyle_gettext = True  # type: ignore[attr-defined]  # {% trans %} passes variables as keywords
+    env.policies["ext.i18n.trimmed"] = True  # {% trans %} blocks: whitespace folded, msgids stay clean
+    env.trim_blocks = True
+    env.lstrip_blocks = True
+
+
+def validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
     """400 whose one-line ``detail`` names the offending field (Litestar's only says 'Validation failed')."""
+    if is_page(request):
+        return _page.error_page(request, exc)
     detail = one_line(exc.detail, limit=2000)
     extra = exc.extra if isinstance(exc.extra, list) else []
     if extra and isinstance(extra[0], dict):
@@ -121,7 +166,13 @@ def create_app(settings: Settings) -> Litestar:
         middleware=[session_config(settings.secure_cookies).middleware],
         stores={"sessions": RedisStore(redis_client, namespace=f"ews:{site.site}:session")},
         logging_config=None,  # the process's logging (set up by `ews`) applies: one format for every service
+        template_config=TemplateConfig(
+            directory=TEMPLATES_DIR, engine=JinjaTemplateEngine, engine_callback=configure_templates
+        ),
+        compression_config=CompressionConfig(backend="gzip", gzip_compress_level=6, minimum_size=1024),
         exception_handlers={
+            HTTPException: http_error,
+            Exception: unexpected_error,
             ValidationException: validation_error,
             redis.exceptions.ConnectionError: redis_unavailable,
             redis.exceptions.TimeoutError: redis_unavailable,

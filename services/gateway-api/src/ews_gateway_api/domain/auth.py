@@ -171,11 +171,6 @@ def _retry_headers(retry_after: float | None) -> dict[str, str] | None:
     return {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after else None
 
 
-def _refused(status: int, detail: str, puk_required: bool = False, retry_after: float | None = None):
-    body = LoginRefused(status_code=status, detail=detail, puk_required=puk_required, retry_after=retry_after)
-    return Response(body.model_dump(), status_code=status, headers=_retry_headers(retry_after))
-
-
 @post(
     "/auth/login",
     guards=[public],
@@ -193,10 +188,25 @@ def _refused(status: int, detail: str, puk_required: bool = False, retry_after: 
     },
 )
 async def login(request: Request[Any, Any, State], data: LoginBody) -> Response[Any]:
+    outcome, cookies = await sign_in(request, data.pin, data.puk)
+    if isinstance(outcome, LoginRefused):
+        return Response(
+            outcome.model_dump(), status_code=outcome.status_code, headers=_retry_headers(outcome.retry_after)
+        )
+    return Response(outcome.model_dump(mode="json"), status_code=200, cookies=cookies)
+
+
+async def sign_in(
+    request: Request[Any, Any, State], pin: str, puk: str | None
+) -> tuple[LoginResult | LoginRefused, list[Cookie]]:
+    """Check the codes with the auth service and open a session (the login of the API and of the page).
+
+    Returns the result and the cookies to set (the browser unlock), or the refusal (401 wrong codes or
+    PUK required, 429 too many attempts)."""
     state = request.app.state
     body = LoginRequest(
-        pin=data.pin,
-        puk=data.puk or None,
+        pin=pin,
+        puk=puk or None,
         unlock_token=request.cookies.get(UNLOCK_COOKIE),
         client=client_of(request),
     )
@@ -206,10 +216,17 @@ async def login(request: Request[Any, Any, State], data: LoginBody) -> Response[
         raise ServiceUnavailableException("the auth service gave an unreadable answer") from None
     if not reply.ok or reply.role is None:
         if reply.retry_after:
-            return _refused(429, reply.error or "too many wrong codes", retry_after=reply.retry_after)
-        if reply.puk_required:
-            return _refused(401, reply.error or "enter the PUK as well", puk_required=True)
-        return _refused(401, reply.error or "wrong code")
+            refusal = LoginRefused(
+                status_code=429,
+                detail=reply.error or "too many wrong codes",
+                puk_required=False,
+                retry_after=reply.retry_after,
+            )
+        elif reply.puk_required:
+            refusal = LoginRefused(detail=reply.error or "enter the PUK as well", puk_required=True)
+        else:
+            refusal = LoginRefused(detail=reply.error or "wrong code", puk_required=False)
+        return refusal, []
     role = Role(reply.role)
     session: dict[str, Any] = {
         SESSION_ROLE: str(role),
@@ -223,7 +240,7 @@ async def login(request: Request[Any, Any, State], data: LoginBody) -> Response[
     await index_session(state.redis, state.site.site, str(role), session_id)
     result = LoginResult(role=role, pages=[str(p) for p in PAGES[role]], default_codes=reply.default_codes)
     cookies = [_unlock_cookie(request, reply.unlock_token, UNLOCK_MAX_AGE)] if reply.unlock_token else []
-    return Response(result.model_dump(mode="json"), status_code=200, cookies=cookies)
+    return result, cookies
 
 
 @post(
@@ -235,7 +252,14 @@ async def login(request: Request[Any, Any, State], data: LoginBody) -> Response[
     tags=["auth"],
 )
 async def logout(request: Request[Any, Any, State], data: LogoutBody | None = None) -> Response[LogoutResult]:
-    data = data or LogoutBody()
+    result, cookies = await sign_out(request, (data or LogoutBody()).mode)
+    return Response(result, cookies=cookies)
+
+
+async def sign_out(
+    request: Request[Any, Any, State], mode: Literal["logout", "lock"]
+) -> tuple[LogoutResult, list[Cookie]]:
+    """Logout (the PIN alone signs in again) or Lock (PIN + PUK): the API's and the page's."""
     state = request.app.state
     role = current_role(request) or ""
     token = request.cookies.get(UNLOCK_COOKIE) or ""
@@ -243,19 +267,18 @@ async def logout(request: Request[Any, Any, State], data: LogoutBody | None = No
         await auth_call(
             state,
             "revoke-unlock",
-            RevokeUnlockRequest(unlock_token=token, role=role, mode=data.mode, client=client_of(request)),
+            RevokeUnlockRequest(unlock_token=token, role=role, mode=mode, client=client_of(request)),
         )
     except ServiceUnavailableException:
-        if data.mode == "logout":
+        if mode == "logout":
             raise
         # Lock still works on this browser: its cookie is deleted below; the token just expires unused.
         log.warning("lock: the auth service did not answer; the unlock cookie is deleted anyway")
     if session_id := request.cookies.get(SESSION_COOKIE):
         await unindex_session(state.redis, state.site.site, role, session_id)
     request.clear_session()
-    cookies = [_unlock_cookie(request, "", 0)] if data.mode == "lock" else []
-    result = LogoutResult(mode=data.mode, puk_required_next=data.mode == "lock" or not token)
-    return Response(result, cookies=cookies)
+    cookies = [_unlock_cookie(request, "", 0)] if mode == "lock" else []
+    return LogoutResult(mode=mode, puk_required_next=mode == "lock" or not token), cookies
 
 
 @get(
@@ -318,6 +341,14 @@ _CODE_ERRORS = {
 async def change_codes(
     request: Request[Any, Any, State], role: str, data: CodesBody
 ) -> Response[CodesChanged]:
+    result, cookies = await change_role_codes(request, role, data)
+    return Response(result, cookies=cookies)
+
+
+async def change_role_codes(
+    request: Request[Any, Any, State], role: str, data: CodesBody
+) -> tuple[CodesChanged, list[Cookie]]:
+    """Change a role's codes (one's own with the current codes; any role's with manage-codes)."""
     state = request.app.state
     mine = current_role(request) or ""
     try:
@@ -352,8 +383,7 @@ async def change_codes(
     if target == mine:  # this session was revoked with the others: end it on this browser too
         request.clear_session()
         cookies.append(_unlock_cookie(request, "", 0))
-    result = CodesChanged(role=target, sessions_revoked=revoked, signed_out=target == mine)
-    return Response(result, cookies=cookies)
+    return CodesChanged(role=target, sessions_revoked=revoked, signed_out=target == mine), cookies
 
 
 @get(

@@ -120,7 +120,13 @@ async def apply_outcome(redis: Any, site: str, outcome: CommandCompleted | Comma
     tags=["commands"],
 )
 async def request_command(request: Request[Any, Any, State], data: CommandBody) -> CommandStatus:
-    state = request.app.state
+    return await submit_command(request.app.state, current_role(request) or "", data)
+
+
+async def submit_command(state: State, role: str, data: CommandBody) -> CommandStatus:
+    """Check a command against the site and the device profile, record it and publish CommandRequested
+    (the API's and the pages' way to command a device). 404 unknown device, 400 a command or value the
+    profile does not declare, 503 when the event bus does not take it."""
     site = state.site
     try:
         plan = plan_command(site, state.profiles, data.device, data.action, data.value)
@@ -128,7 +134,6 @@ async def request_command(request: Request[Any, Any, State], data: CommandBody) 
         if exc.not_found:
             raise NotFoundException(str(exc)) from None
         raise HTTPException(status_code=400, detail=str(exc)) from None
-    role = current_role(request) or ""
     event = CommandRequested(
         site=site.site, device=plan.device.id, action=plan.command.action, value=plan.value, requested_by=role
     )
@@ -158,6 +163,14 @@ async def request_command(request: Request[Any, Any, State], data: CommandBody) 
     return status
 
 
+async def command_status(state: State, command_id: str) -> CommandStatus:
+    """A command's record; 404 when unknown or older than the records are kept."""
+    record = _decode(await state.redis.get(record_key(state.site.site, command_id)))
+    if record is None:
+        raise NotFoundException(f"unknown command {command_id!r} (or older than {RECORD_TTL // 86_400} days)")
+    return CommandStatus.model_validate(record)
+
+
 @get(
     "/commands/{command_id:str}",
     guards=[requires(Permission.COMMAND_DEVICES)],
@@ -168,11 +181,7 @@ async def request_command(request: Request[Any, Any, State], data: CommandBody) 
     tags=["commands"],
 )
 async def get_command(request: Request[Any, Any, State], command_id: str) -> CommandStatus:
-    state = request.app.state
-    record = _decode(await state.redis.get(record_key(state.site.site, command_id)))
-    if record is None:
-        raise NotFoundException(f"unknown command {command_id!r} (or older than {RECORD_TTL // 86_400} days)")
-    return CommandStatus.model_validate(record)
+    return await command_status(request.app.state, command_id)
 
 
 router = Router(path="/api/v1", route_handlers=[request_command, get_command])

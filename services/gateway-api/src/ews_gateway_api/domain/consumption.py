@@ -1,14 +1,21 @@
 """Consumption histograms (requirement C) from ClickHouse through ``ews_analytics``.
 
-``GET /api/v1/consumption?scope=…&period=day|month|year|decade&date=YYYY-MM-DD`` returns the analytics
-library's ``Consumption`` as is: values in canonical units (Wh, dm³, or the currency for
-``total-global``), bucket ``start`` in the site's local time with its UTC offset. ``date`` defaults to
-today in the site's time zone. ``GET /api/v1/consumption/compare?a=…&b=…`` puts two scopes side by side
-(C4: units when they meter the same thing, money otherwise). ``/api/v1/consumption/datalogger.csv``
-gives the buckets as CSV (C5), columns ``start,quantity,unit,value,cost,currency``: ``start`` is the
-bucket's local start with its UTC offset (ISO 8601), ``quantity`` the counter summed
-(``energy_active_import``, ``water_volume``, ``gas_volume``) or ``cost`` for money scopes, ``value``
-in ``unit``, ``cost`` in ``currency``. Bad parameters: 400 with one line; database not created yet: 503.
+``GET /api/v1/consumption?scope=…&period=day|month|year|decade&date=YYYY-MM-DD[&split=circuit]`` returns
+the analytics library's ``Consumption`` as is: values in canonical units (Wh, dm³, or the currency for
+``total-global``), bucket ``start`` in the site's local time with its UTC offset, ``no_data: true`` on
+buckets no reading covered, ``previous.buckets`` the preceding period's, ``series`` the buckets split by
+circuit with ``split=circuit``. ``date`` defaults to today in the site's time zone and must lie (with its
+period) within 1970-01-01 … 2200-12-31. ``GET /api/v1/consumption/compare?a=…&b=…`` puts two scopes side
+by side (C4: units when they meter the same thing, money otherwise). ``/api/v1/consumption/summary``
+gives today, yesterday, this/last month and this/last year. ``/api/v1/consumption/quantities`` averages a
+real device's raw readings (power, voltage …) per bucket. ``/api/v1/consumption/datalogger.csv`` gives
+the buckets as CSV (C5), columns ``start,quantity,unit,value,cost,currency``: ``start`` is the bucket's
+local start with its UTC offset (ISO 8601), ``quantity`` the counter summed (``energy_active_import``,
+``water_volume``, ``gas_volume``) or ``cost`` for money scopes, ``value`` in ``unit``, ``cost`` in
+``currency``. Bad parameters: 400 with one line; database not reachable or not created yet: 503.
+
+Pages call the ``load_*`` functions with ``request.app.state``: they validate and raise the same
+400/503 ``HTTPException`` as the routes.
 """
 
 from __future__ import annotations
@@ -19,9 +26,24 @@ from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 from typing import Any, TypeVar
 
-from ews_analytics import Comparison, Consumption, compare, consumption, resolve_scope
+from ews_analytics import (
+    SCOPE_HELP,
+    Comparison,
+    Consumption,
+    QuantitySeries,
+    Summary,
+    check_day,
+    check_quantities,
+    check_split,
+    compare,
+    consumption,
+    quantity_series,
+    resolve_scope,
+    summary,
+)
 from ews_contracts.roles import Permission
 from ews_contracts.site import Site
+from ews_contracts.store import Store
 from ews_contracts.text import one_line
 from litestar import Request, Response, Router, get
 from litestar.datastructures import State
@@ -35,9 +57,7 @@ T = TypeVar("T")
 
 CSV_HEADER = ("start", "quantity", "unit", "value", "cost", "currency")
 
-SCOPE_TEXT = (
-    "total-electricity, total-global, zone:<id>, circuit:<id>, panel:<id>, gateway:<id> or device:<id>"
-)
+SCOPE_TEXT = SCOPE_HELP
 SCOPE = Parameter(str, query="scope", default="total-electricity", description=SCOPE_TEXT)
 SCOPE_A = Parameter(str, query="a", description=f"First scope: {SCOPE_TEXT}")
 SCOPE_B = Parameter(str, query="b", description=f"Second scope: {SCOPE_TEXT}")
@@ -46,7 +66,23 @@ DETAIL = Parameter(
 )
 PERIOD = Parameter(str, query="period", default="day", description="day, month, year or decade")
 DAY = Parameter(
-    str, query="date", default=None, description="A local date (YYYY-MM-DD) in the period; default today"
+    str,
+    query="date",
+    default=None,
+    description="A local date (YYYY-MM-DD) in the period, 1970-01-01 … 2200-12-31; default today",
+)
+SPLIT = Parameter(
+    str,
+    query="split",
+    default=None,
+    description="circuit: add series, the buckets split by circuit (scopes in units only)",
+)
+TODAY = Parameter(
+    str, query="date", default=None, description="The local date taken as today (YYYY-MM-DD); default today"
+)
+DEVICE = Parameter(str, query="device", description="A real (non-virtual) device id")
+QUANTITY = Parameter(
+    list[str], query="quantity", description="A quantity (repeatable), e.g. power_active, voltage_l1"
 )
 
 
@@ -54,7 +90,9 @@ def bad_request(message: str) -> HTTPException:
     return HTTPException(status_code=400, detail=one_line(message, limit=2000))
 
 
-def parse_day(raw: str | None, site: Site) -> date:
+def parse_day(raw: str | date | None, site: Site) -> date:
+    if isinstance(raw, date):
+        return raw
     if raw is None or raw == "":
         return datetime.now(site.tz).date()
     try:
@@ -63,39 +101,87 @@ def parse_day(raw: str | None, site: Site) -> date:
         raise bad_request(f"invalid date {raw!r}: use YYYY-MM-DD, e.g. 2025-03-30") from None
 
 
-async def _answer(
-    request: Request[Any, Any, State],
-    scopes: tuple[str, ...],
-    day: str | None,
-    query: Callable[[Any, date], Awaitable[T]],
-    check: Callable[[], None] = lambda: None,
-) -> T:
-    """Validate the scopes and the date before touching the store, then run ``query(store, day)``:
-    bad parameters -> 400 naming them, an unreachable store -> 503."""
-    state = request.app.state
-    when = parse_day(day, state.site)
+async def _answer(state: State, check: Callable[[], None], query: Callable[[Store], Awaitable[T]]) -> T:
+    """Validate the parameters (``check``) before touching the store, then run ``query(store)``:
+    bad parameters -> 400 naming them, an unreachable or unmigrated store -> 503."""
     try:
-        for scope in scopes:
-            resolve_scope(state.site, scope)
         check()
     except ValueError as exc:
         raise bad_request(str(exc)) from None
     store = await require_store(state)
     try:
-        return await query(store, when)
-    except ValueError as exc:  # bad period (or scope): the analytics library names it
+        return await query(store)
+    except ValueError as exc:  # the analytics library names the problem
         raise bad_request(str(exc)) from None
     except Exception as exc:
         raise store_error(exc) from None
 
 
-async def _query(request: Request[Any, Any, State], scope: str, period: str, day: str | None) -> Consumption:
-    state = request.app.state
+def _check_scope_period(state: State, scopes: tuple[str, ...], period: str, when: date) -> None:
+    for scope in scopes:
+        resolve_scope(state.site, scope)
+    check_day(period, when)
+
+
+async def load_consumption(
+    state: State, scope: str, period: str, day: str | date | None, split: str | None = None
+) -> Consumption:
+    """``GET /consumption`` without the request: ``day`` a date, 'YYYY-MM-DD' or None (today);
+    ``split`` None or "circuit". Raises HTTPException 400 (bad parameter) or 503 (store)."""
+    when = parse_day(day, state.site)
+    split = split or None
+
+    def check() -> None:
+        _check_scope_period(state, (scope,), period, when)
+        check_split(state.site, scope, split)
+
     return await _answer(
-        request,
-        (scope,),
-        day,
-        lambda store, when: consumption(store, state.database, state.site, scope, period, when),
+        state,
+        check,
+        lambda store: consumption(store, state.database, state.site, scope, period, when, split=split),
+    )
+
+
+async def load_comparison(
+    state: State, a: str, b: str, period: str, day: str | date | None, detail: str = "detailed"
+) -> Comparison:
+    """``GET /consumption/compare`` without the request (400/503 as HTTPException)."""
+    when = parse_day(day, state.site)
+
+    def check() -> None:
+        _check_scope_period(state, (a, b), period, when)
+        if detail not in ("total", "detailed"):
+            raise ValueError(f"unknown detail {detail!r}: use total or detailed")
+
+    return await _answer(
+        state, check, lambda store: compare(store, state.database, state.site, a, b, period, when, detail)
+    )
+
+
+async def load_summary(state: State, scope: str, today: str | date | None = None) -> Summary:
+    """``GET /consumption/summary`` without the request (400/503 as HTTPException)."""
+    when = parse_day(today, state.site)
+    return await _answer(
+        state,
+        lambda: _check_scope_period(state, (scope,), "year", when),
+        lambda store: summary(store, state.database, state.site, scope, when),
+    )
+
+
+async def load_quantity_series(
+    state: State, device: str, quantities: list[str], period: str, day: str | date | None
+) -> QuantitySeries:
+    """``GET /consumption/quantities`` without the request (400/503 as HTTPException)."""
+    when = parse_day(day, state.site)
+
+    def check() -> None:
+        check_quantities(state.site, device, quantities)
+        check_day(period, when)
+
+    return await _answer(
+        state,
+        check,
+        lambda store: quantity_series(store, state.database, state.site, device, quantities, period, when),
     )
 
 
@@ -105,7 +191,9 @@ async def _query(request: Request[Any, Any, State], scope: str, period: str, day
     operation_id="getConsumption",
     summary="Consumption histogram of a scope over a day, month, year or decade",
     description="Buckets: hours of a local day (23 or 25 on DST days), days of a month, months of a year, "
-    "years of the decade ending with the date's year; previous.total is the preceding period's total.",
+    "years of the decade ending with the date's year; no_data: true on buckets no reading covered; "
+    "previous: the preceding period's total and buckets; split=circuit adds series (one per circuit, "
+    "values aligned with buckets, summing to them).",
     tags=["consumption"],
 )
 async def get_consumption(
@@ -113,8 +201,42 @@ async def get_consumption(
     scope_: str = SCOPE,
     period: str = PERIOD,
     day: str | None = DAY,
+    split: str | None = SPLIT,
 ) -> Consumption:
-    return await _query(request, scope_, period, day)
+    return await load_consumption(request.app.state, scope_, period, day, split)
+
+
+@get(
+    "/consumption/summary",
+    guards=[requires(Permission.VIEW_CONSUMPTION)],
+    operation_id="getConsumptionSummary",
+    summary="Totals of today, yesterday, this and last month, this and last year",
+    description="Each total has value, unit, cost, currency, and no_data: true when no reading covered it.",
+    tags=["consumption"],
+)
+async def get_consumption_summary(
+    request: Request[Any, Any, State], scope_: str = SCOPE, day: str | None = TODAY
+) -> Summary:
+    return await load_summary(request.app.state, scope_, day)
+
+
+@get(
+    "/consumption/quantities",
+    guards=[requires(Permission.VIEW_CONSUMPTION)],
+    operation_id="getQuantitySeries",
+    summary="Average, min and max of a device's measured quantities per bucket (e.g. power over a day)",
+    description="Raw readings of a real device averaged per hour of a local day, day of a month, month of a "
+    "year or year of a decade; null where there is no reading. quantity is repeatable.",
+    tags=["consumption"],
+)
+async def get_quantity_series(
+    request: Request[Any, Any, State],
+    device: str = DEVICE,
+    quantity: list[str] = QUANTITY,
+    period: str = PERIOD,
+    day: str | None = DAY,
+) -> QuantitySeries:
+    return await load_quantity_series(request.app.state, device, quantity, period, day)
 
 
 def quantity_of(site: Site, scope: str) -> str:
@@ -143,19 +265,7 @@ async def get_comparison(
     day: str | None = DAY,
     detail: str = DETAIL,
 ) -> Comparison:
-    state = request.app.state
-
-    def check_detail() -> None:
-        if detail not in ("total", "detailed"):
-            raise ValueError(f"unknown detail {detail!r}: use total or detailed")
-
-    return await _answer(
-        request,
-        (a, b),
-        day,
-        lambda store, when: compare(store, state.database, state.site, a, b, period, when, detail),
-        check_detail,
-    )
+    return await load_comparison(request.app.state, a, b, period, day, detail)
 
 
 def to_csv(result: Consumption, quantity: str) -> str:
@@ -183,7 +293,7 @@ async def get_consumption_csv(
     day: str | None = DAY,
 ) -> Response[str]:
     scope = scope_
-    result = await _query(request, scope, period, day)
+    result = await load_consumption(request.app.state, scope, period, day)
     first = result.buckets[0].start.date().isoformat() if result.buckets else "empty"
     name = f"datalogger-{scope.replace(':', '-')}-{period}-{first}.csv"
     return Response(
@@ -193,4 +303,13 @@ async def get_consumption_csv(
     )
 
 
-router = Router(path="/api/v1", route_handlers=[get_consumption, get_comparison, get_consumption_csv])
+router = Router(
+    path="/api/v1",
+    route_handlers=[
+        get_consumption,
+        get_comparison,
+        get_consumption_csv,
+        get_consumption_summary,
+        get_quantity_series,
+    ],
+)

@@ -1,0 +1,455 @@
+"""Consumptions (C1–C5): five modes × four periods, as pages.
+
+``/consumption/<mode>?period=day|month|year|decade&date=YYYY-MM-DD`` with the modes
+``total-electricity`` (stacked by circuit, with the Data table of today … last year),
+``total-global`` (electricity, gas, water in units and money; pie on money), ``partial`` (circuits by
+zone: ``zone=``, ``circuit=``), ``comparison`` (``a=``, ``b=``, ``detail=total|detailed``) and
+``details`` (``by=zones|circuits|all``, ``device=``: energy and the other measured quantities).
+Every chart draws the previous period beside the current one; a bucket no reading covered is a gap,
+and a period without data says so. ``view=data`` shows the figures as a table instead of the chart.
+
+The figures come from ``domain.consumption`` (the functions behind ``/api/v1/consumption``), so the
+page, the JSON and ``datalogger.csv`` (the download link) always agree.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from ews_analytics import Bucket, Consumption
+from ews_contracts.roles import Permission
+from ews_contracts.site import Site
+from litestar import Request, Router, get
+from litestar.exceptions import HTTPException, NotFoundException
+from litestar.params import Parameter
+from litestar.response import Template
+
+from ..domain.consumption import (
+    load_comparison,
+    load_consumption,
+    load_quantity_series,
+    load_summary,
+    parse_day,
+)
+from ..domain.devices import device_views
+from ..domain.language import language_of
+from ..guards import requires
+from ..i18n import N_, Formats, scale_for
+from . import _labels
+from ._page import formats, redirect, render, translator
+from .installation import profile_of
+
+VIEW = [requires(Permission.VIEW_CONSUMPTION)]
+
+MODES: dict[str, str] = {
+    "total-electricity": N_("Total – Electricity"),
+    "total-global": N_("Total – Global"),
+    "partial": N_("Partial – Zones and circuits"),
+    "comparison": N_("Comparison"),
+    "details": N_("Details"),
+}
+PERIODS: dict[str, str] = {
+    "day": N_("Day"),
+    "month": N_("Month"),
+    "year": N_("Year"),
+    "decade": N_("10 years"),
+}
+PREVIOUS: dict[str, str] = {
+    "day": N_("Previous day"),
+    "month": N_("Previous month"),
+    "year": N_("Previous year"),
+    "decade": N_("Previous 10 years"),
+}
+DETAIL_LISTS: dict[str, str] = {"zones": N_("Zones"), "circuits": N_("Circuits"), "all": N_("All devices")}
+MEDIUM_COLORS = {"electricity": "#e67e22", "gas": "#27ae60", "water": "#2e86de"}
+MEDIUM_NAMES = {"electricity": N_("Electricity"), "gas": N_("Gas"), "water": N_("Water")}
+CIRCUIT_COLORS = (
+    "#e67e22", "#2e86de", "#8e44ad", "#16a085", "#c0392b", "#f1c40f", "#2c3e50", "#d35400", "#27ae60",
+    "#7f8c8d", "#1abc9c", "#9b59b6",
+)  # fmt: skip
+PREVIOUS_COLOR = "#b8c2cc"
+DETAIL_QUANTITIES = ("power_active", "power_reactive", "power_apparent", "power_factor")
+
+
+def shift(period: str, day: date, steps: int) -> date:
+    """The same position ``steps`` periods later (earlier when negative); the 1st for months/years."""
+    if period == "day":
+        return day + timedelta(days=steps)
+    if period == "month":
+        index = day.year * 12 + day.month - 1 + steps
+        return date(index // 12, index % 12 + 1, 1)
+    years = steps * (10 if period == "decade" else 1)
+    return date(day.year + years, 1, 1)
+
+
+def period_label(fmt: Formats, period: str, day: date) -> str:
+    if period == "day":
+        return fmt.date(day, "full")
+    if period == "month":
+        return fmt.skeleton(day, "yMMMM")
+    if period == "year":
+        return fmt.skeleton(day, "y")
+    return f"{fmt.skeleton(date(day.year - 9, 1, 1), 'y')} – {fmt.skeleton(day, 'y')}"
+
+
+def category(fmt: Formats, period: str, bucket: Bucket) -> str:
+    start = bucket.start
+    if period == "day":
+        return fmt.skeleton(start, "H")
+    if period == "month":
+        return fmt.skeleton(start, "d")
+    if period == "year":
+        return fmt.skeleton(start, "MMM")
+    return fmt.skeleton(start, "y")
+
+
+def display_unit(unit: str, values: list[float]) -> tuple[float, str]:
+    """(divisor, unit) for a chart: the largest value decides (kWh, MWh, m³ …)."""
+    peak = max((abs(v) for v in values), default=0.0)
+    return scale_for(unit, peak)
+
+
+def _values(buckets: list[Bucket], divisor: float) -> list[float | None]:
+    return [None if b.no_data else round(b.value / divisor, 6) for b in buckets]
+
+
+class Chart:
+    """The JSON a ``[data-chart]`` element is drawn from (see static/js/charts.js)."""
+
+    def __init__(self, kind: str = "bar", categories: list[str] | None = None, unit: str = "") -> None:
+        self.spec: dict[str, Any] = {"type": kind, "categories": categories or [], "unit": unit, "series": []}
+
+    def add(
+        self, name: str, values: list[float | None], color: str | None = None, stack: str | None = None
+    ) -> None:
+        self.spec["series"].append({"name": name, "values": values, "color": color, "stack": stack})
+
+    def json(self) -> str:
+        # '</' cannot close the <script type="application/json"> it travels in
+        return json.dumps(self.spec, ensure_ascii=False).replace("</", "<\\/")
+
+
+def history_chart(
+    fmt: Formats, t: Any, period: str, result: Consumption, name: str, color: str, series: bool = False
+) -> tuple[Chart, float, str]:
+    """Current period (stacked by circuit when ``series``) and the previous period beside it."""
+    current = [b.value for b in result.buckets if not b.no_data]
+    previous = [b.value for b in result.previous.buckets if not b.no_data]
+    money = result.unit == result.currency
+    divisor, unit = (1.0, result.currency) if money else display_unit(result.unit, current + previous)
+    chart = Chart("bar", [category(fmt, period, b) for b in result.buckets], unit)
+    chart.add(
+        t(PREVIOUS[period]), _values(result.previous.buckets, divisor)[: len(result.buckets)], PREVIOUS_COLOR
+    )
+    if series and result.series:
+        for n, s in enumerate(result.series):
+            values = [None if v is None else round(v / divisor, 6) for v in s.values]
+            chart.add(
+                s.name or t("Not in a circuit"), values, CIRCUIT_COLORS[n % len(CIRCUIT_COLORS)], "current"
+            )
+    else:
+        chart.add(name, _values(result.buckets, divisor), color)
+    return chart, divisor, unit
+
+
+COUNTERS = ("energy_active_import", "water_volume", "gas_volume")
+
+
+def meters_energy(request: Request[Any, Any, Any], device: Any) -> bool:
+    """Whether a device has consumption to show (an energy, water or gas counter; virtual devices do)."""
+    if device.kind == "virtual":
+        return True
+    profile = profile_of(request, device)
+    return profile is not None and any(str(r.quantity) in COUNTERS for r in profile.registers)
+
+
+def _csv_link(scope: str, period: str, day: date) -> str:
+    return "/api/v1/consumption/datalogger.csv?" + urlencode(
+        {"scope": scope, "period": period, "date": day.isoformat()}
+    )
+
+
+async def _base(
+    request: Request[Any, Any, Any], mode: str, period: str, day_raw: str | None
+) -> dict[str, Any]:
+    if mode not in MODES:
+        raise NotFoundException(f"unknown consumption mode {mode!r}: use {', '.join(MODES)}")
+    if period not in PERIODS:
+        raise HTTPException(
+            status_code=400, detail=f"unknown period {period!r}: use day, month, year or decade"
+        )
+    site: Site = request.app.state.site
+    day = parse_day(day_raw, site)
+    return {"mode": mode, "period": period, "day": day, "site": site}
+
+
+def _link(mode: str, params: dict[str, Any], **changes: Any) -> str:
+    merged = {k: v for k, v in {**params, **changes}.items() if v not in (None, "")}
+    if isinstance(merged.get("date"), date):
+        merged["date"] = merged["date"].isoformat()
+    query = urlencode(merged)
+    return f"/consumption/{mode}" + (f"?{query}" if query else "")
+
+
+def _scopes(site: Site) -> list[tuple[str, list[tuple[str, str]]]]:
+    """What the Comparison can compare: (group label msgid, [(scope, name)])."""
+    devices = [(f"device:{d.id}", d.name) for d in site.devices] + [
+        (f"device:{v.id}", v.name) for v in site.virtual_devices
+    ]
+    return [
+        (N_("Zones"), [(f"zone:{z.id}", z.name) for z in site.zones]),
+        (N_("Circuits"), [(f"circuit:{c.id}", c.name) for c in site.circuits]),
+        (N_("Devices"), devices),
+    ]
+
+
+def _scope_name(site: Site, scope: str) -> str:
+    for _, items in _scopes(site):
+        for key, name in items:
+            if key == scope:
+                return name
+    return scope
+
+
+@get("/consumption", guards=VIEW, operation_id="pageConsumptionHome", include_in_schema=False, tags=["pages"])
+async def consumption_home() -> Any:
+    return redirect("/consumption/total-electricity")
+
+
+@get(
+    "/consumption/{mode:str}",
+    guards=VIEW,
+    operation_id="pageConsumption",
+    include_in_schema=False,
+    tags=["pages"],
+)
+async def consumption_page(
+    request: Request[Any, Any, Any],
+    mode: str,
+    period: str = "day",
+    day_raw: str | None = Parameter(str, query="date", default=None, required=False),
+    view: str = "chart",
+    zone: str | None = None,
+    circuit: str | None = None,
+    a: str | None = None,
+    b: str | None = None,
+    detail: str = "detailed",
+    by: str = "zones",
+    device: str | None = None,
+) -> Template:
+    return await _page(request, mode, period, day_raw, view, zone, circuit, a, b, detail, by, device)
+
+
+async def _page(
+    request: Request[Any, Any, Any],
+    mode: str,
+    period: str,
+    day_raw: str | None,
+    view: str,
+    zone: str | None,
+    circuit: str | None,
+    a: str | None,
+    b: str | None,
+    detail: str,
+    by: str,
+    device: str | None,
+) -> Template:
+    base = await _base(request, mode, period, day_raw)
+    state = request.app.state
+    site: Site = state.site
+    day: date = base["day"]
+    if view not in ("chart", "data"):
+        raise HTTPException(status_code=400, detail=f"unknown view {view!r}: use chart or data")
+    fmt = formats(request, await language_of(request))  # the charts' words and numbers: the page's language
+    t = await translator(request)
+
+    params: dict[str, Any] = {"period": period, "date": day}
+    ctx: dict[str, Any] = {
+        **base,
+        "modes": MODES,
+        "periods": PERIODS,
+        "view": view,
+        "period_label": period_label(fmt, period, day),
+        "labels": _labels,
+        "medium_names": MEDIUM_NAMES,
+    }
+    scope: str | None = None
+    chart: Chart | None = None
+    result: Consumption | None = None
+    extra: dict[str, Any] = {}
+
+    if mode == "total-electricity":
+        scope = "total-electricity"
+        result = await load_consumption(state, scope, period, day, split="circuit")
+        chart, divisor, unit = history_chart(
+            fmt, t, period, result, t("Total – Electricity"), MEDIUM_COLORS["electricity"], series=True
+        )
+        extra["summary"] = await load_summary(state, scope)
+    elif mode == "total-global":
+        scope = "total-global"
+        result = await load_consumption(state, scope, period, day)
+        chart, divisor, unit = history_chart(fmt, t, period, result, t("Total – Global"), "#34495e")
+        money = sum(p.cost for p in result.parts)
+        pie = Chart("pie")
+        pie.spec["slices"] = [
+            {
+                "name": t(MEDIUM_NAMES[p.medium]),
+                "value": round(p.cost, 6),
+                "color": MEDIUM_COLORS[p.medium],
+                "label": fmt.money(p.cost),
+            }
+            for p in result.parts
+            if p.cost > 0
+        ]
+        extra.update(parts=result.parts, pie_json=pie.json() if money > 0 else None, money_total=money)
+    elif mode == "partial":
+        zones = site.zones
+        if zone is not None and zone not in {z.id for z in zones}:
+            raise HTTPException(
+                status_code=400, detail=f"unknown zone {zone!r}: use one of {', '.join(z.id for z in zones)}"
+            )
+        circuits = [c for c in site.circuits if zone is None or c.zone == zone]
+        if circuit is not None and circuit not in {c.id for c in site.circuits}:
+            raise HTTPException(
+                status_code=400,
+                detail=f"unknown circuit {circuit!r}: use one of {', '.join(c.id for c in site.circuits)}",
+            )
+        if circuit is None and circuits:
+            circuit = circuits[0].id
+        params.update(zone=zone, circuit=circuit)
+        extra.update(zones=zones, circuits=circuits, zone=zone, circuit=circuit)
+        if circuit is not None:
+            scope = f"circuit:{circuit}"
+            result = await load_consumption(state, scope, period, day)
+            name = next(c.name for c in site.circuits if c.id == circuit)
+            chart, divisor, unit = history_chart(fmt, t, period, result, name, MEDIUM_COLORS["electricity"])
+            extra["scope_name"] = name
+    elif mode == "comparison":
+        choices = _scopes(site)
+        known = [key for _, items in choices for key, _ in items]
+        a = a or (known[0] if known else None)
+        b = b or (known[1] if len(known) > 1 else a)
+        if detail not in ("total", "detailed"):
+            raise HTTPException(status_code=400, detail=f"unknown detail {detail!r}: use total or detailed")
+        params.update(a=a, b=b, detail=detail)
+        extra.update(choices=choices, a=a, b=b, detail=detail)
+        if a and b:
+            comparison = await load_comparison(state, a, b, period, day, detail)
+            extra["comparison"] = comparison
+            names = (_scope_name(site, a), _scope_name(site, b))
+            extra["names"] = names
+            money = comparison.mode == "currency"
+            sides = (comparison.a, comparison.b)
+            if detail == "detailed":
+                values = [bk.value for s in sides for bk in s.buckets if not bk.no_data]
+                divisor, unit = (1.0, comparison.currency) if money else display_unit(comparison.unit, values)
+                chart = Chart("bar", [category(fmt, period, bk) for bk in comparison.a.buckets], unit)
+                for side, name, color in zip(sides, names, ("#2e86de", "#e67e22"), strict=True):
+                    chart.add(name, _values(side.buckets, divisor), color)
+            else:
+                totals = [s.total.value for s in sides] + [s.previous.total.value for s in sides]
+                divisor, unit = (1.0, comparison.currency) if money else display_unit(comparison.unit, totals)
+                chart = Chart("bar", list(names), unit)
+                chart.add(
+                    t(PREVIOUS[period]),
+                    [
+                        None if s.previous.total.no_data else round(s.previous.total.value / divisor, 6)
+                        for s in sides
+                    ],
+                    PREVIOUS_COLOR,
+                )
+                chart.add(
+                    period_label(fmt, period, day),
+                    [None if s.total.no_data else round(s.total.value / divisor, 6) for s in sides],
+                    "#2e86de",
+                )
+            extra["has_data"] = any(not s.total.no_data for s in sides)
+            scope = a
+    elif mode == "details":
+        if by not in DETAIL_LISTS:
+            raise HTTPException(status_code=400, detail=f"unknown list {by!r}: use zones, circuits or all")
+        views = [d for d in await device_views(state) if meters_energy(request, d)]
+        groups: list[tuple[str, list[Any]]] = []
+        if by == "zones":
+            circuit_zone = {c.id: c.zone for c in site.circuits}
+            for z in site.zones:
+                groups.append(
+                    (
+                        z.name,
+                        [
+                            d
+                            for d in views
+                            if d.zone == z.id or (d.circuit and circuit_zone.get(d.circuit) == z.id)
+                        ],
+                    )
+                )
+        elif by == "circuits":
+            for c in site.circuits:
+                groups.append((c.name, [d for d in views if d.circuit == c.id]))
+        else:
+            groups.append(("", views))
+        ids = {d.id for d in views}
+        if device is not None and device not in ids:
+            raise HTTPException(status_code=400, detail=f"unknown device {device!r}")
+        device = device or next((d.id for _, ds in groups for d in ds), None)
+        params.update(by=by, device=device)
+        extra.update(lists=DETAIL_LISTS, by=by, groups=groups, device=device)
+        if device is not None:
+            chosen = next(d for d in views if d.id == device)
+            scope = f"device:{device}"
+            result = await load_consumption(state, scope, period, day)
+            medium = chosen.medium if chosen.medium in MEDIUM_COLORS else "electricity"
+            chart, divisor, unit = history_chart(fmt, t, period, result, chosen.name, MEDIUM_COLORS[medium])
+            extra.update(chosen=chosen, scope_name=chosen.name)
+            wanted = [q for q in DETAIL_QUANTITIES if q in chosen.values]
+            if wanted and chosen.kind == "device":
+                lines = await load_quantity_series(state, device, wanted, period, day)
+                if lines.has_data:
+                    power = [ln for ln in lines.series if ln.quantity != "power_factor"]
+                    peak = max((abs(v) for ln in power for v in ln.values if v is not None), default=0.0)
+                    qdiv, _ = scale_for("W", peak)
+                    units = list(dict.fromkeys(scale_for(ln.unit, peak)[1] for ln in power))
+                    qchart = Chart(
+                        "line",
+                        [
+                            category(fmt, period, Bucket(start=s, value=0, unit="", cost=0))
+                            for s in lines.starts
+                        ],
+                        ", ".join(units),
+                    )
+                    for line in power:
+                        vals = [None if v is None else round(v / qdiv, 4) for v in line.values]
+                        qchart.spec["series"].append(
+                            {"name": _labels.quantity_label(line.quantity, t), "values": vals, "kind": "line"}
+                        )
+                    extra["quantity_chart_json"] = qchart.json()
+                extra["quantity_lines"] = lines
+    else:  # pragma: no cover - MODES checked above
+        raise NotFoundException(mode)
+
+    if result is not None:
+        extra.setdefault("has_data", result.has_data)
+        extra["result"] = result
+    if chart is not None:
+        extra["chart_json"] = chart.json()
+        extra["chart_unit"] = chart.spec["unit"]
+    ctx.update(extra)
+    ctx.update(
+        scope=scope,
+        csv_url=_csv_link(scope, period, day) if scope and mode != "comparison" else None,
+        previous_url=_link(mode, params, date=shift(period, day, -1), view=view if view != "chart" else None),
+        next_url=_link(mode, params, date=shift(period, day, 1), view=view if view != "chart" else None),
+        period_urls={p: _link(mode, params, period=p) for p in PERIODS},
+        mode_urls={m: _link(m, {"period": period, "date": day}) for m in MODES},
+        data_url=_link(mode, params, view="data" if view == "chart" else None),
+        hidden_params={k: v for k, v in params.items() if k != "date" and v not in (None, "")},
+        link=lambda **changes: _link(mode, params, **changes),
+        previous_name=t(PREVIOUS[period]),
+    )
+    return await render(request, f"consumption/{mode}.html", **ctx)
+
+
+router = Router(path="/", route_handlers=[consumption_home, consumption_page])
