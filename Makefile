@@ -9,13 +9,14 @@ VENV := .venv/bin
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-setup: ## Install uv, the locked environment and redis-server when missing
+setup: ## Install uv, the locked environment and redis-server when missing (`make test`: chromium too)
 	@scripts/setup.sh
 
 run: setup ## Start everything on this machine (http://127.0.0.1:8080), Ctrl-C to stop
 	@$(VENV)/ews up
 
-test: setup ## Run the whole test suite (unit, integration on real servers, end to end)
+test: ## Run the whole test suite (unit, integration on real servers, end to end, browser)
+	@scripts/setup.sh --browser
 	@$(VENV)/pytest -q
 
 test-fast: setup ## Unit tests only (no servers)

