@@ -73,6 +73,7 @@ def page_bytes(browser: Browser, base: str, path: str, role: str | None) -> tupl
         page = context.new_page()
         if role:
             login(page, base, ACCOUNTS[role].pin, ACCOUNTS[role].puk)
+            page.wait_for_load_state("networkidle")  # the home page's own loads must not count here
         # an empty cache: the sign-in page must not have cached this page's scripts and styles
         context.new_cdp_session(page).send("Network.clearBrowserCache")
         finished: list[Request] = []
