@@ -40,6 +40,11 @@ class Settings(BaseSettings):
         alias="EWS_SIMULATE",
         description="`ews up` also runs the device simulator for the site's gateways (default: only for the demo site).",
     )
+    demo_history: bool = Field(
+        default=True,
+        alias="EWS_DEMO_HISTORY",
+        description="On the first start of the bundled demo site, publish ten years of simulated readings.",
+    )
     profiles_dir: Path | None = Field(
         default=None, alias="EWS_PROFILES_DIR", description="Extra folder of device profiles (YAML)."
     )

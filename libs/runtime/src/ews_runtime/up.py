@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,7 +29,6 @@ from .servers import (
     port_in_use,
     probe,
     redis_server_binary,
-    wait_for_port,
 )
 
 log = logging.getLogger("ews.up")
@@ -41,6 +41,20 @@ class Child:
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = field(default=0.0)
+
+
+SIMULATOR_WAIT = 300.0  # seconds the poller waits for the simulator (the demo history comes first)
+
+
+def _simulator_ready(settings: Settings) -> bool:
+    """Every simulated gateway accepts connections."""
+    for g in settings.site.gateways:
+        try:
+            with socket.create_connection((settings.simulator_bind, g.port), timeout=0.2):
+                pass
+        except OSError:
+            return False
+    return True
 
 
 def target_groups(settings: Settings) -> list[str]:
@@ -143,17 +157,27 @@ def up(settings: Settings) -> int:
             )
             child.started_at = time.monotonic()
 
+        # The poller starts once the simulator answers: on the demo's first start the simulator publishes
+        # the demo history first (ews_simulator.history), and live readings must follow it in the stream.
+        # Everything else (the web server too) starts at once.
+        simulator = next((c for c in children if c.targets == "simulator"), None)
+        held = [c for c in children if c.targets == "poller"] if simulator is not None else []
+        held_since = time.monotonic()
         for child in children:
-            start(child)
-            if child.targets == "simulator":
-                for g in settings.site.gateways:
-                    wait_for_port(settings.simulator_bind, g.port, 30, child.proc)
+            if child in held:
+                child.next_start = float("inf")
+            else:
+                start(child)
         url = f"http://{settings.http_host}:{settings.http_port}"
         _wait_http(f"{url}/health", 90, children)
         _banner(url, settings)
 
         while not stopping:
             time.sleep(0.2)
+            if held and (_simulator_ready(settings) or time.monotonic() - held_since > SIMULATOR_WAIT):
+                for child in held:
+                    child.next_start = 0.0
+                held = []
             for child in children:
                 if child.proc is None or child.proc.poll() is None:
                     if child.proc is None and time.monotonic() >= child.next_start:

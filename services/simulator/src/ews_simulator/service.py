@@ -3,21 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 
 from ews_contracts.profiles import load_profiles
 from ews_contracts.settings import Settings
 
+from . import history
 from .site import SimulatedSite
 
 
 async def serve(settings: Settings) -> None:
     """Serve ``settings.site`` on ``settings.simulator_bind`` until cancelled.
 
+    On the first start of the bundled demo, the demo history is published first (``history.py``): the
+    gateways answer once it is in the stream, so the poller's live readings follow it.
+
     Raises ``SimulatorError`` (one line) when a gateway's port cannot be bound.
     """
-    simulator = SimulatedSite(settings.site, load_profiles(settings.profiles_dir), settings.simulator_bind)
+    started = time.monotonic()
+    profiles = load_profiles(settings.profiles_dir)
+    plan = await history.plan(settings)
+    published = await history.run(settings, profiles, plan) if plan.publish else None
+    simulator = SimulatedSite(settings.site, profiles, settings.simulator_bind, origin=plan.origin)
+    reporter = None
     try:
         await simulator.start()
+        if published is not None:
+            reporter = asyncio.create_task(history.report(settings, published, started), name="demo-history")
         await asyncio.Event().wait()
     finally:
+        if reporter is not None:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
         await simulator.stop()

@@ -63,7 +63,10 @@ class SimulatedSite:
         tick: float = 1.0,
         start_time: datetime | None = None,
         timing: dict[str, BusTiming] | None = None,
+        origin: datetime | None = None,
     ) -> None:
+        """``origin``: when the simulated counters started from 0 (default: the curves' epoch, 2020-01-06;
+        a demo with generated history counts from its start, see ``history.py``)."""
         if speed <= 0 or tick <= 0:
             raise ValueError("speed and tick must be positive")
         self.site = site
@@ -80,7 +83,7 @@ class SimulatedSite:
                 profile = check_device(device, profiles)
             except ProfileError as exc:
                 raise SimulatorError(str(exc)) from None
-            twin = make_twin(device, profile, site.tz, self._sim_time)
+            twin = make_twin(device, profile, site.tz, self._sim_time, origin)
             units = self.units[device.gateway]
             image = units.setdefault(device.address, UnitImage(device.address))
             try:

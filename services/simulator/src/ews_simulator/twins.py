@@ -138,8 +138,18 @@ class ElectricMeterTwin(Twin):
     """A meter on a feeder whose active power follows ``shape`` (W); three-phase, or one phase when the
     profile has no L2/L3 quantity."""
 
-    def __init__(self, device: Device, profile: Profile, shape: Shape, tz: ZoneInfo, t: datetime) -> None:
+    def __init__(
+        self,
+        device: Device,
+        profile: Profile,
+        shape: Shape,
+        tz: ZoneInfo,
+        t: datetime,
+        origin: datetime | None = None,
+    ) -> None:
         self.curve = WeeklyCurve(shape, tz, seed=device.id)
+        # the counters count from ``origin`` (the meter's installation; default: the curve's epoch)
+        self._origin_total = self.curve.total(origin) if origin is not None else 0.0
         self.tan_phi = profile.simulation.tan_phi
         self._paused = 0.0  # load integral skipped while the breaker was open or tripped (Wh)
         self._offsets: dict[str, float] = {
@@ -154,7 +164,7 @@ class ElectricMeterTwin(Twin):
         self._compute(t)
 
     def _counter_base(self, quantity: str, t: datetime) -> float:
-        ea = self.curve.total(t) - self._paused
+        ea = self.curve.total(t) - self._origin_total - self._paused
         return {
             Q.ENERGY_ACTIVE_IMPORT: ea,
             Q.ENERGY_REACTIVE_IMPORT: ea * self.tan_phi,
@@ -230,10 +240,18 @@ class ElectricMeterTwin(Twin):
 class PulseTwin(Twin):
     """One pulse input: the curve is in dm³/h (water, gas) or W (electricity)."""
 
-    def __init__(self, device: Device, profile: Profile, shape: Shape, tz: ZoneInfo, t: datetime) -> None:
+    def __init__(
+        self,
+        device: Device,
+        profile: Profile,
+        shape: Shape,
+        tz: ZoneInfo,
+        t: datetime,
+        origin: datetime | None = None,
+    ) -> None:
         self.weight = device.pulse_weight or 1.0
         self.curve = WeeklyCurve(shape, tz, seed=device.id)
-        self._offset = 0.0
+        self._offset = -self.curve.total(origin) if origin is not None else 0.0
         super().__init__(device, profile, tz, t)
         self.advance(t, 0.0)
 
@@ -262,19 +280,31 @@ ARRIVE, FULL, LEAVE = 8.0, 11.5, 18.0
 _EPOCH = datetime(2020, 1, 6, tzinfo=UTC)
 
 
+def station_usage(device_id: str) -> float:
+    """How much a station is used (× ``DAILY_ENERGY``): stations differ, run to run the same."""
+    return 0.6 + (zlib.crc32(device_id.encode()) % 80) / 100
+
+
 class EvStationTwin(Twin):
     """One side of an EV charging station (states named as in ``ev-station-greenup``)."""
 
     def __init__(
-        self, device: Device, profile: Profile, tz: ZoneInfo, t: datetime, *, rated: float = 32.0
+        self,
+        device: Device,
+        profile: Profile,
+        tz: ZoneInfo,
+        t: datetime,
+        *,
+        rated: float = 32.0,
+        origin: datetime | None = None,
     ) -> None:
         super().__init__(device, profile, tz, t)
         self.rated = rated
         # a side B arrives later and leaves earlier than side A: the two sides of a double station differ
         self.shift = 1.5 if device.side == "B" else 0.0
-        days = (t - _EPOCH).total_seconds() / 86_400
-        usage = 0.6 + (zlib.crc32(device.id.encode()) % 80) / 100  # stations differ, run to run the same
-        self.energy = DAILY_ENERGY * usage * max(days, 0.0)
+        days = (t - (origin or _EPOCH)).total_seconds() / 86_400
+        self.usage = station_usage(device.id)
+        self.energy = DAILY_ENERGY * self.usage * max(days, 0.0)
         self.fault = False
         self.states.update(
             {
@@ -390,14 +420,19 @@ def _scaled(shape: Shape, device_id: str) -> Shape:
     )
 
 
-def make_twin(device: Device, profile: Profile, tz: ZoneInfo, t: datetime) -> Twin:
-    """The twin of a device, from its (effective) profile's ``simulation:`` hint."""
+def make_twin(
+    device: Device, profile: Profile, tz: ZoneInfo, t: datetime, origin: datetime | None = None
+) -> Twin:
+    """The twin of a device, from its (effective) profile's ``simulation:`` hint. Counters count from
+    ``origin`` (0 then); default: the curves' epoch, 2020-01-06 (``history.py`` moves it back on a demo
+    whose history it generated)."""
     kind = profile.twin_kind
     if kind == "pulse" or device.position is not None:
         shape = {"water": WATER, "gas": GAS}.get(device.medium or "", SUB_CIRCUIT)
-        return PulseTwin(device, profile, _scaled(shape, device.id), tz, t)
+        return PulseTwin(device, profile, _scaled(shape, device.id), tz, t, origin)
     if kind == "ev-charger":
-        return EvStationTwin(device, profile, tz, t)
+        return EvStationTwin(device, profile, tz, t, origin=origin)
     if kind == "meter":
-        return ElectricMeterTwin(device, profile, _scaled(SHAPES[profile.simulation.load], device.id), tz, t)
+        shape = _scaled(SHAPES[profile.simulation.load], device.id)
+        return ElectricMeterTwin(device, profile, shape, tz, t, origin)
     return Twin(device, profile, tz, t)
