@@ -15,7 +15,8 @@ page, the JSON and ``datalogger.csv`` (the download link) always agree.
 from __future__ import annotations
 
 import json
-from datetime import date, timedelta
+import time
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -155,6 +156,25 @@ def history_chart(
     return chart, divisor, unit
 
 
+SUMMARY_TTL = 60.0  # seconds the Data table's six totals are reused (it says "as of" when)
+
+
+async def cached_summary(state: Any, scope: str) -> tuple[Any, datetime]:
+    """The Data table's totals (today … last year: three queries), computed at most once a minute per
+    scope: a dashboard reloaded by many people costs one computation, and the table shows its time."""
+    cache: dict[str, tuple[float, Any, datetime]] | None = getattr(state, "summary_cache", None)
+    if cache is None:
+        cache = state.summary_cache = {}
+    now = time.monotonic()
+    hit = cache.get(scope)
+    if hit is not None and hit[0] > now and hit[1].day == datetime.now(state.site.tz).date():
+        return hit[1], hit[2]
+    summary = await load_summary(state, scope)
+    at = datetime.now(UTC)
+    cache[scope] = (now + SUMMARY_TTL, summary, at)
+    return summary, at
+
+
 COUNTERS = ("energy_active_import", "water_volume", "gas_volume")
 
 
@@ -287,7 +307,8 @@ async def _page(
         chart, divisor, unit = history_chart(
             fmt, t, period, result, t("Total – Electricity"), MEDIUM_COLORS["electricity"], series=True
         )
-        extra["summary"] = await load_summary(state, scope)
+        if view == "data":  # the Data table: today … last year (three more queries, only when shown)
+            extra["summary"], extra["summary_at"] = await cached_summary(state, scope)
     elif mode == "total-global":
         scope = "total-global"
         result = await load_consumption(state, scope, period, day)
