@@ -44,16 +44,21 @@ PAGES: list[tuple[str, str, str | None]] = [
         (f"device-measure-{g}", f"/installation/devices/{DEVICE}?tab=measure&group={g}", "administrator")
         for g in GROUPS
     ],
-    ("device-status", f"/installation/devices/{DEVICE}?tab=status", "administrator"),
+    ("device-status-breaker", "/installation/devices/mccb-it?tab=status", "administrator"),
+    ("device-status-modules", "/installation/devices/f1-light?tab=status", "installer"),
+    ("device-inputs", "/installation/devices/io1?tab=inputs", "administrator"),
+    ("device-outputs", "/installation/devices/io1?tab=outputs", "administrator"),
+    ("device-virtual", "/installation/devices/hvac-rest", "administrator"),
     *[
         (f"station-{tab}", f"/installation/devices/{STATION}?tab={tab}", "greenUp")
-        for tab in ("status", "charger-error", "charge-error", "commands")
+        for tab in ("measure", "charger-error", "charge-error", "commands")
     ],
     *[
-        (f"consumption-{m}-{p}", f"/consumption/{m}?period={p}", "user")
-        for m in MODES
-        for p in ("day", "year")
+        (f"consumption-total-electricity-{p}", f"/consumption/total-electricity?period={p}", "user")
+        for p in ("day", "month", "year", "decade")
     ],
+    ("consumption-total-electricity-data", "/consumption/total-electricity?period=month&view=data", "user"),
+    *[(f"consumption-{m}-month", f"/consumption/{m}?period=month", "user") for m in MODES[1:]],
     ("greenup-details", "/greenup/details", "greenUp"),
     ("greenup-management", "/greenup/management", "greenUp"),
 ]

@@ -204,6 +204,35 @@ async def test_split_is_for_scopes_in_units(site: Site, store_db):
         await consumption(store, db, site, "total-electricity", "day", date(2026, 10, 25), split="zone")
     check_split(site, "device:water", "circuit")  # water alone is in dm³
     check_split(site, "total-global", None)
+    with pytest.raises(ValueError, match=r"split=medium needs a scope summed in money"):
+        check_split(site, "total-electricity", "medium")
+
+
+@pytest.mark.integration
+async def test_medium_split_of_total_global(site: Site, store_db):
+    """split=medium: each bucket's money per medium; with the standing charge they make the bucket."""
+    store, db = store_db
+    h = utc(2026, 9, 13, 10)
+    await _hours(
+        store, db, [("m1", EA, h, 4000.0), ("gas", "gas_volume", h, 100.0), ("water", WATER, h, 50.0)]
+    )
+    await store.insert(  # gas and water priced as the aggregator would (per m³)
+        f"{db}.consumption_hourly",
+        [("demo", "gas", "gas_volume", h, h.astimezone(PARIS).date(), 0, 0, 0.12),
+         ("demo", "water", WATER, h, h.astimezone(PARIS).date(), 0, 0, 0.2)],
+        ["site", "device", "quantity", "hour", "day", "value_milli", "estimated_milli", "cost"],
+    )  # fmt: skip
+    result = await consumption(
+        store, db, site, "total-global", "day", date(2026, 9, 13), today=date(2026, 9, 14), split="medium"
+    )
+    assert [s.key for s in result.series] == ["medium:electricity", "medium:gas", "medium:water"]
+    hour = next(i for i, b in enumerate(result.buckets) if b.start.hour == 12)
+    by_medium = {s.name: s.values[hour] for s in result.series}
+    assert by_medium["electricity"] == pytest.approx(1.0)  # 4 kWh × 0.25
+    standing = result.total.standing_charge or 0.0
+    per_hour_standing = standing / len(result.buckets)
+    assert sum(by_medium.values()) + per_hour_standing == pytest.approx(result.buckets[hour].value)
+    assert sum(s.total for s in result.series) + standing == pytest.approx(result.total.cost)
 
 
 @pytest.mark.integration

@@ -276,7 +276,7 @@ def scope_kind(selection: Selection) -> str:
 
 MIN_DATE = date(1970, 1, 1)
 MAX_DATE = date(2200, 12, 31)
-SPLITS: tuple[str, ...] = ("circuit",)
+SPLITS: tuple[str, ...] = ("circuit", "medium")
 # what the store's columns can hold: DateTime (hours) and Date (days, months)
 _MIN_HOUR, _MAX_HOUR = datetime(1970, 1, 1), datetime(2106, 2, 7, 6, 28, 15)
 _MIN_DAY, _MAX_DAY = date(1970, 1, 1), date(2149, 6, 6)
@@ -414,6 +414,7 @@ class _Rows:
     buckets: dict[tuple[bool, Hashable], _Acc] = field(default_factory=dict)  # (current?, key), coefs applied
     quantities: dict[str, _Acc] = field(default_factory=dict)  # current period, per quantity
     series: dict[tuple[str, Hashable], _Acc] = field(default_factory=dict)  # split: (series key, key)
+    per_quantity: dict[tuple[str, Hashable], _Acc] = field(default_factory=dict)  # current: (quantity, key)
 
 
 def _series_key(m: Member) -> str:
@@ -488,6 +489,7 @@ async def _rows(
         out.buckets.setdefault((cur, b), _Acc()).add(value, estimated, cost)
         if cur:
             out.quantities.setdefault(quantity, _Acc()).add(value, estimated, cost)
+            out.per_quantity.setdefault((quantity, b), _Acc()).add(value, estimated, cost)
     return out
 
 
@@ -567,7 +569,14 @@ def _check_split(split: str | None, scope: str, selection: Selection | None) -> 
     if split is None:
         return
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: use circuit, or leave split out")
+        raise ValueError(f"unknown split {split!r}: use circuit or medium, or leave split out")
+    if split == "medium":
+        if selection is not None and not selection.in_currency:
+            raise ValueError(
+                f"split=medium needs a scope summed in money (total-global, or a zone mixing media), "
+                f"but {scope!r} is in {selection.unit}: use split=circuit"
+            )
+        return
     if selection is not None and selection.in_currency:
         raise ValueError(
             f"split=circuit needs a scope in units (Wh, dm³), but {scope!r} is summed in money "
@@ -604,6 +613,29 @@ def _series(
     return out
 
 
+def _medium_series(site: Site, period: str, day: date, rows: _Rows, buckets: list[Bucket]) -> list[Series]:
+    """split=medium (money scopes): each bucket's cost per medium (electricity, gas, water), without
+    the standing charges (they are in the bucket, not in a medium's consumption)."""
+    keys = bucket_starts(period, day, site)
+    out = []
+    for medium in ("electricity", "gas", "water"):
+        quantity = MEDIUM_QUANTITY[medium]
+        if not any(q == quantity for q, _ in rows.per_quantity) and quantity not in rows.quantities:
+            continue
+        values: list[float | None] = []
+        total = _Acc()
+        for (key, _), bucket in zip(keys, buckets, strict=True):
+            acc = rows.per_quantity.get((quantity, key)) or _Acc()
+            total.add(acc.value, acc.estimated, acc.cost)
+            values.append(None if bucket.no_data else _r(acc.cost))
+        out.append(
+            Series(
+                key=f"medium:{medium}", name=medium, values=values, total=_r(total.cost), cost=_r(total.cost)
+            )
+        )
+    return out
+
+
 async def consumption(
     store: Store,
     database: str,
@@ -626,7 +658,7 @@ async def consumption(
     selection = resolve_scope(site, scope)
     _check_split(split, scope, selection)
     today = today or datetime.now(site.tz).date()
-    rows = await _rows(store, database, site, selection, period, day, split is not None)
+    rows = await _rows(store, database, site, selection, period, day, split == "circuit")
     buckets, total = _period(site, selection, period, day, rows, True, today)
     prev_buckets, prev_total = _period(site, selection, period, previous_day(period, day), rows, False, today)
 
@@ -654,7 +686,13 @@ async def consumption(
         previous=PreviousTotal(total=prev_total, buckets=prev_buckets),
         parts=result_parts,
         has_data=not total.no_data,
-        series=_series(site, selection, period, day, rows, buckets) if split else [],
+        series=(
+            _series(site, selection, period, day, rows, buckets)
+            if split == "circuit"
+            else _medium_series(site, period, day, rows, buckets)
+            if split == "medium"
+            else []
+        ),
     )
 
 

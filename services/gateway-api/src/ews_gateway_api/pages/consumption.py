@@ -148,9 +148,18 @@ def history_chart(
     if series and result.series:
         for n, s in enumerate(result.series):
             values = [None if v is None else round(v / divisor, 6) for v in s.values]
-            chart.add(
-                s.name or t("Not in a circuit"), values, CIRCUIT_COLORS[n % len(CIRCUIT_COLORS)], "current"
-            )
+            if s.key.startswith("medium:"):  # electricity orange, gas green, water blue (C4)
+                label, colour = t(MEDIUM_NAMES[s.name]), MEDIUM_COLORS[s.name]
+            else:
+                label, colour = s.name or t("Not in a circuit"), CIRCUIT_COLORS[n % len(CIRCUIT_COLORS)]
+            chart.add(label, values, colour, "current")
+        if money:  # standing charges belong to no medium: their own part of the stack
+            rest = [
+                None if b.no_data else round(b.value - sum(x.values[i] or 0 for x in result.series), 6)
+                for i, b in enumerate(result.buckets)
+            ]
+            if any(r for r in rest if r and abs(r) > 1e-6):
+                chart.add(t("Standing charges"), rest, "#95a5a6", "current")
     else:
         chart.add(name, _values(result.buckets, divisor), color)
     return chart, divisor, unit
@@ -311,8 +320,10 @@ async def _page(
             extra["summary"], extra["summary_at"] = await cached_summary(state, scope)
     elif mode == "total-global":
         scope = "total-global"
-        result = await load_consumption(state, scope, period, day)
-        chart, divisor, unit = history_chart(fmt, t, period, result, t("Total – Global"), "#34495e")
+        result = await load_consumption(state, scope, period, day, split="medium")
+        chart, divisor, unit = history_chart(
+            fmt, t, period, result, t("Total – Global"), "#34495e", series=True
+        )
         money = sum(p.cost for p in result.parts)
         pie = Chart("pie")
         pie.spec["slices"] = [

@@ -18,13 +18,17 @@
 
   function option(spec) {
     if (spec.type === "pie") {
+      const small = window.innerWidth < 600;
       return {
         animation: false,
         tooltip: { trigger: "item", formatter: function (p) { return p.name + ": " + p.data.label + " (" + number.format(p.percent) + " %)"; } },
         legend: { bottom: 0 },
         series: [{
-          type: "pie", radius: ["35%", "68%"], center: ["50%", "45%"],
-          label: { formatter: function (p) { return number.format(p.percent) + " %"; } },
+          type: "pie", radius: small ? ["30%", "62%"] : ["35%", "68%"], center: ["50%", "45%"],
+          label: {
+            position: small ? "inside" : "outside", fontSize: small ? 11 : 12,
+            formatter: function (p) { return number.format(p.percent) + " %"; },
+          },
           data: spec.slices.map(function (s) { return { name: s.name, value: s.value, label: s.label, itemStyle: { color: s.color } }; }),
         }],
       };
