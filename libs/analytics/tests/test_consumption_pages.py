@@ -360,3 +360,20 @@ async def test_edges_of_the_date_span(site: Site, store_db):
         assert not q.has_data
     with pytest.raises(ValueError, match="out of range"):
         await consumption(store, db, site, "total-electricity", "day", date(1, 1, 1))
+
+
+@pytest.mark.integration
+async def test_split_when_a_device_cancels_out_of_every_circuit(store_db):
+    """e2 is a slave of a virtual device in its own circuit: +1 and −1 in 'offices', nothing left."""
+    store, db = store_db
+    variant = Site.model_validate(
+        yaml.safe_load(SITE.replace("circuit: ev}", "circuit: offices}"))  # rest = sub1 − e2, in offices
+    )
+    result = await consumption(
+        store, db, variant, "total-electricity", "day", date(2026, 10, 25), split="circuit"
+    )
+    for i, bucket in enumerate(result.buckets):
+        if bucket.no_data:
+            continue
+        assert milli(sum(s.values[i] or 0 for s in result.series)) == milli(bucket.value), i
+    assert "circuit:offices" in {s.key for s in result.series}

@@ -463,9 +463,22 @@ async def _rows(
         return out
     params["devs"], params["coefs"] = devs, coefs
     coef = "transform(toString(device), {devs:Array(String)}, {coefs:Array(Int64)}, toInt64(0))"
-    if split:  # current period per device, raw; previous period summed with coefficients
+    circuits = _circuit_coefs(selection) if split else {}
+    if split:
+        # Current period: a device counted once (coefficient 1) in one circuit is summed per circuit in
+        # ClickHouse ("s:<series>"); any other device (a virtual device's member, a cancelled one) comes
+        # back per device ("d:<device>") and is spread here. Previous period: coefficients applied.
+        weight = {d: c for group in devices.values() for d, c in group.items()}
+        simple = {
+            d: per[0][0]
+            for d, per in circuits.items()
+            if len(per) == 1 and per[0][1] == 1 and weight.get(d) == 1
+        }
+        params["sdevs"], params["sseries"] = list(simple), list(simple.values())
+        series_of = "transform(toString(device), {sdevs:Array(String)}, {sseries:Array(String)}, '')"
         factor = f"if(cur, toInt64(1), {coef})"
-        select, group_by = "if(cur, toString(device), '') AS dev, ", ", dev"
+        select = f"if(cur, if({series_of} != '', concat('s:', {series_of}), concat('d:', toString(device))), '') AS grp, "
+        group_by = ", grp"
     else:
         factor, select, group_by = coef, "", ""
     sql = (
@@ -476,12 +489,13 @@ async def _rows(
         f"AND ({' OR '.join(ors)}) GROUP BY cur, b, quantity{group_by}"
     )
     result = await store.query(sql, params)
-    circuits = _circuit_coefs(selection) if split else {}
     for row in result:
         cur, b, quantity = bool(row[0]), _key(period, row[1]), str(row[2])
         value, estimated, cost = int(row[-3]), int(row[-2]), float(row[-1])
-        if split and cur:
-            device = str(row[3])
+        if split and cur and str(row[3]).startswith("s:"):  # a circuit's simple devices, summed by ClickHouse
+            out.series.setdefault((str(row[3])[2:], b), _Acc()).add(value, estimated, cost)
+        elif split and cur:
+            device = str(row[3])[2:]
             for series_key, c in circuits.get(device, ()):
                 out.series.setdefault((series_key, b), _Acc()).add(c * value, c * estimated, c * cost)
             c = devices.get(quantity, {}).get(device, 0)

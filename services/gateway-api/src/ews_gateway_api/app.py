@@ -16,6 +16,7 @@ the core lifespan, in module-name order, and exited in reverse.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import pkgutil
@@ -144,6 +145,10 @@ def create_app(settings: Settings) -> Litestar:
         try:
             await ensure_streams(broker)
             app.state.store = await open_store(settings)
+            # start-up objects (modules, site, profiles, templates) out of the collector's view: a full
+            # collection then scans only what requests create (no 100 ms pause in the middle of a page)
+            gc.collect()
+            gc.freeze()
             log.info(
                 "gateway-api for site %s: domains %s",
                 site.site,
