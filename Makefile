@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export UV_PYTHON_DOWNLOADS := never
 VENV := .venv/bin
 
-.PHONY: help setup run test test-fast lint bench docs-check
+.PHONY: help setup run test test-fast lint bench docs-check messages
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -30,3 +30,9 @@ bench: setup ## Run every benchmark in benchmarks/ (figures for the README; not 
 
 docs-check: setup ## Check the committed AsyncAPI catalogue against the event models
 	@$(VENV)/ews asyncapi --check
+
+messages: setup ## Extract the pages' strings into messages.pot and merge them into every catalogue (.po)
+	@cd services/gateway-api && ../../$(VENV)/pybabel extract -F babel.cfg -k N_ -k _ -k pgettext:1c,2 \
+	  --no-location --sort-output --omit-header -o src/ews_gateway_api/locale/messages.pot . >/dev/null \
+	  && ../../$(VENV)/pybabel update -D messages -i src/ews_gateway_api/locale/messages.pot \
+	  -d src/ews_gateway_api/locale --no-location --omit-header --ignore-obsolete

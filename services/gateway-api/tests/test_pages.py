@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from html.parser import HTMLParser
 from zoneinfo import ZoneInfo
 
 import pytest
-from ews_gateway_api.i18n import Formats, scale_for
+from babel.messages.pofile import read_po
+from ews_gateway_api.domain.language import LANGUAGES
+from ews_gateway_api.i18n import LOCALE_DIR, Formats, scale_for, translations
 from ews_gateway_api.pages import _labels
 from ews_gateway_api.pages.consumption import shift
 from httpx import AsyncClient
@@ -40,7 +43,9 @@ PAGES = {
 pytestmark = pytest.mark.integration
 
 
-async def test_sign_in_with_pin_then_puk_lands_on_the_home_and_lock_asks_the_puk_again(client: AsyncClient) -> None:
+async def test_sign_in_with_pin_then_puk_lands_on_the_home_and_lock_asks_the_puk_again(
+    client: AsyncClient,
+) -> None:
     assert (await client.get("/")).headers["location"] == "/login"
     page = await client.get("/login")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -73,7 +78,9 @@ async def test_wrong_codes_and_bad_pins_are_named_in_the_page(client: AsyncClien
     wrong = await client.post("/login", data={"pin": "12345", "puk": "00000 0000 00000"})
     assert wrong.status_code == 401 and "Wrong PIN or PUK." in wrong.text
     # a next that leaves the site is ignored
-    done = await client.post("/login", data={"pin": "11111", "puk": "00000 1111 00000", "next": "//evil.example/x"})
+    done = await client.post(
+        "/login", data={"pin": "11111", "puk": "00000 1111 00000", "next": "//evil.example/x"}
+    )
     assert done.headers["location"] == "/consumption/total-electricity"
 
 
@@ -102,7 +109,10 @@ async def test_consumption_pages_every_mode_and_period(client: AsyncClient, app:
                 for name in ("Previous", "Next", "Choose a date", "Full screen", "Data"):
                     assert name in response.text, (url, name)
     page = await client.get("/consumption/total-electricity?period=month&date=2025-03-30", cookies=cookies)
-    assert re.search(r'href="/api/v1/consumption/datalogger\.csv\?scope=total-electricity&amp;period=month&amp;date=2025-03-30"', page.text)
+    assert re.search(
+        r'href="/api/v1/consumption/datalogger\.csv\?scope=total-electricity&amp;period=month&amp;date=2025-03-30"',
+        page.text,
+    )
 
 
 async def test_bad_input_gets_a_page_naming_it(client: AsyncClient, app: Litestar) -> None:
@@ -131,7 +141,11 @@ async def test_pages_are_guarded_like_the_api(client: AsyncClient, app: Litestar
     user = await session_for(app, "user")
     assert (await client.get("/installation", cookies=user)).status_code == 403
     assert (await client.get("/greenup/management", cookies=user)).status_code == 403
-    assert (await client.post("/commands", data={"device": "ev1", "action": "charge", "value": "start"}, cookies=user)).status_code == 403
+    assert (
+        await client.post(
+            "/commands", data={"device": "ev1", "action": "charge", "value": "start"}, cookies=user
+        )
+    ).status_code == 403
     client.cookies.clear()
     anonymous = await client.get("/consumption/total-global")
     assert anonymous.status_code == 401 and 'name="pin"' in anonymous.text  # the sign-in form, then back here
@@ -142,7 +156,9 @@ def test_formats_scale_units_and_keep_the_instruments_precision() -> None:
     fmt = Formats("fr", "EUR", ZoneInfo("Europe/Paris"))
     assert fmt.quantity(950, "Wh") == "950 Wh"
     assert fmt.quantity(12_500.5, "Wh") == "12,5 kWh"  # 12,500.5 Wh: the 0.5 Wh is below the instrument's Wh
-    assert fmt.quantity(1_234_567, "dm³") == "1 234,567 m³".replace(" ", "\u202f") or fmt.quantity(1_234_567, "dm³").endswith("m³")
+    assert fmt.quantity(1_234_567, "dm³") == "1 234,567 m³".replace(" ", "\u202f") or fmt.quantity(
+        1_234_567, "dm³"
+    ).endswith("m³")
     assert scale_for("Wh", 2_000_000) == (1e6, "MWh")
     assert fmt.money(12.3456).startswith("12,35")
     en = Formats("en", "EUR", ZoneInfo("Europe/Paris"))
@@ -157,7 +173,15 @@ def test_labels_read_profile_identifiers() -> None:
     assert _labels.state_label("output_3", t) == "Relay output 3"
     assert _labels.value_label("charging", t) == "Charging"
     assert _labels.value_label("some-new-state", t) == "Some new state"
-    groups = _labels.group_tables({"voltage_l1": 230, "current_l1": 5, "frequency": 50, "harmonic_voltage_l1_h3": 1, "harmonic_voltage_l1_h11": 2})
+    groups = _labels.group_tables(
+        {
+            "voltage_l1": 230,
+            "current_l1": 5,
+            "frequency": 50,
+            "harmonic_voltage_l1_h3": 1,
+            "harmonic_voltage_l1_h11": 2,
+        }
+    )
     assert [g.key for g, _ in groups] == ["voltage", "harmonics"]
     assert [t.key for t, _ in groups[0][1]] == ["voltage", "current", "frequency"]
     assert groups[1][1][0][1] == ["harmonic_voltage_l1_h3", "harmonic_voltage_l1_h11"]
@@ -172,3 +196,66 @@ def test_shift_steps_whole_periods() -> None:
 
 def test_codes_fixture_matches_the_default_codes() -> None:
     assert CODES["administrator"]["pin"] == "99999"
+
+
+LANGUAGE_PAGES = {
+    "administrator": ["/installation", "/installation/devices/pm-premium?tab=measure&group=voltage",
+                      "/installation/devices/mccb-it?tab=status", "/installation/devices/io1?tab=outputs",
+                      "/session", "/codes"],
+    "greenUp": ["/greenup/management", "/greenup/details?tab=information", "/installation/devices/ev1?tab=commands"],
+    "user": [f"/consumption/{m}?date=2025-03-30" for m in
+             ("total-electricity", "total-global", "partial", "comparison", "details")]
+             + ["/consumption/total-electricity?view=data&date=2025-03-30"],
+}  # fmt: skip
+
+
+class _Texts(HTMLParser):
+    """Whole text nodes and the attributes a person reads (aria-label, title, placeholder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: list[str] = []
+        self.lang: str | None = None
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style"):
+            self._skip += 1
+        values = dict(attrs)
+        if tag == "html":
+            self.lang = values.get("lang")
+        for name in ("aria-label", "title", "placeholder"):
+            if values.get(name):
+                self.texts.append(str(values[name]).strip())
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style"):
+            self._skip -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip and data.strip():
+            self.texts.append(" ".join(data.split()))
+
+
+@pytest.mark.parametrize("language", [code for code in LANGUAGES if code != "en"])
+async def test_pages_speak_the_chosen_language(client: AsyncClient, app: Litestar, language: str) -> None:
+    """Every page in every language: <html lang> and Content-Language follow the choice, and no text a
+    person reads is a catalogue's English message left untranslated."""
+    catalogue = translations(language)
+    english = {
+        m.id for m in read_po((LOCALE_DIR / "messages.pot").open("rb"))
+        if isinstance(m.id, str) and m.id and "%(" not in m.id and catalogue.gettext(m.id) != m.id
+    }  # fmt: skip
+    translated = {catalogue.gettext(m) for m in english}  # Italian "Zone" (zones) is not English "Zone"
+    for role, urls in LANGUAGE_PAGES.items():
+        cookies = {**await session_for(app, role), "ews_lang": language}
+        for url in urls:
+            client.cookies.clear()
+            response = await client.get(url, cookies=cookies)
+            assert response.status_code == 200, (language, url, response.text[:200])
+            assert response.headers["content-language"] == language
+            parser = _Texts()
+            parser.feed(response.text)
+            assert parser.lang == language, url
+            left = sorted({t for t in parser.texts if t in english and t not in translated})
+            assert not left, f"{language} {url}: untranslated {left}"

@@ -13,6 +13,7 @@ resolves ``{% trans %}`` through them), so one page render uses one language.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from functools import lru_cache
@@ -21,6 +22,8 @@ from pathlib import Path
 from babel import Locale, UnknownLocaleError
 from babel import dates as babel_dates
 from babel import numbers as babel_numbers
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
@@ -39,16 +42,36 @@ def babel_locale(language: str) -> Locale:
         return Locale.parse("en")
 
 
+def _catalogue(code: str) -> Translations | None:
+    """The committed ``locale/<code>/LC_MESSAGES/messages.po``, compiled in memory (no build step, and
+    no .mo file to fall out of date); None when there is none."""
+    path = LOCALE_DIR / code / "LC_MESSAGES" / f"{DOMAIN}.po"
+    if not path.is_file():
+        return None
+    with path.open("rb") as source:
+        catalog = read_po(source, locale=code, domain=DOMAIN)
+    # An untranslated plural entry would be compiled as English (write_mo fills empty forms with the
+    # msgid): drop it, so fr-BE falls back to fr for it like for any message it leaves empty.
+    for message in list(catalog):
+        if message.id and isinstance(message.string, tuple) and not any(message.string):
+            catalog.delete(message.id, message.context)
+    compiled = io.BytesIO()
+    write_mo(compiled, catalog)
+    compiled.seek(0)
+    return Translations(fp=compiled, domain=DOMAIN)
+
+
 @lru_cache(maxsize=32)
 def translations(language: str) -> NullTranslations:
-    """The catalogue of ``language`` with its parent language as fallback (``nl-BE`` → ``nl``)."""
+    """The catalogue of ``language`` with its parent language as fallback (``nl-BE`` → ``nl``), then
+    the English message ids."""
     chain = [language.replace("-", "_")]
     if "-" in language:
         chain.append(language.split("-")[0])
     result: NullTranslations | None = None
     for code in chain:
-        found = Translations.load(str(LOCALE_DIR), [code], DOMAIN)
-        if not isinstance(found, Translations):  # no catalogue for that code
+        found = _catalogue(code)
+        if found is None:
             continue
         if result is None:
             result = found

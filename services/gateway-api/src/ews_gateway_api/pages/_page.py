@@ -123,7 +123,7 @@ async def render(
         template_name=template,
         context=_context(request, language, context),
         status_code=status_code,
-        headers=PAGE_HEADERS,
+        headers={**PAGE_HEADERS, "Content-Language": language},
         media_type=MediaType.HTML,
     )
 

@@ -379,7 +379,11 @@ async def _page(
                 values = [bk.value for s in sides for bk in s.buckets if not bk.no_data]
                 divisor, unit = (1.0, comparison.currency) if money else display_unit(comparison.unit, values)
                 chart = Chart("bar", [category(fmt, period, bk) for bk in comparison.a.buckets], unit)
-                for side, name, color in zip(sides, names, ("#2e86de", "#e67e22"), strict=True):
+                for side, name, color, faded in zip(
+                    sides, names, ("#2e86de", "#e67e22"), ("#aed6f1", "#f5cba7"), strict=True
+                ):  # each side's previous period beside it, faded
+                    previous_values = _values(side.previous.buckets, divisor)[: len(side.buckets)]
+                    chart.add(f"{name} – {t(PREVIOUS[period])}", previous_values, faded)
                     chart.add(name, _values(side.buckets, divisor), color)
             else:
                 totals = [s.total.value for s in sides] + [s.previous.total.value for s in sides]
