@@ -35,4 +35,4 @@ messages: setup ## Extract the pages' strings into messages.pot and merge them i
 	@cd services/gateway-api && ../../$(VENV)/pybabel extract -F babel.cfg -k N_ -k _ -k pgettext:1c,2 \
 	  --no-location --sort-output --omit-header -o src/ews_gateway_api/locale/messages.pot . >/dev/null \
 	  && ../../$(VENV)/pybabel update -D messages -i src/ews_gateway_api/locale/messages.pot \
-	  -d src/ews_gateway_api/locale --no-location --omit-header --ignore-obsolete
+	  -d src/ews_gateway_api/locale --ignore-obsolete --no-fuzzy-matching --width 110

@@ -35,7 +35,6 @@ from litestar import Litestar, MediaType, Request, Response, Router
 from litestar.config.compression import CompressionConfig
 from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.exceptions.responses import create_exception_response
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.stores.redis import RedisStore
@@ -43,6 +42,7 @@ from litestar.template.config import TemplateConfig
 from litestar.types import ControllerRouterHandler
 
 from . import domain, pages
+from .errors import detail_for, error_code, reader_language
 from .guards import public
 from .pages import _page
 from .sessions import SESSION_COOKIE, session_config
@@ -74,10 +74,23 @@ def is_page(request: Request[Any, Any, Any]) -> bool:
 
 
 def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-    """Pages get an error page in the person's language; the API keeps Litestar's JSON errors."""
+    """Pages get an error page in the person's language; the API a JSON body with a stable ``code`` and
+    the ``detail`` in the reader's language (session, else Accept-Language)."""
     if is_page(request):
         return _page.error_page(request, exc)
-    return create_exception_response(request, exc)
+    body: dict[str, Any] = {
+        "status_code": exc.status_code,
+        "code": error_code(exc),
+        "detail": detail_for(request, exc),
+    }
+    if exc.extra:
+        body["extra"] = exc.extra
+    return Response(
+        body,
+        status_code=exc.status_code,
+        headers={**(exc.headers or {}), "Content-Language": reader_language(request)},
+        media_type=MediaType.JSON,
+    )
 
 
 def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -87,7 +100,7 @@ def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
     if is_page(request):
         return _page.error_page(request, exc)
     return Response(
-        {"status_code": 500, "detail": "internal error (logged); try again"},
+        {"status_code": 500, "code": "internal-error", "detail": "internal error (logged); try again"},
         status_code=500,
         media_type=MediaType.JSON,
     )
@@ -116,7 +129,7 @@ def validation_error(request: Request[Any, Any, Any], exc: ValidationException) 
     elif exc.detail.startswith("Validation failed") and extra:
         detail = f"{detail}: {one_line(str(extra[0]))}"
     return Response(
-        {"status_code": 400, "detail": detail, "extra": extra},
+        {"status_code": 400, "code": "invalid-request", "detail": detail, "extra": extra},
         status_code=400,
         media_type=MediaType.JSON,
     )
@@ -125,7 +138,11 @@ def validation_error(request: Request[Any, Any, Any], exc: ValidationException) 
 def redis_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.warning("%s %s: Redis unavailable: %s", request.method, request.url.path, one_line(str(exc)))
     return Response(
-        {"status_code": 503, "detail": "the session and live-state store (Redis) is unavailable; try again"},
+        {
+            "status_code": 503,
+            "code": "store-unavailable",
+            "detail": "the session and live-state store (Redis) is unavailable; try again",
+        },
         status_code=503,
         headers={"Retry-After": "5"},
         media_type=MediaType.JSON,

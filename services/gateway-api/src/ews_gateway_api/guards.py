@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from ews_contracts.roles import Permission, Role, allowed
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
+from .errors import ApiError
+from .i18n import N_
+
 SESSION_ROLE = "role"
+LOGIN_FIRST = N_("log in first (POST /api/v1/auth/login)")
 
 
 _ROLES = frozenset(str(r) for r in Role)
@@ -31,9 +34,15 @@ def requires(permission: Permission):
     def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         role = current_role(connection)
         if role is None:
-            raise NotAuthorizedException("log in first (POST /api/v1/auth/login)")
+            raise ApiError(401, "login-required", LOGIN_FIRST)
         if not allowed(role, permission):
-            raise PermissionDeniedException(f"the {role} role may not do this ({permission})")
+            raise ApiError(
+                403,
+                "forbidden",
+                N_("the %(role)s role may not do this (%(permission)s)"),
+                role=role,
+                permission=str(permission),
+            )
 
     guard.permission = permission  # type: ignore[attr-defined]  # read by the route x role test matrix
     return guard
@@ -42,7 +51,7 @@ def requires(permission: Permission):
 def authenticated(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     """Guard for routes every logged-in role may use (e.g. /me, logout)."""
     if current_role(connection) is None:
-        raise NotAuthorizedException("log in first (POST /api/v1/auth/login)")
+        raise ApiError(401, "login-required", LOGIN_FIRST)
 
 
 def public(connection: ASGIConnection, _: BaseRouteHandler) -> None:

@@ -27,11 +27,13 @@ from faststream.nats import NatsBroker, PullSub
 from faststream.nats.annotations import NatsMessage
 from litestar import Litestar, Request, Router, get, post
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException, NotFoundException, ServiceUnavailableException
+from litestar.exceptions import HTTPException, NotFoundException
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, Field, ValidationError
 
+from ..errors import ApiError
 from ..guards import current_role, requires
+from ..i18n import N_
 
 log = logging.getLogger("ews.gateway-api.commands")
 
@@ -157,8 +159,8 @@ async def submit_command(state: State, role: str, data: CommandBody) -> CommandS
             update={"status": "failed", "error": f"not sent: {reason}", "finished_at": utcnow()}
         )
         await _save(state.redis, site.site, failed)
-        raise ServiceUnavailableException(
-            "the command could not be sent (event bus unavailable); try again"
+        raise ApiError(
+            503, "bus-unavailable", N_("the command could not be sent (event bus unavailable); try again")
         ) from None
     return status
 
@@ -167,7 +169,13 @@ async def command_status(state: State, command_id: str) -> CommandStatus:
     """A command's record; 404 when unknown or older than the records are kept."""
     record = _decode(await state.redis.get(record_key(state.site.site, command_id)))
     if record is None:
-        raise NotFoundException(f"unknown command {command_id!r} (or older than {RECORD_TTL // 86_400} days)")
+        raise ApiError(
+            404,
+            "unknown-command",
+            N_("unknown command %(command)s (or older than %(days)s days)"),
+            command=repr(command_id),
+            days=RECORD_TTL // 86_400,
+        )
     return CommandStatus.model_validate(record)
 
 

@@ -50,7 +50,9 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.params import Parameter
 
+from ..errors import ApiError
 from ..guards import requires
+from ..i18n import N_
 from ..storage import require_store, store_error
 
 T = TypeVar("T")
@@ -98,7 +100,9 @@ def parse_day(raw: str | date | None, site: Site) -> date:
     try:
         return datetime.strptime(raw, "%Y-%m-%d").date()
     except ValueError:
-        raise bad_request(f"invalid date {raw!r}: use YYYY-MM-DD, e.g. 2025-03-30") from None
+        raise ApiError(
+            400, "invalid-date", N_("invalid date %(date)s: use YYYY-MM-DD, e.g. 2025-03-30"), date=repr(raw)
+        ) from None
 
 
 async def _answer(state: State, check: Callable[[], None], query: Callable[[Store], Awaitable[T]]) -> T:

@@ -27,11 +27,13 @@ from ews_contracts.quantities import GROUPS, Quantity, group_of, unit_of
 from ews_contracts.site import Device, Site, VirtualDevice
 from litestar import Request, Router, get
 from litestar.datastructures import State
-from litestar.exceptions import NotFoundException, ValidationException
+from litestar.exceptions import ValidationException
 from litestar.params import Parameter
 from pydantic import BaseModel, Field, ValidationError
 
+from ..errors import ApiError
 from ..guards import authenticated
+from ..i18n import N_
 
 if TYPE_CHECKING:
     from .site import SiteView, site_structure  # noqa: F401 (re-exported lazily, see __getattr__)
@@ -575,7 +577,7 @@ async def list_devices(
 async def get_device(request: Request[Any, Any, State], device_id: str) -> DeviceView:
     one = await device_view(request.app.state, device_id)
     if one is None:
-        raise NotFoundException(f"unknown device {device_id!r}")
+        raise ApiError(404, "unknown-device", N_("unknown device %(device)s"), device=repr(device_id))
     return one
 
 

@@ -20,10 +20,10 @@ from typing import Any
 from ews_contracts.roles import Permission
 from litestar import Request, Response, Router, get, put
 from litestar.datastructures import Cookie, State
-from litestar.exceptions import ValidationException
 from pydantic import BaseModel, Field
 
 from ..guards import SESSION_ROLE, public, requires
+from ..i18n import N_
 from ..sessions import browser_cookie
 
 # L1: the 13 UI languages (BCP 47 tags)
@@ -49,7 +49,15 @@ class LanguageInfo(BaseModel):
 
 def check_language(value: str) -> str:
     if value not in LANGUAGES:
-        raise ValidationException(f"unknown language {value!r}: use one of {', '.join(LANGUAGES)}")
+        from ..errors import ApiError  # errors reads this module's language choice
+
+        raise ApiError(
+            400,
+            "unknown-language",
+            N_("unknown language %(language)s: use one of %(languages)s"),
+            language=repr(value),
+            languages=", ".join(LANGUAGES),
+        )
     return value
 
 

@@ -22,7 +22,8 @@ from litestar.exceptions import HTTPException
 from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_401_UNAUTHORIZED, HTTP_500_INTERNAL_SERVER_ERROR
 
-from ..domain.language import LANGUAGES, chosen_language, language_of
+from ..domain.language import LANGUAGES, language_of
+from ..errors import ApiError, reader_language
 from ..guards import current_role
 from ..i18n import N_, Formats, gettext_callables
 from ..web import PAGE_HEADERS, static_url
@@ -137,23 +138,11 @@ def redirect(path: str) -> Redirect:
     return Redirect(path=path, status_code=303, headers={"Cache-Control": "no-store"})
 
 
-def _cached_language(request: Request[Any, Any, Any]) -> str:
-    """The page language without awaiting Redis (exception handlers are synchronous)."""
-    chosen = chosen_language(request)
-    if chosen:
-        return chosen
-    cached = getattr(request.app.state, "language_default_cache", None)
-    if cached:
-        return cached[0]
-    site_language = request.app.state.site.language
-    return site_language if site_language in LANGUAGES else "en"
-
-
 def error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """An error on a page, as a page: 401 shows the sign-in form (then back to this page), 403 leads
     home, 400/404 name the problem, 5xx say to try again."""
     status = exc.status_code if isinstance(exc, HTTPException) else HTTP_500_INTERNAL_SERVER_ERROR
-    language = _cached_language(request)
+    language = reader_language(request)
     here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     if status == HTTP_401_UNAUTHORIZED:
         context = _context(request, language, {"next": here, "message": "", "puk_required": False})
@@ -164,7 +153,15 @@ def error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]
             headers=PAGE_HEADERS,
             media_type=MediaType.HTML,
         )
-    detail = exc.detail if isinstance(exc, HTTPException) and status < 500 else ""
+    detail = (
+        exc.translated(language)
+        if isinstance(exc, ApiError)
+        else exc.detail
+        if isinstance(exc, HTTPException)
+        else ""
+    )
+    if status >= 500:
+        detail = ""
     headers = dict(PAGE_HEADERS)
     if isinstance(exc, HTTPException) and exc.headers:
         headers.update(exc.headers)

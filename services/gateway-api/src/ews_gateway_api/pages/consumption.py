@@ -24,7 +24,7 @@ from ews_analytics import Bucket, Consumption
 from ews_contracts.roles import Permission
 from ews_contracts.site import Site
 from litestar import Request, Router, get
-from litestar.exceptions import HTTPException, NotFoundException
+from litestar.exceptions import NotFoundException
 from litestar.params import Parameter
 from litestar.response import Template
 
@@ -37,6 +37,7 @@ from ..domain.consumption import (
 )
 from ..domain.devices import device_views
 from ..domain.language import language_of
+from ..errors import ApiError, unknown
 from ..guards import requires
 from ..i18n import N_, Formats, scale_for
 from . import _labels
@@ -205,11 +206,11 @@ async def _base(
     request: Request[Any, Any, Any], mode: str, period: str, day_raw: str | None
 ) -> dict[str, Any]:
     if mode not in MODES:
-        raise NotFoundException(f"unknown consumption mode {mode!r}: use {', '.join(MODES)}")
-    if period not in PERIODS:
-        raise HTTPException(
-            status_code=400, detail=f"unknown period {period!r}: use day, month, year or decade"
+        raise unknown(
+            "unknown-mode", N_("unknown consumption mode %(value)s: use %(choices)s"), mode, MODES, 404
         )
+    if period not in PERIODS:
+        raise unknown("unknown-period", N_("unknown period %(value)s: use %(choices)s"), period, PERIODS)
     site: Site = request.app.state.site
     day = parse_day(day_raw, site)
     return {"mode": mode, "period": period, "day": day, "site": site}
@@ -291,7 +292,7 @@ async def _page(
     site: Site = state.site
     day: date = base["day"]
     if view not in ("chart", "data"):
-        raise HTTPException(status_code=400, detail=f"unknown view {view!r}: use chart or data")
+        raise unknown("unknown-view", N_("unknown view %(value)s: use %(choices)s"), view, ("chart", "data"))
     fmt = formats(request, await language_of(request))  # the charts' words and numbers: the page's language
     t = await translator(request)
 
@@ -340,14 +341,16 @@ async def _page(
     elif mode == "partial":
         zones = site.zones
         if zone is not None and zone not in {z.id for z in zones}:
-            raise HTTPException(
-                status_code=400, detail=f"unknown zone {zone!r}: use one of {', '.join(z.id for z in zones)}"
+            raise unknown(
+                "unknown-zone", N_("unknown zone %(value)s: use %(choices)s"), zone, [z.id for z in zones]
             )
         circuits = [c for c in site.circuits if zone is None or c.zone == zone]
         if circuit is not None and circuit not in {c.id for c in site.circuits}:
-            raise HTTPException(
-                status_code=400,
-                detail=f"unknown circuit {circuit!r}: use one of {', '.join(c.id for c in site.circuits)}",
+            raise unknown(
+                "unknown-circuit",
+                N_("unknown circuit %(value)s: use %(choices)s"),
+                circuit,
+                [c.id for c in site.circuits],
             )
         if circuit is None and circuits:
             circuit = circuits[0].id
@@ -365,7 +368,12 @@ async def _page(
         a = a or (known[0] if known else None)
         b = b or (known[1] if len(known) > 1 else a)
         if detail not in ("total", "detailed"):
-            raise HTTPException(status_code=400, detail=f"unknown detail {detail!r}: use total or detailed")
+            raise unknown(
+                "unknown-detail",
+                N_("unknown detail %(value)s: use %(choices)s"),
+                detail,
+                ("total", "detailed"),
+            )
         params.update(a=a, b=b, detail=detail)
         extra.update(choices=choices, a=a, b=b, detail=detail)
         if a and b:
@@ -406,7 +414,7 @@ async def _page(
             scope = a
     elif mode == "details":
         if by not in DETAIL_LISTS:
-            raise HTTPException(status_code=400, detail=f"unknown list {by!r}: use zones, circuits or all")
+            raise unknown("unknown-list", N_("unknown list %(value)s: use %(choices)s"), by, DETAIL_LISTS)
         views = [d for d in await device_views(state) if meters_energy(request, d)]
         groups: list[tuple[str, list[Any]]] = []
         if by == "zones":
@@ -429,7 +437,7 @@ async def _page(
             groups.append(("", views))
         ids = {d.id for d in views}
         if device is not None and device not in ids:
-            raise HTTPException(status_code=400, detail=f"unknown device {device!r}")
+            raise ApiError(400, "unknown-device", N_("unknown device %(device)s"), device=repr(device))
         device = device or next((d.id for _, ds in groups for d in ds), None)
         params.update(by=by, device=device)
         extra.update(lists=DETAIL_LISTS, by=by, groups=groups, device=device)

@@ -20,10 +20,10 @@ from typing import Any
 from ews_contracts.roles import Permission
 from ews_contracts.site import Site
 from litestar import Request, Router, get
-from litestar.exceptions import HTTPException, NotFoundException
 from litestar.response import Template
 
 from ..domain.devices import DeviceView, device_views
+from ..errors import ApiError, unknown
 from ..guards import requires
 from ..i18n import N_
 from . import _labels
@@ -69,9 +69,16 @@ def grouped(
     return [("", items)]
 
 
+UNKNOWN_STATION = N_("unknown charging station %(station)s")
+
+
 def _check(value: str, allowed: dict[str, str], what: str) -> str:
+    messages = {
+        "list": N_("unknown list %(value)s: use %(choices)s"),
+        "tab": N_("unknown tab %(value)s: use %(choices)s"),
+    }
     if value not in allowed:
-        raise HTTPException(status_code=400, detail=f"unknown {what} {value!r}: use {', '.join(allowed)}")
+        raise unknown(f"unknown-{what}", messages[what], value, allowed)
     return value
 
 
@@ -107,7 +114,7 @@ async def greenup_details(
     if station is not None:
         chosen = next((d for d in items if d.id == station), None)
         if chosen is None:
-            raise NotFoundException(f"unknown charging station {station!r}")
+            raise ApiError(404, "unknown-station", UNKNOWN_STATION, station=repr(station))
     elif items:
         chosen = items[0]
     t = await translator(request)
@@ -155,7 +162,7 @@ async def greenup_management(request: Request[Any, Any, Any], by: str = "priorit
 async def station_button(request: Request[Any, Any, Any], device_id: str) -> Template:
     station = next((d for d in await stations(request) if d.id == device_id), None)
     if station is None:
-        raise NotFoundException(f"unknown charging station {device_id!r}")
+        raise ApiError(404, "unknown-station", UNKNOWN_STATION, station=repr(device_id))
     return await render(request, "greenup/_station.html", d=station, **_common(request))
 
 

@@ -18,11 +18,11 @@ from typing import Any
 from ews_contracts.profiles import Profile, ProfileError, resolve
 from ews_contracts.roles import Permission, Role
 from litestar import Request, Router, get
-from litestar.exceptions import HTTPException, NotFoundException
 from litestar.response import Template
 
 from ..domain.devices import DeviceView, device_views
 from ..domain.site import site_structure
+from ..errors import ApiError, unknown
 from ..guards import current_role, requires
 from ..i18n import N_
 from . import _labels
@@ -48,7 +48,7 @@ def poll_seconds(request: Request[Any, Any, Any]) -> float:
 
 def _check_by(by: str) -> str:
     if by not in FILTERS:
-        raise HTTPException(status_code=400, detail=f"unknown list {by!r}: use gateways, panels or all")
+        raise unknown("unknown-list", N_("unknown list %(value)s: use %(choices)s"), by, FILTERS)
     return by
 
 
@@ -149,7 +149,7 @@ async def _device(request: Request[Any, Any, Any], device_id: str) -> DeviceView
     for d in await device_views(request.app.state):
         if d.id == device_id:
             return d
-    raise NotFoundException(f"unknown device {device_id!r}")
+    raise ApiError(404, "unknown-device", N_("unknown device %(device)s"), device=repr(device_id))
 
 
 def _measure(device: DeviceView, profile: Profile | None, group: str | None, page: int) -> dict[str, Any]:
@@ -163,7 +163,7 @@ def _measure(device: DeviceView, profile: Profile | None, group: str | None, pag
     if group is None:
         group = keys[0]
     if group not in keys:
-        raise HTTPException(status_code=400, detail=f"unknown measure group {group!r}: use {', '.join(keys)}")
+        raise unknown("unknown-group", N_("unknown measure group %(value)s: use %(choices)s"), group, keys)
     chosen, tables = groups[keys.index(group)]
     page = min(max(page, 1), len(tables))
     table, names = tables[page - 1]
@@ -195,9 +195,7 @@ async def _tab_context(
     tabs = tabs_for(device, profile, role)
     tab = tab or tabs[0]
     if tab not in tabs:
-        raise HTTPException(
-            status_code=400, detail=f"unknown tab {tab!r} for this device: use {', '.join(tabs)}"
-        )
+        raise unknown("unknown-tab", N_("unknown tab %(value)s for this device: use %(choices)s"), tab, tabs)
     context: dict[str, Any] = {
         "device": device,
         "tabs": [(t, TABS[t]) for t in tabs],

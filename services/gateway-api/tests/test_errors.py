@@ -1,0 +1,60 @@
+"""API errors: a stable ``code`` for programs, a ``detail`` in the reader's language (the session's or
+the browser's choice, else Accept-Language), the identifiers left as they are; pages say the same."""
+
+from __future__ import annotations
+
+import pytest
+from ews_gateway_api.errors import ApiError, error_code
+from ews_gateway_api.i18n import translations
+from httpx import AsyncClient
+from litestar import Litestar
+from litestar.exceptions import HTTPException
+
+from .conftest import session_for
+
+pytestmark = pytest.mark.integration
+
+
+async def test_codes_and_details_follow_the_reader(client: AsyncClient, app: Litestar) -> None:
+    client.cookies.clear()
+    english = await client.get("/api/v1/me")
+    assert english.status_code == 401
+    assert english.json()["code"] == "login-required"
+    assert english.json()["detail"] == "log in first (POST /api/v1/auth/login)"
+    french = await client.get("/api/v1/me", headers={"accept-language": "fr-FR,fr;q=0.9,en;q=0.5"})
+    assert french.json()["code"] == "login-required"
+    assert french.json()["detail"] == translations("fr").gettext("log in first (POST /api/v1/auth/login)")
+    assert french.json()["detail"] != english.json()["detail"]
+    assert french.headers["content-language"] == "fr"
+
+    cookies = await session_for(app, "user")
+    ghost = await client.get("/api/v1/devices/ghost", cookies=cookies, headers={"accept-language": "de"})
+    assert ghost.status_code == 404 and ghost.json()["code"] == "unknown-device"
+    assert "'ghost'" in ghost.json()["detail"] and ghost.json()["detail"] != "unknown device 'ghost'"
+
+    bad = await client.get("/api/v1/consumption?date=2025-13-45", cookies=cookies)
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid-date"
+    forbidden = await client.get("/api/v1/auth/codes", cookies=cookies)
+    assert forbidden.status_code == 403 and forbidden.json()["code"] == "forbidden"
+    invalid = await client.post(
+        "/api/v1/commands", json={"device": ""}, cookies=await session_for(app, "greenUp")
+    )
+    assert invalid.status_code == 400 and invalid.json()["code"] == "invalid-request"
+
+
+async def test_an_error_page_names_the_problem_in_the_page_language(
+    client: AsyncClient, app: Litestar
+) -> None:
+    cookies = {**await session_for(app, "administrator"), "ews_lang": "fr"}
+    page = await client.get("/installation/devices/ghost", cookies=cookies)
+    assert page.status_code == 404 and 'lang="fr"' in page.text
+    assert translations("fr").gettext("unknown device %(device)s") % {
+        "device": "'ghost'"
+    } in page.text.replace("&#39;", "'")
+
+
+def test_codes_without_an_api_error_come_from_the_status() -> None:
+    assert error_code(HTTPException(status_code=404)) == "not-found"
+    assert error_code(ApiError(400, "invalid-date", "invalid date %(date)s", date="'x'")) == "invalid-date"
+    broken = ApiError(400, "x", "unknown device %(device)s", device="'a'")
+    assert broken.detail == "unknown device 'a'"
