@@ -137,7 +137,7 @@ def test_periods():
     assert previous_day("month", date(2026, 1, 15)) == date(2025, 12, 31)
     assert previous_day("year", d) == date(2025, 1, 1)
     assert period_range("decade", previous_day("decade", d)) == (date(2007, 1, 1), date(2017, 1, 1))
-    with pytest.raises(ValueError, match="unknown period 'week': use day, month, year or decade"):
+    with pytest.raises(ValueError, match="unknown period 'week': use day, month, year, decade"):
         period_range("week", d)
 
 
@@ -227,7 +227,7 @@ async def test_consumption_on_chdb(site: Site, chdb_dsn: str, clickhouse_databas
     assert (mixed.mode, mixed.unit, mixed.a.kind, mixed.b.kind) == ("currency", "EUR", "electricity", "water")
     assert mixed.a.total.value == pytest.approx(0.08) and mixed.b.total.value == pytest.approx(4.15)
     assert mixed.a.buckets == [] and mixed.b.total.unit == "EUR"
-    with pytest.raises(ValueError, match="unknown detail 'all': use total or detailed"):
+    with pytest.raises(ValueError, match="unknown detail 'all': use total, detailed"):
         await compare(store, db, site, "device:e2", "device:water", "day", date(2026, 5, 4), "all")
 
     with pytest.raises(ValueError, match="unknown period"):

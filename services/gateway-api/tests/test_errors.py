@@ -32,6 +32,11 @@ async def test_codes_and_details_follow_the_reader(client: AsyncClient, app: Lit
     assert ghost.status_code == 404 and ghost.json()["code"] == "unknown-device"
     assert "'ghost'" in ghost.json()["detail"] and ghost.json()["detail"] != "unknown device 'ghost'"
 
+    scope = await client.get(
+        "/api/v1/consumption?scope=zone:nowhere", cookies=cookies, headers={"accept-language": "fr"}
+    )
+    assert scope.status_code == 400 and scope.json()["code"] == "unknown-zone"  # the analytics' Problem
+    assert "'nowhere'" in scope.json()["detail"] and not scope.json()["detail"].startswith("unknown zone")
     bad = await client.get("/api/v1/consumption?date=2025-13-45", cookies=cookies)
     assert bad.status_code == 400 and bad.json()["code"] == "invalid-date"
     forbidden = await client.get("/api/v1/auth/codes", cookies=cookies)

@@ -44,6 +44,21 @@ from pydantic import BaseModel, Field, model_serializer
 from .costs import MEDIUM_QUANTITY, QUANTITY_MEDIUM, medium_of, standing_charges
 from .schema import DAILY, HOURLY, MONTHLY, READINGS, table
 
+
+def N_(message: str) -> str:  # noqa: N802 — marks a message for the gateway's catalogues (make messages)
+    return message
+
+
+class Problem(ValueError):
+    """A request the analytics cannot answer: a stable ``code``, an English ``message`` with
+    ``%(name)s`` placeholders (translated by whoever shows it) and its ``params``; ``str()`` is the
+    English sentence."""
+
+    def __init__(self, code: str, message: str, **params: object) -> None:
+        self.code, self.message, self.params = code, message, params
+        super().__init__(message % params if params else message)
+
+
 Period = Literal["day", "month", "year", "decade"]
 PERIODS: tuple[str, ...] = ("day", "month", "year", "decade")
 SCOPE_HELP = (
@@ -220,10 +235,21 @@ def _partial(items: list[Member], currency: str) -> Selection:
     return Selection(currency, True, groups, members=tuple(items))
 
 
+_UNKNOWN_IN_SCOPE = {
+    "device": N_("unknown device %(value)s in scope %(scope)s: use one of %(choices)s"),
+    "zone": N_("unknown zone %(value)s in scope %(scope)s: use one of %(choices)s"),
+    "circuit": N_("unknown circuit %(value)s in scope %(scope)s: use one of %(choices)s"),
+    "panel": N_("unknown panel %(value)s in scope %(scope)s: use one of %(choices)s"),
+    "gateway": N_("unknown gateway %(value)s in scope %(scope)s: use one of %(choices)s"),
+}
+
+
 def _known(kind: str, ident: str, scope: str, ids: list[str]) -> None:
     if ident not in ids:
         known = ", ".join(ids) or "none declared"
-        raise ValueError(f"unknown {kind} {ident!r} in scope {scope!r}: use one of {known}")
+        raise Problem(
+            f"unknown-{kind}", _UNKNOWN_IN_SCOPE[kind], value=repr(ident), scope=repr(scope), choices=known
+        )
 
 
 def resolve_scope(site: Site, scope: str) -> Selection:
@@ -239,7 +265,12 @@ def resolve_scope(site: Site, scope: str) -> Selection:
         )
     kind, sep, ident = scope.partition(":")
     if not sep or kind not in ("zone", "circuit", "panel", "gateway", "device") or not ident:
-        raise ValueError(f"unknown scope {scope!r}: use {SCOPE_HELP}")
+        raise Problem(
+            "unknown-scope",
+            N_("unknown scope %(value)s: use %(choices)s"),
+            value=repr(scope),
+            choices=SCOPE_HELP,
+        )
     if kind == "device":
         _known("device", ident, scope, list(every))
         m = every[ident]
@@ -284,7 +315,12 @@ _MIN_DAY, _MAX_DAY = date(1970, 1, 1), date(2149, 6, 6)
 
 def _check_period(period: str) -> None:
     if period not in PERIODS:
-        raise ValueError(f"unknown period {period!r}: use day, month, year or decade")
+        raise Problem(
+            "unknown-period",
+            N_("unknown period %(value)s: use %(choices)s"),
+            value=repr(period),
+            choices="day, month, year, decade",
+        )
 
 
 def check_day(period: str, day: date) -> None:
@@ -293,13 +329,26 @@ def check_day(period: str, day: date) -> None:
     _check_period(period)
     span = f"{MIN_DATE.isoformat()} to {MAX_DATE.isoformat()}"
     if not MIN_DATE <= day <= MAX_DATE:
-        raise ValueError(f"date {day.isoformat()} is out of range: use a date from {span}")
+        raise Problem(
+            "date-out-of-range",
+            N_("date %(date)s is out of range: use a date from %(span)s"),
+            date=day.isoformat(),
+            span=span,
+        )
     start, end = period_range(period, day)
     if start < MIN_DATE or end > MAX_DATE + timedelta(days=1):
         last = (end - timedelta(days=1)).isoformat()
-        raise ValueError(
-            f"the {period} of date {day.isoformat()} ({start.isoformat()} to {last}) leaves the allowed "
-            f"span {span}: use a later date or a shorter period"
+        raise Problem(
+            "period-out-of-range",
+            N_(
+                "the %(period)s of date %(date)s (%(start)s to %(end)s) leaves the allowed span %(span)s: "
+                "use a later date or a shorter period"
+            ),
+            period=period,
+            date=day.isoformat(),
+            start=start.isoformat(),
+            end=last,
+            span=span,
         )
 
 
@@ -583,18 +632,32 @@ def _check_split(split: str | None, scope: str, selection: Selection | None) -> 
     if split is None:
         return
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: use circuit or medium, or leave split out")
+        raise Problem(
+            "unknown-split",
+            N_("unknown split %(value)s: use circuit or medium, or leave split out"),
+            value=repr(split),
+        )
     if split == "medium":
         if selection is not None and not selection.in_currency:
-            raise ValueError(
-                f"split=medium needs a scope summed in money (total-global, or a zone mixing media), "
-                f"but {scope!r} is in {selection.unit}: use split=circuit"
+            raise Problem(
+                "split-needs-money",
+                N_(
+                    "split=medium needs a scope summed in money (total-global, or a zone mixing media), "
+                    "but %(scope)s is in %(unit)s: use split=circuit"
+                ),
+                scope=repr(scope),
+                unit=selection.unit,
             )
         return
     if selection is not None and selection.in_currency:
-        raise ValueError(
-            f"split=circuit needs a scope in units (Wh, dm³), but {scope!r} is summed in money "
-            f"({selection.unit}): use total-electricity, a zone, a circuit, a panel or a device"
+        raise Problem(
+            "split-needs-units",
+            N_(
+                "split=circuit needs a scope in units (Wh, dm³), but %(scope)s is summed in money "
+                "(%(unit)s): use total-electricity, a zone, a circuit, a panel or a device"
+            ),
+            scope=repr(scope),
+            unit=selection.unit,
         )
 
 
@@ -774,18 +837,31 @@ def check_quantities(site: Site, device_id: str, quantities: list[str]) -> list[
     """The quantities (deduplicated, in order) of a real device; ValueError naming what is wrong."""
     if site.device(device_id) is None:
         if any(v.id == device_id for v in site.virtual_devices):
-            raise ValueError(
-                f"device {device_id!r} is virtual: raw readings exist only for real devices, use its master "
-                "or slaves"
+            raise Problem(
+                "virtual-device",
+                N_(
+                    "device %(device)s is virtual: raw readings exist only for real devices, use its master "
+                    "or slaves"
+                ),
+                device=repr(device_id),
             )
         known = ", ".join(d.id for d in site.devices)
-        raise ValueError(f"unknown device {device_id!r}: use one of {known}")
+        raise Problem(
+            "unknown-device",
+            N_("unknown device %(value)s: use one of %(choices)s"),
+            value=repr(device_id),
+            choices=known,
+        )
     if not quantities:
-        raise ValueError("no quantity: give at least one, e.g. quantity=power_active")
+        raise Problem("no-quantity", N_("no quantity: give at least one, e.g. quantity=power_active"))
     for q in quantities:
         if q not in QUANTITIES:
-            raise ValueError(
-                f"unknown quantity {q!r}: use a quantity name such as power_active, voltage_l1, frequency"
+            raise Problem(
+                "unknown-quantity",
+                N_(
+                    "unknown quantity %(value)s: use a quantity name such as power_active, voltage_l1, frequency"
+                ),
+                value=repr(q),
             )
     return list(dict.fromkeys(quantities))
 
@@ -906,7 +982,12 @@ async def compare(
 ) -> Comparison:
     """Two scopes side by side (C4): in units when they meter the same thing, else in money only."""
     if detail not in ("total", "detailed"):
-        raise ValueError(f"unknown detail {detail!r}: use total or detailed")
+        raise Problem(
+            "unknown-detail",
+            N_("unknown detail %(value)s: use %(choices)s"),
+            value=repr(detail),
+            choices="total, detailed",
+        )
     kinds = (scope_kind(resolve_scope(site, a)), scope_kind(resolve_scope(site, b)))
     sides = [await consumption(store, database, site, s, period, day, today) for s in (a, b)]
     same = kinds[0] == kinds[1]

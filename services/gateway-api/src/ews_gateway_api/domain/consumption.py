@@ -30,6 +30,7 @@ from ews_analytics import (
     SCOPE_HELP,
     Comparison,
     Consumption,
+    Problem,
     QuantitySeries,
     Summary,
     check_day,
@@ -88,6 +89,13 @@ QUANTITY = Parameter(
 )
 
 
+def bad_parameter(exc: ValueError) -> HTTPException:
+    """400 for a request the analytics cannot answer: its code and message, translated when shown."""
+    if isinstance(exc, Problem):
+        return ApiError(400, exc.code, exc.message, **exc.params)
+    return bad_request(str(exc))
+
+
 def bad_request(message: str) -> HTTPException:
     return HTTPException(status_code=400, detail=one_line(message, limit=2000))
 
@@ -111,12 +119,12 @@ async def _answer(state: State, check: Callable[[], None], query: Callable[[Stor
     try:
         check()
     except ValueError as exc:
-        raise bad_request(str(exc)) from None
+        raise bad_parameter(exc) from None
     store = await require_store(state)
     try:
         return await query(store)
     except ValueError as exc:  # the analytics library names the problem
-        raise bad_request(str(exc)) from None
+        raise bad_parameter(exc) from None
     except Exception as exc:
         raise store_error(exc) from None
 
