@@ -34,15 +34,15 @@ from litestar import Request, Response, Router, get, post, put
 from litestar.datastructures import Cookie, State
 from litestar.exceptions import (
     HTTPException,
-    NotFoundException,
-    PermissionDeniedException,
     ServiceUnavailableException,
 )
 from litestar.openapi.datastructures import ResponseSpec
 from pydantic import BaseModel, Field
 
 from .. import sessions
+from ..errors import ApiError
 from ..guards import SESSION_ROLE, authenticated, current_role, public, requires
+from ..i18n import N_
 from ..sessions import (
     LOGIN_AT,
     SESSION_COOKIE,
@@ -318,6 +318,14 @@ async def set_language(request: Request[Any, Any, State], data: LanguageBody) ->
     return Response(await _me(request, language), cookies=[cookie])
 
 
+# The auth service's refusals, in words the catalogues translate (its own text stays in its log).
+_CODE_MESSAGES = {
+    "bad-request": N_("the new codes are not valid: the PIN has 5 digits, the PUK 14"),
+    "wrong-current-codes": N_("the current PIN or PUK is wrong"),
+    "pin-in-use": N_("this PIN is already used by another role: choose another one"),
+    "too-many-attempts": N_("too many attempts: wait a moment, then try again"),
+    "forbidden": N_("your role may not change these codes"),
+}
 _CODE_ERRORS = {
     "bad-request": 400,
     "forbidden": 403,
@@ -354,9 +362,17 @@ async def change_role_codes(
     try:
         target = Role(role)
     except ValueError:
-        raise NotFoundException(f"unknown role {role!r}: use one of {', '.join(Role)}") from None
+        raise ApiError(
+            404,
+            "unknown-role",
+            N_("unknown role %(value)s: use one of %(choices)s"),
+            value=repr(role),
+            choices=", ".join(Role),
+        ) from None
     if target != mine and not allowed(mine, Permission.MANAGE_CODES):
-        raise PermissionDeniedException(f"the {mine} role may change its own codes only")
+        raise ApiError(
+            403, "own-codes-only", N_("the %(role)s role may change its own codes only"), role=mine
+        )
     body = ChangeCodesRequest(
         role=str(target),
         pin=data.pin,
@@ -372,10 +388,15 @@ async def change_role_codes(
         raise ServiceUnavailableException("the auth service gave an unreadable answer") from None
     if not reply.ok:
         status = _CODE_ERRORS.get(reply.reason or "", 503)
-        raise HTTPException(
-            status_code=status,
-            detail=reply.error or "the codes were not changed",
-            headers=_retry_headers(reply.retry_after),
+        message = _CODE_MESSAGES.get(reply.reason or "")
+        if message is None:  # a reason this version does not know: the auth service's own words
+            raise HTTPException(
+                status_code=status,
+                detail=reply.error or "the codes were not changed",
+                headers=_retry_headers(reply.retry_after),
+            )
+        raise ApiError(
+            status, reply.reason or "codes-refused", message, headers=_retry_headers(reply.retry_after)
         )
     store = request.app.stores.get("sessions")
     revoked = await revoke_role_sessions(state.redis, store, state.site.site, str(target))

@@ -24,7 +24,8 @@ from ..domain.auth import (
     sign_in,
     sign_out,
 )
-from ..domain.language import LANGUAGES, choose_language
+from ..domain.language import LANGUAGES, choose_language, language_of
+from ..errors import ApiError
 from ..guards import authenticated, current_role, public
 from ..i18n import N_
 from ._page import home_of, redirect, render
@@ -205,12 +206,13 @@ async def codes_submit(request: Request[Any, Any, Any], data: Annotated[CodesFor
         if exc.status_code >= 500:
             raise
         context = await _codes_context(request)
+        language = await language_of(request)
         return await render(
             request,
             "auth/codes.html",
             status_code=exc.status_code,
             target=target,
-            message=exc.detail,
+            message=exc.translated(language) if isinstance(exc, ApiError) else exc.detail,
             **context,
         )
     if result.signed_out:
