@@ -216,7 +216,13 @@ async def test_consumption_of_an_empty_database(
     assert body["buckets"][0] == {"start": first, "value": 0.0, "unit": "Wh", "cost": 0.0, "no_data": True}
     assert body["total"] == {"value": 0.0, "unit": "Wh", "cost": 0.0, "currency": "EUR", "no_data": True}
     assert body["has_data"] is False
-    assert body["previous"]["total"] == {"value": 0.0, "unit": "Wh", "cost": 0.0, "currency": "EUR", "no_data": True}
+    assert body["previous"]["total"] == {
+        "value": 0.0,
+        "unit": "Wh",
+        "cost": 0.0,
+        "currency": "EUR",
+        "no_data": True,
+    }
     assert all(b["no_data"] for b in body["previous"]["buckets"])
 
     resp = await client.get("/api/v1/consumption/datalogger.csv", params={"date": day})

@@ -63,3 +63,18 @@ def test_codes_without_an_api_error_come_from_the_status() -> None:
     assert error_code(ApiError(400, "invalid-date", "invalid date %(date)s", date="'x'")) == "invalid-date"
     broken = ApiError(400, "x", "unknown device %(device)s", device="'a'")
     assert broken.detail == "unknown device 'a'"
+
+
+async def test_command_labels_follow_the_reader_and_states_stay_identifiers(
+    client: AsyncClient, app: Litestar
+) -> None:
+    cookies = await session_for(app, "greenUp")
+    client.cookies.clear()
+    french = (
+        await client.get("/api/v1/devices/ev1", cookies=cookies, headers={"accept-language": "fr"})
+    ).json()
+    english = (await client.get("/api/v1/devices/ev1", cookies=cookies)).json()
+    labels = {c["action"]: c["label"] for c in french["commands"]}
+    assert labels["charge"] == translations("fr").gettext("Current charge") != "Current charge"
+    assert {c["action"]: c["label"] for c in english["commands"]}["charge"] == "Current charge"
+    assert [c["values"] for c in french["commands"]] == [c["values"] for c in english["commands"]]

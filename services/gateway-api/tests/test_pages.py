@@ -13,9 +13,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from babel.messages.pofile import read_po
+from ews_gateway_api import vocabulary as _labels
 from ews_gateway_api.domain.language import LANGUAGES
 from ews_gateway_api.i18n import LOCALE_DIR, Formats, scale_for, translations
-from ews_gateway_api.pages import _labels
 from ews_gateway_api.pages.consumption import shift
 from httpx import AsyncClient
 from litestar import Litestar

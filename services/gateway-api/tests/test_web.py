@@ -92,7 +92,9 @@ def test_every_web_route_is_public() -> None:
 
 
 def _own_files() -> list[Path]:
-    return [p for p in WEB_DIR.rglob("*") if p.is_file() and VENDOR_DIR not in p.parents and p.suffix != ".pyc"]
+    return [
+        p for p in WEB_DIR.rglob("*") if p.is_file() and VENDOR_DIR not in p.parents and p.suffix != ".pyc"
+    ]
 
 
 def test_no_url_to_another_host_in_our_files() -> None:
@@ -104,7 +106,9 @@ def test_no_url_to_another_host_in_our_files() -> None:
         text = path.read_text(encoding="utf-8")
         for url in URL.findall(text):
             assert url in XML_NAMESPACES, f"{path.relative_to(WEB_DIR)}: external URL {url}"
-        assert not re.search(r"""<(?:script|link|img|iframe)[^>]+(?:src|href)=["']?(?:https?:)?//""", text, re.I)
+        assert not re.search(
+            r"""<(?:script|link|img|iframe)[^>]+(?:src|href)=["']?(?:https?:)?//""", text, re.I
+        )
         assert not re.search(r"""fetch\(\s*["'`](?:https?:)?//""", text), path
         assert not re.search(r"""url\(\s*["']?(?:https?:)?//""", text), path
 
@@ -129,7 +133,9 @@ def test_vendored_libraries_fetch_nothing_and_have_their_licenses() -> None:
 
 @pytest.mark.integration
 async def test_static_files_are_compressed_by_the_real_app(client: AsyncTestClient) -> None:
-    response = await client.get(web.static_url("vendor/echarts/echarts.min.js"), headers={"accept-encoding": "gzip"})
+    response = await client.get(
+        web.static_url("vendor/echarts/echarts.min.js"), headers={"accept-encoding": "gzip"}
+    )
     assert response.status_code == 200
     assert response.headers.get("content-encoding") == "gzip"
     assert int(response.headers["content-length"]) < ECHARTS.stat().st_size / 2

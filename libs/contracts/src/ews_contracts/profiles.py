@@ -196,7 +196,7 @@ class Command(_Strict):
     """A command the device accepts: write ``values[value]`` to ``address`` (FC6), then read it back."""
 
     action: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
-    label: str = ""
+    label: str = Field(default="", description="A note for people reading the profile; the pages and API name commands from the catalogues.")
     address: int = Field(ge=0, le=65535)
     values: dict[str, int] = Field(min_length=1)
     readback: bool = True

@@ -31,9 +31,10 @@ from litestar.exceptions import ValidationException
 from litestar.params import Parameter
 from pydantic import BaseModel, Field, ValidationError
 
+from .. import vocabulary
 from ..errors import ApiError
 from ..guards import authenticated
-from ..i18n import N_
+from ..i18n import N_, translations
 
 if TYPE_CHECKING:
     from .site import SiteView, site_structure  # noqa: F401 (re-exported lazily, see __getattr__)
@@ -68,7 +69,7 @@ class MeasureTable(BaseModel):
 
 class CommandView(BaseModel):
     action: str = Field(examples=["charge"])
-    label: str = ""
+    label: str = Field(default="", description="The command's name in the reader's language.")
     values: list[str] = Field(examples=[["start", "wait"]])
     state: str | None = Field(default=None, description="The state that shows the command's effect.")
 
@@ -304,7 +305,7 @@ def view(
         base["commands"] = [
             CommandView(
                 action=c.action,
-                label=c.label,
+                label=vocabulary.command_label(c.action, str),
                 values=list(c.values),
                 state=(shown.name if (shown := profile.command_state(c)) else None),
             )
@@ -549,6 +550,27 @@ async def device_view(state: State, device_id: str) -> DeviceView | None:
     return one
 
 
+def in_language(found: list[DeviceView], request: Request[Any, Any, State]) -> list[DeviceView]:
+    """Command labels in the reader's language (session, else Accept-Language); states, values and
+    actions stay identifiers (``charging``, ``ev-socket``) for programs."""
+    from ..errors import reader_language
+
+    translate = translations(reader_language(request)).gettext
+    return [
+        d.model_copy(
+            update={
+                "commands": [
+                    c.model_copy(update={"label": vocabulary.command_label(c.action, translate)})
+                    for c in d.commands
+                ]
+            }
+        )
+        if d.commands
+        else d
+        for d in found
+    ]
+
+
 @get(
     "/devices",
     guards=[authenticated],
@@ -564,7 +586,7 @@ async def list_devices(
     circuit: str | None = Parameter(default=None, description="Only the devices of this circuit."),
 ) -> DeviceList:
     found = await device_views(request.app.state, gateway=gateway, panel=panel, zone=zone, circuit=circuit)
-    return DeviceList(devices=found)
+    return DeviceList(devices=in_language(found, request))
 
 
 @get(
@@ -578,7 +600,7 @@ async def get_device(request: Request[Any, Any, State], device_id: str) -> Devic
     one = await device_view(request.app.state, device_id)
     if one is None:
         raise ApiError(404, "unknown-device", N_("unknown device %(device)s"), device=repr(device_id))
-    return one
+    return in_language([one], request)[0]
 
 
 router = Router(path="/api/v1", route_handlers=[list_devices, get_device])

@@ -16,9 +16,9 @@ from litestar.params import Body
 from litestar.response import Template
 from pydantic import BaseModel
 
+from .. import vocabulary as _labels
 from ..domain.commands import CommandBody, command_status, submit_command
 from ..guards import current_role, requires
-from . import _labels
 from ._page import render
 
 COMMAND = [requires(Permission.COMMAND_DEVICES)]

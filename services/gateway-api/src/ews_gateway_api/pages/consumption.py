@@ -28,6 +28,7 @@ from litestar.exceptions import NotFoundException
 from litestar.params import Parameter
 from litestar.response import Template
 
+from .. import vocabulary as _labels
 from ..domain.consumption import (
     load_comparison,
     load_consumption,
@@ -40,7 +41,6 @@ from ..domain.language import language_of
 from ..errors import ApiError, unknown
 from ..guards import requires
 from ..i18n import N_, Formats, scale_for
-from . import _labels
 from ._page import formats, redirect, render, translator
 from .installation import profile_of
 

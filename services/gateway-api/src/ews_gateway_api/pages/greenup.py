@@ -22,11 +22,11 @@ from ews_contracts.site import Site
 from litestar import Request, Router, get
 from litestar.response import Template
 
+from .. import vocabulary as _labels
 from ..domain.devices import DeviceView, device_views
 from ..errors import ApiError, unknown
 from ..guards import requires
 from ..i18n import N_
-from . import _labels
 from ._page import may, redirect, render, translator
 from .installation import poll_seconds
 

@@ -20,12 +20,12 @@ from ews_contracts.roles import Permission, Role
 from litestar import Request, Router, get
 from litestar.response import Template
 
+from .. import vocabulary as _labels
 from ..domain.devices import DeviceView, device_views
 from ..domain.site import site_structure
 from ..errors import ApiError, unknown
 from ..guards import current_role, requires
 from ..i18n import N_
-from . import _labels
 from ._page import may, render
 
 VIEW = [requires(Permission.VIEW_INSTALLATION)]

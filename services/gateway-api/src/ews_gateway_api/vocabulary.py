@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ews_contracts.quantities import unit_of
 
-from ..i18n import N_
+from .i18n import N_
 
 Translate = Callable[[str], str]
 
