@@ -58,6 +58,12 @@ async def test_an_error_page_names_the_problem_in_the_page_language(
     } in page.text.replace("&#39;", "'")
 
 
+async def test_litestar_errors_are_said_in_words(client: AsyncClient) -> None:
+    nowhere = await client.get("/api/v1/nowhere", headers={"accept-language": "de"})
+    assert nowhere.status_code == 404 and nowhere.json()["code"] == "not-found"
+    assert nowhere.json()["detail"] == translations("de").gettext("there is nothing at this address")
+
+
 def test_codes_without_an_api_error_come_from_the_status() -> None:
     assert error_code(HTTPException(status_code=404)) == "not-found"
     assert error_code(ApiError(400, "invalid-date", "invalid date %(date)s", date="'x'")) == "invalid-date"

@@ -9,13 +9,14 @@ a device id stay as they are). Any other HTTP error still gets a ``code`` from i
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from babel import UnknownLocaleError, negotiate_locale
 from litestar import Request
 from litestar.exceptions import HTTPException
 
-from .i18n import translations
+from .i18n import N_, translations
 
 CODES_BY_STATUS = {
     400: "bad-request",
@@ -101,10 +102,25 @@ def reader_language(request: Request[Any, Any, Any]) -> str:
     return site_language if site_language in LANGUAGES else "en"
 
 
+# Litestar's own errors (an unknown path, a wrong method …) carry the HTTP reason phrase: said in words
+GENERIC = {
+    404: N_("there is nothing at this address"),
+    405: N_("this method is not allowed here"),
+    413: N_("the request is too large"),
+    415: N_("this content type is not accepted here"),
+}
+
+
 def detail_for(request: Request[Any, Any, Any], exc: Exception) -> str:
+    language = reader_language(request)
     if isinstance(exc, ApiError):
-        return exc.translated(reader_language(request))
-    return exc.detail if isinstance(exc, HTTPException) else ""
+        return exc.translated(language)
+    if not isinstance(exc, HTTPException):
+        return ""
+    generic = GENERIC.get(exc.status_code)
+    if generic is not None and exc.detail in (HTTPStatus(exc.status_code).phrase, ""):
+        return translations(language).gettext(generic)
+    return exc.detail
 
 
 def unknown(code: str, message: str, value: object, choices: Any = (), status: int = 400) -> ApiError:

@@ -10,7 +10,10 @@ from ews_analytics import ENERGY_HOURLY, table
 from ews_contracts.settings import Settings
 from ews_contracts.store import Store, get_store
 from ews_contracts.text import one_line
-from litestar.exceptions import ServiceUnavailableException
+from litestar.exceptions import HTTPException
+
+from .errors import ApiError
+from .i18n import N_
 
 log = logging.getLogger("ews.gateway-api.storage")
 
@@ -32,8 +35,11 @@ async def require_store(state: Any) -> Store:
     if state.store is None:
         state.store = await open_store(state.settings)
     if state.store is None:
-        raise ServiceUnavailableException(
-            "the analytics database (ClickHouse) is unreachable; try again", headers={"Retry-After": "10"}
+        raise ApiError(
+            503,
+            "analytics-unreachable",
+            N_("the analytics database (ClickHouse) is unreachable; try again"),
+            headers={"Retry-After": "10"},
         )
     return state.store
 
@@ -44,15 +50,23 @@ def not_ready(exc: BaseException) -> bool:
     return any(marker in text for marker in NOT_READY)
 
 
-def store_error(exc: BaseException) -> ServiceUnavailableException:
+def store_error(exc: BaseException) -> HTTPException:
     if not_ready(exc):
-        return ServiceUnavailableException(
-            "the analytics database is not ready yet (the aggregator creates it when it starts); try again shortly",
+        return ApiError(
+            503,
+            "analytics-not-ready",
+            N_(
+                "the analytics database is not ready yet (the aggregator creates it when it starts); try again shortly"
+            ),
             headers={"Retry-After": "10"},
         )
     log.warning("analytics query failed: %s", one_line(exc))
-    return ServiceUnavailableException(
-        f"the analytics database did not answer: {one_line(exc, limit=200)}", headers={"Retry-After": "10"}
+    return ApiError(
+        503,
+        "analytics-failed",
+        N_("the analytics database did not answer: %(reason)s"),
+        headers={"Retry-After": "10"},
+        reason=one_line(exc, limit=200),
     )
 
 

@@ -34,7 +34,6 @@ from litestar import Request, Response, Router, get, post, put
 from litestar.datastructures import Cookie, State
 from litestar.exceptions import (
     HTTPException,
-    ServiceUnavailableException,
 )
 from litestar.openapi.datastructures import ResponseSpec
 from pydantic import BaseModel, Field
@@ -161,8 +160,11 @@ async def auth_call(state: State, operation: str, body: BaseModel) -> bytes:
         )
     except Exception as exc:
         log.warning("auth %s: no answer: %s", operation, " ".join(str(exc).split()) or type(exc).__name__)
-        raise ServiceUnavailableException(
-            "the auth service is not answering; try again shortly", headers={"Retry-After": "5"}
+        raise ApiError(
+            503,
+            "auth-unavailable",
+            N_("the auth service is not answering; try again shortly"),
+            headers={"Retry-After": "5"},
         ) from None
     return msg.body
 
@@ -213,7 +215,7 @@ async def sign_in(
     try:
         reply = LoginReply.model_validate_json(await auth_call(state, "login", body))
     except ValueError:
-        raise ServiceUnavailableException("the auth service gave an unreadable answer") from None
+        raise ApiError(503, "auth-unreadable", N_("the auth service gave an unreadable answer")) from None
     if not reply.ok or reply.role is None:
         if reply.retry_after:
             refusal = LoginRefused(
@@ -269,8 +271,8 @@ async def sign_out(
             "revoke-unlock",
             RevokeUnlockRequest(unlock_token=token, role=role, mode=mode, client=client_of(request)),
         )
-    except ServiceUnavailableException:
-        if mode == "logout":
+    except HTTPException as exc:  # the auth service did not answer (503)
+        if mode == "logout" or exc.status_code != 503:
             raise
         # Lock still works on this browser: its cookie is deleted below; the token just expires unused.
         log.warning("lock: the auth service did not answer; the unlock cookie is deleted anyway")
@@ -385,7 +387,7 @@ async def change_role_codes(
     try:
         reply = ChangeCodesReply.model_validate_json(await auth_call(state, "change-codes", body))
     except ValueError:
-        raise ServiceUnavailableException("the auth service gave an unreadable answer") from None
+        raise ApiError(503, "auth-unreadable", N_("the auth service gave an unreadable answer")) from None
     if not reply.ok:
         status = _CODE_ERRORS.get(reply.reason or "", 503)
         message = _CODE_MESSAGES.get(reply.reason or "")
