@@ -32,7 +32,7 @@ docs-check: setup ## Check the committed AsyncAPI catalogue against the event mo
 	@$(VENV)/ews asyncapi --check
 
 messages: setup ## Extract the pages' strings into messages.pot and merge them into every catalogue (.po)
-	@cd services/gateway-api && ../../$(VENV)/pybabel extract -F babel.cfg -k N_ -k _ -k pgettext:1c,2 \
+	@cd services/gateway-api && ../../$(VENV)/pybabel extract -F babel.cfg -k N_ -k _ -k pgettext:1c,2 -k NP_:1c,2 \
 	  --no-location --sort-output --omit-header -o src/ews_gateway_api/locale/messages.pot . ../../libs/analytics/src >/dev/null \
 	  && ../../$(VENV)/pybabel update -D messages -i src/ews_gateway_api/locale/messages.pot \
 	  -d src/ews_gateway_api/locale --ignore-obsolete --no-fuzzy-matching --width 110

@@ -38,22 +38,24 @@ def test_messages_pot_is_current(tmp_path: Path) -> None:
     out = tmp_path / "messages.pot"
     subprocess.run(
         [sys.executable, "-m", "babel.messages.frontend", "extract", "-F", "babel.cfg", "-k", "N_", "-k", "_",
-         "-k", "pgettext:1c,2", "--no-location", "--sort-output", "--omit-header", "-o", str(out), ".",
+         "-k", "pgettext:1c,2", "-k", "NP_:1c,2", "--no-location", "--sort-output", "--omit-header", "-o", str(out), ".",
          "../../libs/analytics/src"],
         cwd=ROOT, check=True, capture_output=True,
     )  # fmt: skip
     with out.open("rb") as f:
-        fresh = {m.id for m in read_po(f) if m.id}
-    committed = {m.id for m in template() if m.id}
+        fresh = {(m.context, m.id) for m in read_po(f) if m.id}
+    committed = {(m.context, m.id) for m in template() if m.id}
     assert fresh - committed == set(), "strings missing from messages.pot: run `make messages`"
     assert committed - fresh == set(), "strings no longer used are still in messages.pot: run `make messages`"
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_every_language_translates_every_message(language: str) -> None:
-    ids = [m.id for m in template() if m.id]
-    own = {m.id: m for m in catalogue(language) if m.id}
-    parent = {m.id: m for m in catalogue(REGIONAL[language]) if m.id} if language in REGIONAL else {}
+    ids = [(m.context, m.id) for m in template() if m.id]
+    own = {(m.context, m.id): m for m in catalogue(language) if m.id}
+    parent = (
+        {(m.context, m.id): m for m in catalogue(REGIONAL[language]) if m.id} if language in REGIONAL else {}
+    )
     missing = []
     for msgid in ids:
         message = own.get(msgid)
@@ -62,7 +64,7 @@ def test_every_language_translates_every_message(language: str) -> None:
         ):
             fallback = parent.get(msgid)
             if fallback is None or not fallback.string:
-                missing.append(msgid if isinstance(msgid, str) else msgid[0])
+                missing.append(msgid[1] if isinstance(msgid[1], str) else msgid[1][0])
     assert not missing, f"{language}: {len(missing)} untranslated, e.g. {missing[:5]}"
 
 
@@ -82,8 +84,12 @@ def test_placeholders_and_plural_forms_survive(language: str) -> None:
 
 def test_regional_catalogues_differ_from_their_parent_only_where_usage_does() -> None:
     for regional, parent in REGIONAL.items():
-        base = {m.id: m.string for m in catalogue(parent) if m.id}
-        same = [m.id for m in catalogue(regional) if m.id and filled(m.string) and m.string == base.get(m.id)]
+        base = {(m.context, m.id): m.string for m in catalogue(parent) if m.id}
+        same = [
+            m.id
+            for m in catalogue(regional)
+            if m.id and filled(m.string) and m.string == base.get((m.context, m.id))
+        ]
         assert not same, f"{regional} repeats {parent} instead of falling back: {same[:5]}"
 
 

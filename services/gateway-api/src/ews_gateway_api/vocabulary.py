@@ -173,6 +173,26 @@ VALUES: dict[str, str] = {
     "ok": N_("OK"),
 }
 
+
+def NP_(context: str, message: str) -> str:  # noqa: N802 — "mark with a context, translate later"
+    return message
+
+
+# A command's values on its buttons are verbs ("Open" the relay), its states adjectives ("Open"
+# breaker): one English word, two meanings, so the buttons use the "command" context (pgettext).
+COMMAND_VALUES: dict[str, str] = {
+    "open": NP_("command", "Open"),
+    "close": NP_("command", "Close"),
+    "on": NP_("command", "On"),
+    "off": NP_("command", "Off"),
+    "start": NP_("command", "Start"),
+    "wait": NP_("command", "Wait"),
+    "normal": NP_("command", "Normal"),
+    "priority": NP_("command", "Priority"),
+    "enable": NP_("command", "Enable"),
+    "disable": NP_("command", "Disable"),
+}
+
 DEVICE_STATES: dict[str, str] = {
     "on": N_("On"),
     "off": N_("Off"),
@@ -253,6 +273,11 @@ def state_label(name: str, translate: Translate) -> str:
 
 def value_label(value: str, translate: Translate) -> str:
     return translate(VALUES[value]) if value in VALUES else tidy(value)
+
+
+def command_value_label(value: str, pgettext: Callable[[str, str], str]) -> str:
+    """A command button's word (a verb), in the "command" context of the catalogues."""
+    return pgettext("command", COMMAND_VALUES[value]) if value in COMMAND_VALUES else tidy(value)
 
 
 def command_label(action: str, translate: Translate) -> str:
