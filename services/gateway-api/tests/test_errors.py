@@ -84,3 +84,13 @@ async def test_command_labels_follow_the_reader_and_states_stay_identifiers(
     assert labels["charge"] == translations("fr").gettext("Current charge") != "Current charge"
     assert {c["action"]: c["label"] for c in english["commands"]}["charge"] == "Current charge"
     assert [c["values"] for c in french["commands"]] == [c["values"] for c in english["commands"]]
+
+
+async def test_hostile_requests_get_a_client_error_not_a_500(client: AsyncClient) -> None:
+    nested = await client.post(
+        "/api/v1/auth/login", content="[" * 1000 + "]" * 1000, headers={"content-type": "application/json"}
+    )
+    assert nested.status_code == 400 and nested.json()["code"] == "invalid-request"
+    assert (await client.get("/static/app.js%00.png")).status_code == 404
+    assert (await client.get("/static/" + "a" * 300)).status_code == 404
+    assert (await client.get("/static/css/app.css")).status_code == 200  # real files still served

@@ -42,8 +42,9 @@ from litestar.template.config import TemplateConfig
 from litestar.types import ControllerRouterHandler
 
 from . import domain, pages
-from .errors import detail_for, error_code, reader_language
+from .errors import ApiError, detail_for, error_code, reader_language
 from .guards import public
+from .i18n import N_
 from .pages import _page
 from .sessions import SESSION_COOKIE, session_config
 from .storage import open_store
@@ -91,6 +92,12 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
         headers={**(exc.headers or {}), "Content-Language": reader_language(request)},
         media_type=MediaType.JSON,
     )
+
+
+def too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+    """A request body nested deeper than the decoder follows (e.g. 1,000 brackets): the client's error."""
+    error = ApiError(400, "invalid-request", N_("the request body is nested too deeply"))
+    return http_error(request, error)
 
 
 def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -194,6 +201,7 @@ def create_app(settings: Settings) -> Litestar:
         compression_config=CompressionConfig(backend="gzip", gzip_compress_level=6, minimum_size=1024),
         exception_handlers={
             HTTPException: http_error,
+            RecursionError: too_deep,
             Exception: unexpected_error,
             ValidationException: validation_error,
             redis.exceptions.ConnectionError: redis_unavailable,
