@@ -2,8 +2,8 @@
 screenshots script and the page benchmark.
 
 A fresh temporary data folder, free ports for HTTP, NATS, Redis and the simulated gateway (the demo
-site copied with its gateway port changed, as tests/e2e/test_ews_up.py does); ready once ``GET /ready``
-answers 200 (or, while /ready does not exist, ``GET /health`` says the analytics store is ready);
+site copied with its gateway port changed, as tests/e2e/test_ews_up.py does); ready once ``GET /health``
+says the analytics store is ready;
 stopped with SIGINT (Ctrl-C) like a person in a terminal.
 """
 
@@ -36,10 +36,7 @@ def ews_command() -> list[str]:
 
 def is_ready(base: str) -> bool:
     with httpx.Client(base_url=base, timeout=5) as client:
-        ready = client.get("/ready")
-        if ready.status_code != 404:
-            return ready.status_code == 200
-        health = client.get("/health")  # until /ready exists
+        health = client.get("/health")
         return health.status_code == 200 and health.json().get("analytics") == "ready"
 
 

@@ -417,9 +417,12 @@ async def change_role_codes(
     tags=["auth"],
 )
 async def codes_status(request: Request[Any, Any, State]) -> CodesStatus:
-    reply = CodesStatusReply.model_validate_json(
-        await auth_call(request.app.state, "codes-status", _NoBody())
-    )
+    return await roles_codes_status(request.app.state)
+
+
+async def roles_codes_status(state: State) -> CodesStatus:
+    """Which roles still use their factory codes (the API's and the codes page's)."""
+    reply = CodesStatusReply.model_validate_json(await auth_call(state, "codes-status", _NoBody()))
     return CodesStatus(
         roles=[
             RoleCodesStatus(role=Role(r), default_codes=reply.default_codes.get(str(r), False)) for r in Role

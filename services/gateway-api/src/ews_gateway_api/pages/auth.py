@@ -19,8 +19,8 @@ from pydantic import BaseModel
 from ..domain.auth import (
     CodesBody,
     LoginRefused,
-    auth_call,
     change_role_codes,
+    roles_codes_status,
     sign_in,
     sign_out,
 )
@@ -160,18 +160,9 @@ async def _codes_context(request: Request[Any, Any, Any]) -> dict[str, Any]:
     manages = allowed(role, Permission.MANAGE_CODES)
     statuses = []
     if manages:
-        from ews_contracts.events import CodesStatusReply
-
-        from ..domain.auth import _NoBody
-
         try:
-            reply = CodesStatusReply.model_validate_json(
-                await auth_call(request.app.state, "codes-status", _NoBody())
-            )
-            statuses = [
-                {"role": str(r), "default_codes": reply.default_codes.get(str(r), False)} for r in Role
-            ]
-        except HTTPException:
+            statuses = (await roles_codes_status(request.app.state)).roles
+        except HTTPException:  # the auth service is not answering: the form still works, the list is left out
             statuses = []
     return {
         "roles": [str(r) for r in Role] if manages else [role],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -24,7 +25,6 @@ from ews_analytics import Bucket, Consumption
 from ews_contracts.roles import Permission
 from ews_contracts.site import Site
 from litestar import Request, Router, get
-from litestar.exceptions import NotFoundException
 from litestar.params import Parameter
 from litestar.response import Template
 
@@ -40,8 +40,8 @@ from ..domain.devices import device_views
 from ..domain.language import language_of
 from ..errors import ApiError, unknown
 from ..guards import requires
-from ..i18n import N_, Formats, scale_for
-from ._page import formats, redirect, render, translator
+from ..i18n import N_, Formats, gettext_callables, scale_for
+from ._page import formats, redirect, render
 from .installation import profile_of
 
 VIEW = [requires(Permission.VIEW_CONSUMPTION)]
@@ -97,8 +97,7 @@ def period_label(fmt: Formats, period: str, day: date) -> str:
     return f"{fmt.skeleton(date(day.year - 9, 1, 1), 'y')} – {fmt.skeleton(day, 'y')}"
 
 
-def category(fmt: Formats, period: str, bucket: Bucket) -> str:
-    start = bucket.start
+def category(fmt: Formats, period: str, start: datetime) -> str:
     if period == "day":
         return fmt.skeleton(start, "H")
     if period == "month":
@@ -125,9 +124,16 @@ class Chart:
         self.spec: dict[str, Any] = {"type": kind, "categories": categories or [], "unit": unit, "series": []}
 
     def add(
-        self, name: str, values: list[float | None], color: str | None = None, stack: str | None = None
+        self,
+        name: str,
+        values: list[float | None],
+        color: str | None = None,
+        stack: str | None = None,
+        kind: str | None = None,
     ) -> None:
-        self.spec["series"].append({"name": name, "values": values, "color": color, "stack": stack})
+        self.spec["series"].append(
+            {"name": name, "values": values, "color": color, "stack": stack, "kind": kind}
+        )
 
     def json(self) -> str:
         # '</' cannot close the <script type="application/json"> it travels in
@@ -136,13 +142,13 @@ class Chart:
 
 def history_chart(
     fmt: Formats, t: Any, period: str, result: Consumption, name: str, color: str, series: bool = False
-) -> tuple[Chart, float, str]:
+) -> Chart:
     """Current period (stacked by circuit when ``series``) and the previous period beside it."""
     current = [b.value for b in result.buckets if not b.no_data]
     previous = [b.value for b in result.previous.buckets if not b.no_data]
     money = result.unit == result.currency
     divisor, unit = (1.0, result.currency) if money else display_unit(result.unit, current + previous)
-    chart = Chart("bar", [category(fmt, period, b) for b in result.buckets], unit)
+    chart = Chart("bar", [category(fmt, period, b.start) for b in result.buckets], unit)
     chart.add(
         t(PREVIOUS[period]), _values(result.previous.buckets, divisor)[: len(result.buckets)], PREVIOUS_COLOR
     )
@@ -163,7 +169,7 @@ def history_chart(
                 chart.add(t("Standing charges"), rest, "#95a5a6", "current")
     else:
         chart.add(name, _values(result.buckets, divisor), color)
-    return chart, divisor, unit
+    return chart
 
 
 SUMMARY_TTL = 60.0  # seconds the Data table's six totals are reused (it says "as of" when)
@@ -202,20 +208,6 @@ def _csv_link(scope: str, period: str, day: date) -> str:
     )
 
 
-async def _base(
-    request: Request[Any, Any, Any], mode: str, period: str, day_raw: str | None
-) -> dict[str, Any]:
-    if mode not in MODES:
-        raise unknown(
-            "unknown-mode", N_("unknown consumption mode %(value)s: use %(choices)s"), mode, MODES, 404
-        )
-    if period not in PERIODS:
-        raise unknown("unknown-period", N_("unknown period %(value)s: use %(choices)s"), period, PERIODS)
-    site: Site = request.app.state.site
-    day = parse_day(day_raw, site)
-    return {"mode": mode, "period": period, "day": day, "site": site}
-
-
 def _link(mode: str, params: dict[str, Any], **changes: Any) -> str:
     merged = {k: v for k, v in {**params, **changes}.items() if v not in (None, "")}
     if isinstance(merged.get("date"), date):
@@ -236,12 +228,208 @@ def _scopes(site: Site) -> list[tuple[str, list[tuple[str, str]]]]:
     ]
 
 
-def _scope_name(site: Site, scope: str) -> str:
-    for _, items in _scopes(site):
-        for key, name in items:
-            if key == scope:
-                return name
-    return scope
+@dataclass
+class Ask:
+    """One consumption page request: what every mode reads, and ``params``, the query it keeps in its
+    links (a mode adds its own choices: zone, circuit, a, b, detail, by, device)."""
+
+    request: Request[Any, Any, Any]
+    period: str
+    day: date
+    view: str
+    fmt: Formats
+    t: Any
+    args: dict[str, Any]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def state(self) -> Any:
+        return self.request.app.state
+
+    @property
+    def site(self) -> Site:
+        return self.request.app.state.site
+
+
+@dataclass
+class Shown:
+    """What a mode shows: its scope (the datalogger.csv link), its figures and chart, and the rest of
+    its template's context."""
+
+    scope: str | None = None
+    result: Consumption | None = None
+    chart: Chart | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def total_electricity(ask: Ask) -> Shown:
+    scope = "total-electricity"
+    result = await load_consumption(ask.state, scope, ask.period, ask.day, split="circuit")
+    name = ask.t("Total – Electricity")
+    chart = history_chart(ask.fmt, ask.t, ask.period, result, name, MEDIUM_COLORS["electricity"], series=True)
+    extra: dict[str, Any] = {}
+    if ask.view == "data":  # the Data table: today … last year (three more queries, only when shown)
+        extra["summary"], extra["summary_at"] = await cached_summary(ask.state, scope)
+    return Shown(scope, result, chart, extra)
+
+
+async def total_global(ask: Ask) -> Shown:
+    scope = "total-global"
+    result = await load_consumption(ask.state, scope, ask.period, ask.day, split="medium")
+    chart = history_chart(ask.fmt, ask.t, ask.period, result, ask.t("Total – Global"), "#34495e", series=True)
+    pie = Chart("pie")
+    pie.spec["slices"] = [
+        {
+            "name": ask.t(MEDIUM_NAMES[p.medium]),
+            "value": round(p.cost, 6),
+            "color": MEDIUM_COLORS[p.medium],
+            "label": ask.fmt.money(p.cost),
+        }
+        for p in result.parts
+        if p.cost > 0
+    ]
+    return Shown(
+        scope, result, chart, {"parts": result.parts, "pie_json": pie.json() if pie.spec["slices"] else None}
+    )
+
+
+async def partial(ask: Ask) -> Shown:
+    zone, circuit = ask.args["zone"], ask.args["circuit"]
+    zones = ask.site.zones
+    if zone is not None and zone not in {z.id for z in zones}:
+        raise unknown(
+            "unknown-zone", N_("unknown zone %(value)s: use %(choices)s"), zone, [z.id for z in zones]
+        )
+    circuits = [c for c in ask.site.circuits if zone is None or c.zone == zone]
+    circuit = circuit or (circuits[0].id if circuits else None)
+    ask.params.update(zone=zone, circuit=circuit)
+    shown = Shown(extra={"zones": zones, "circuits": circuits, "zone": zone, "circuit": circuit})
+    if circuit is not None:  # an unknown circuit: the analytics name it (400)
+        shown.scope = f"circuit:{circuit}"
+        shown.result = await load_consumption(ask.state, shown.scope, ask.period, ask.day)
+        name = next(c.name for c in ask.site.circuits if c.id == circuit)
+        shown.chart = history_chart(
+            ask.fmt, ask.t, ask.period, shown.result, name, MEDIUM_COLORS["electricity"]
+        )
+        shown.extra["scope_name"] = name
+    return shown
+
+
+async def comparison(ask: Ask) -> Shown:
+    choices = _scopes(ask.site)
+    names_of = {key: name for _, items in choices for key, name in items}
+    known = list(names_of)
+    a = ask.args["a"] or (known[0] if known else None)
+    b = ask.args["b"] or (known[1] if len(known) > 1 else a)
+    detail = ask.args["detail"]
+    ask.params.update(a=a, b=b, detail=detail)
+    shown = Shown(extra={"choices": choices, "a": a, "b": b, "detail": detail})
+    if not (a and b):
+        return shown
+    compared = await load_comparison(ask.state, a, b, ask.period, ask.day, detail)  # checks detail too
+    names = (names_of.get(a, a), names_of.get(b, b))
+    sides = (compared.a, compared.b)
+    money = compared.mode == "currency"
+    if detail == "detailed":
+        values = [bk.value for side in sides for bk in side.buckets if not bk.no_data]
+        divisor, unit = (1.0, compared.currency) if money else display_unit(compared.unit, values)
+        chart = Chart("bar", [category(ask.fmt, ask.period, bk.start) for bk in compared.a.buckets], unit)
+        for side, name, color, faded in zip(
+            sides, names, ("#2e86de", "#e67e22"), ("#aed6f1", "#f5cba7"), strict=True
+        ):  # each side's previous period beside it, faded
+            previous_values = _values(side.previous.buckets, divisor)[: len(side.buckets)]
+            chart.add(f"{name} – {ask.t(PREVIOUS[ask.period])}", previous_values, faded)
+            chart.add(name, _values(side.buckets, divisor), color)
+    else:
+        totals = [side.total for side in sides] + [side.previous.total for side in sides]
+        divisor, unit = (
+            (1.0, compared.currency) if money else display_unit(compared.unit, [x.value for x in totals])
+        )
+
+        def shown_value(total: Any) -> float | None:
+            return None if total.no_data else round(total.value / divisor, 6)
+
+        chart = Chart("bar", list(names), unit)
+        chart.add(
+            ask.t(PREVIOUS[ask.period]), [shown_value(side.previous.total) for side in sides], PREVIOUS_COLOR
+        )
+        chart.add(
+            period_label(ask.fmt, ask.period, ask.day), [shown_value(side.total) for side in sides], "#2e86de"
+        )
+    shown.extra.update(
+        comparison=compared, names=names, has_data=any(not side.total.no_data for side in sides)
+    )
+    shown.chart = chart
+    return shown
+
+
+def _device_groups(site: Site, views: list[Any], by: str) -> list[tuple[str, list[Any]]]:
+    if by == "zones":
+        circuit_zone = {c.id: c.zone for c in site.circuits}
+        return [
+            (
+                z.name,
+                [d for d in views if d.zone == z.id or (d.circuit and circuit_zone.get(d.circuit) == z.id)],
+            )
+            for z in site.zones
+        ]
+    if by == "circuits":
+        return [(c.name, [d for d in views if d.circuit == c.id]) for c in site.circuits]
+    return [("", views)]
+
+
+def _power_chart(ask: Ask, lines: Any) -> str:
+    """The Details mode's power curves (active, reactive, apparent) in one scaled unit per kind."""
+    power = [ln for ln in lines.series if ln.quantity != "power_factor"]
+    peak = max((abs(v) for ln in power for v in ln.values if v is not None), default=0.0)
+    divisor, _ = scale_for("W", peak)
+    units = list(dict.fromkeys(scale_for(ln.unit, peak)[1] for ln in power))
+    chart = Chart("line", [category(ask.fmt, ask.period, start) for start in lines.starts], ", ".join(units))
+    for line in power:
+        values = [None if v is None else round(v / divisor, 4) for v in line.values]
+        chart.add(_labels.quantity_label(line.quantity, ask.t), values, kind="line")
+    return chart.json()
+
+
+async def details(ask: Ask) -> Shown:
+    by, device = ask.args["by"], ask.args["device"]
+    if by not in DETAIL_LISTS:
+        raise unknown("unknown-list", N_("unknown list %(value)s: use %(choices)s"), by, DETAIL_LISTS)
+    views = [d for d in await device_views(ask.state) if meters_energy(ask.request, d)]
+    groups = _device_groups(ask.site, views, by)
+    chosen = (
+        next((d for d in views if d.id == device), None)
+        if device
+        else next((d for _, ds in groups for d in ds), None)
+    )
+    if device is not None and chosen is None:
+        raise ApiError(400, "unknown-device", N_("unknown device %(device)s"), device=repr(device))
+    ask.params.update(by=by, device=chosen.id if chosen else None)
+    shown = Shown(
+        extra={"lists": DETAIL_LISTS, "by": by, "groups": groups, "device": chosen.id if chosen else None}
+    )
+    if chosen is None:
+        return shown
+    shown.scope = f"device:{chosen.id}"
+    shown.result = await load_consumption(ask.state, shown.scope, ask.period, ask.day)
+    medium = chosen.medium if chosen.medium in MEDIUM_COLORS else "electricity"
+    shown.chart = history_chart(ask.fmt, ask.t, ask.period, shown.result, chosen.name, MEDIUM_COLORS[medium])
+    shown.extra.update(chosen=chosen, scope_name=chosen.name)
+    wanted = [q for q in DETAIL_QUANTITIES if q in chosen.values]
+    if wanted and chosen.kind == "device":
+        lines = await load_quantity_series(ask.state, chosen.id, wanted, ask.period, ask.day)
+        if lines.has_data:
+            shown.extra["quantity_chart_json"] = _power_chart(ask, lines)
+    return shown
+
+
+MODE_VIEWS = {
+    "total-electricity": total_electricity,
+    "total-global": total_global,
+    "partial": partial,
+    "comparison": comparison,
+    "details": details,
+}
 
 
 @get("/consumption", guards=VIEW, operation_id="pageConsumptionHome", include_in_schema=False, tags=["pages"])
@@ -270,230 +458,53 @@ async def consumption_page(
     by: str = "zones",
     device: str | None = None,
 ) -> Template:
-    return await _page(request, mode, period, day_raw, view, zone, circuit, a, b, detail, by, device)
-
-
-async def _page(
-    request: Request[Any, Any, Any],
-    mode: str,
-    period: str,
-    day_raw: str | None,
-    view: str,
-    zone: str | None,
-    circuit: str | None,
-    a: str | None,
-    b: str | None,
-    detail: str,
-    by: str,
-    device: str | None,
-) -> Template:
-    base = await _base(request, mode, period, day_raw)
-    state = request.app.state
-    site: Site = state.site
-    day: date = base["day"]
+    show = MODE_VIEWS.get(mode)
+    if show is None:
+        raise unknown(
+            "unknown-mode", N_("unknown consumption mode %(value)s: use %(choices)s"), mode, MODES, 404
+        )
+    if period not in PERIODS:
+        raise unknown("unknown-period", N_("unknown period %(value)s: use %(choices)s"), period, PERIODS)
     if view not in ("chart", "data"):
         raise unknown("unknown-view", N_("unknown view %(value)s: use %(choices)s"), view, ("chart", "data"))
-    fmt = formats(request, await language_of(request))  # the charts' words and numbers: the page's language
-    t = await translator(request)
-
-    params: dict[str, Any] = {"period": period, "date": day}
-    ctx: dict[str, Any] = {
-        **base,
+    day = parse_day(day_raw, request.app.state.site)
+    language = await language_of(request)  # the charts' words and numbers: the page's language
+    t = gettext_callables(language)["_"]
+    ask = Ask(
+        request, period, day, view, formats(request, language), t,
+        {"zone": zone, "circuit": circuit, "a": a, "b": b, "detail": detail, "by": by, "device": device},
+        {"period": period, "date": day},
+    )  # fmt: skip
+    shown = await show(ask)
+    params = ask.params
+    keep_view = view if view != "chart" else None
+    context: dict[str, Any] = {
+        "mode": mode,
+        "period": period,
+        "day": day,
         "modes": MODES,
         "periods": PERIODS,
         "view": view,
-        "period_label": period_label(fmt, period, day),
+        "period_label": period_label(ask.fmt, period, day),
         "labels": _labels,
         "medium_names": MEDIUM_NAMES,
+        "scope": shown.scope,
+        "csv_url": _csv_link(shown.scope, period, day) if shown.scope and mode != "comparison" else None,
+        "previous_url": _link(mode, params, date=shift(period, day, -1), view=keep_view),
+        "next_url": _link(mode, params, date=shift(period, day, 1), view=keep_view),
+        "period_urls": {p: _link(mode, params, period=p) for p in PERIODS},
+        "mode_urls": {m: _link(m, {"period": period, "date": day}) for m in MODES},
+        "data_url": _link(mode, params, view="data" if view == "chart" else None),
+        "hidden_params": {k: v for k, v in params.items() if k != "date" and v not in (None, "")},
+        "link": lambda **changes: _link(mode, params, **changes),
+        "previous_name": t(PREVIOUS[period]),
     }
-    scope: str | None = None
-    chart: Chart | None = None
-    result: Consumption | None = None
-    extra: dict[str, Any] = {}
-
-    if mode == "total-electricity":
-        scope = "total-electricity"
-        result = await load_consumption(state, scope, period, day, split="circuit")
-        chart, divisor, unit = history_chart(
-            fmt, t, period, result, t("Total – Electricity"), MEDIUM_COLORS["electricity"], series=True
-        )
-        if view == "data":  # the Data table: today … last year (three more queries, only when shown)
-            extra["summary"], extra["summary_at"] = await cached_summary(state, scope)
-    elif mode == "total-global":
-        scope = "total-global"
-        result = await load_consumption(state, scope, period, day, split="medium")
-        chart, divisor, unit = history_chart(
-            fmt, t, period, result, t("Total – Global"), "#34495e", series=True
-        )
-        money = sum(p.cost for p in result.parts)
-        pie = Chart("pie")
-        pie.spec["slices"] = [
-            {
-                "name": t(MEDIUM_NAMES[p.medium]),
-                "value": round(p.cost, 6),
-                "color": MEDIUM_COLORS[p.medium],
-                "label": fmt.money(p.cost),
-            }
-            for p in result.parts
-            if p.cost > 0
-        ]
-        extra.update(parts=result.parts, pie_json=pie.json() if money > 0 else None, money_total=money)
-    elif mode == "partial":
-        zones = site.zones
-        if zone is not None and zone not in {z.id for z in zones}:
-            raise unknown(
-                "unknown-zone", N_("unknown zone %(value)s: use %(choices)s"), zone, [z.id for z in zones]
-            )
-        circuits = [c for c in site.circuits if zone is None or c.zone == zone]
-        if circuit is not None and circuit not in {c.id for c in site.circuits}:
-            raise unknown(
-                "unknown-circuit",
-                N_("unknown circuit %(value)s: use %(choices)s"),
-                circuit,
-                [c.id for c in site.circuits],
-            )
-        if circuit is None and circuits:
-            circuit = circuits[0].id
-        params.update(zone=zone, circuit=circuit)
-        extra.update(zones=zones, circuits=circuits, zone=zone, circuit=circuit)
-        if circuit is not None:
-            scope = f"circuit:{circuit}"
-            result = await load_consumption(state, scope, period, day)
-            name = next(c.name for c in site.circuits if c.id == circuit)
-            chart, divisor, unit = history_chart(fmt, t, period, result, name, MEDIUM_COLORS["electricity"])
-            extra["scope_name"] = name
-    elif mode == "comparison":
-        choices = _scopes(site)
-        known = [key for _, items in choices for key, _ in items]
-        a = a or (known[0] if known else None)
-        b = b or (known[1] if len(known) > 1 else a)
-        if detail not in ("total", "detailed"):
-            raise unknown(
-                "unknown-detail",
-                N_("unknown detail %(value)s: use %(choices)s"),
-                detail,
-                ("total", "detailed"),
-            )
-        params.update(a=a, b=b, detail=detail)
-        extra.update(choices=choices, a=a, b=b, detail=detail)
-        if a and b:
-            comparison = await load_comparison(state, a, b, period, day, detail)
-            extra["comparison"] = comparison
-            names = (_scope_name(site, a), _scope_name(site, b))
-            extra["names"] = names
-            money = comparison.mode == "currency"
-            sides = (comparison.a, comparison.b)
-            if detail == "detailed":
-                values = [bk.value for s in sides for bk in s.buckets if not bk.no_data]
-                divisor, unit = (1.0, comparison.currency) if money else display_unit(comparison.unit, values)
-                chart = Chart("bar", [category(fmt, period, bk) for bk in comparison.a.buckets], unit)
-                for side, name, color, faded in zip(
-                    sides, names, ("#2e86de", "#e67e22"), ("#aed6f1", "#f5cba7"), strict=True
-                ):  # each side's previous period beside it, faded
-                    previous_values = _values(side.previous.buckets, divisor)[: len(side.buckets)]
-                    chart.add(f"{name} – {t(PREVIOUS[period])}", previous_values, faded)
-                    chart.add(name, _values(side.buckets, divisor), color)
-            else:
-                totals = [s.total.value for s in sides] + [s.previous.total.value for s in sides]
-                divisor, unit = (1.0, comparison.currency) if money else display_unit(comparison.unit, totals)
-                chart = Chart("bar", list(names), unit)
-                chart.add(
-                    t(PREVIOUS[period]),
-                    [
-                        None if s.previous.total.no_data else round(s.previous.total.value / divisor, 6)
-                        for s in sides
-                    ],
-                    PREVIOUS_COLOR,
-                )
-                chart.add(
-                    period_label(fmt, period, day),
-                    [None if s.total.no_data else round(s.total.value / divisor, 6) for s in sides],
-                    "#2e86de",
-                )
-            extra["has_data"] = any(not s.total.no_data for s in sides)
-            scope = a
-    elif mode == "details":
-        if by not in DETAIL_LISTS:
-            raise unknown("unknown-list", N_("unknown list %(value)s: use %(choices)s"), by, DETAIL_LISTS)
-        views = [d for d in await device_views(state) if meters_energy(request, d)]
-        groups: list[tuple[str, list[Any]]] = []
-        if by == "zones":
-            circuit_zone = {c.id: c.zone for c in site.circuits}
-            for z in site.zones:
-                groups.append(
-                    (
-                        z.name,
-                        [
-                            d
-                            for d in views
-                            if d.zone == z.id or (d.circuit and circuit_zone.get(d.circuit) == z.id)
-                        ],
-                    )
-                )
-        elif by == "circuits":
-            for c in site.circuits:
-                groups.append((c.name, [d for d in views if d.circuit == c.id]))
-        else:
-            groups.append(("", views))
-        ids = {d.id for d in views}
-        if device is not None and device not in ids:
-            raise ApiError(400, "unknown-device", N_("unknown device %(device)s"), device=repr(device))
-        device = device or next((d.id for _, ds in groups for d in ds), None)
-        params.update(by=by, device=device)
-        extra.update(lists=DETAIL_LISTS, by=by, groups=groups, device=device)
-        if device is not None:
-            chosen = next(d for d in views if d.id == device)
-            scope = f"device:{device}"
-            result = await load_consumption(state, scope, period, day)
-            medium = chosen.medium if chosen.medium in MEDIUM_COLORS else "electricity"
-            chart, divisor, unit = history_chart(fmt, t, period, result, chosen.name, MEDIUM_COLORS[medium])
-            extra.update(chosen=chosen, scope_name=chosen.name)
-            wanted = [q for q in DETAIL_QUANTITIES if q in chosen.values]
-            if wanted and chosen.kind == "device":
-                lines = await load_quantity_series(state, device, wanted, period, day)
-                if lines.has_data:
-                    power = [ln for ln in lines.series if ln.quantity != "power_factor"]
-                    peak = max((abs(v) for ln in power for v in ln.values if v is not None), default=0.0)
-                    qdiv, _ = scale_for("W", peak)
-                    units = list(dict.fromkeys(scale_for(ln.unit, peak)[1] for ln in power))
-                    qchart = Chart(
-                        "line",
-                        [
-                            category(fmt, period, Bucket(start=s, value=0, unit="", cost=0))
-                            for s in lines.starts
-                        ],
-                        ", ".join(units),
-                    )
-                    for line in power:
-                        vals = [None if v is None else round(v / qdiv, 4) for v in line.values]
-                        qchart.spec["series"].append(
-                            {"name": _labels.quantity_label(line.quantity, t), "values": vals, "kind": "line"}
-                        )
-                    extra["quantity_chart_json"] = qchart.json()
-                extra["quantity_lines"] = lines
-    else:  # pragma: no cover - MODES checked above
-        raise NotFoundException(mode)
-
-    if result is not None:
-        extra.setdefault("has_data", result.has_data)
-        extra["result"] = result
-    if chart is not None:
-        extra["chart_json"] = chart.json()
-        extra["chart_unit"] = chart.spec["unit"]
-    ctx.update(extra)
-    ctx.update(
-        scope=scope,
-        csv_url=_csv_link(scope, period, day) if scope and mode != "comparison" else None,
-        previous_url=_link(mode, params, date=shift(period, day, -1), view=view if view != "chart" else None),
-        next_url=_link(mode, params, date=shift(period, day, 1), view=view if view != "chart" else None),
-        period_urls={p: _link(mode, params, period=p) for p in PERIODS},
-        mode_urls={m: _link(m, {"period": period, "date": day}) for m in MODES},
-        data_url=_link(mode, params, view="data" if view == "chart" else None),
-        hidden_params={k: v for k, v in params.items() if k != "date" and v not in (None, "")},
-        link=lambda **changes: _link(mode, params, **changes),
-        previous_name=t(PREVIOUS[period]),
-    )
-    return await render(request, f"consumption/{mode}.html", **ctx)
+    if shown.result is not None:
+        context.update(result=shown.result, has_data=shown.result.has_data)
+    if shown.chart is not None:
+        context.update(chart_json=shown.chart.json(), chart_unit=shown.chart.spec["unit"])
+    context.update(shown.extra)
+    return await render(request, f"consumption/{mode}.html", **context)
 
 
 router = Router(path="/", route_handlers=[consumption_home, consumption_page])

@@ -79,10 +79,6 @@ async def _groups(request: Request[Any, Any, Any], by: str) -> dict[str, Any]:
     return {"groups": groups, "down_gateways": down, "by": by}
 
 
-def _card_context() -> dict[str, Any]:
-    return {"labels": _labels}
-
-
 @get("/installation", guards=VIEW, operation_id="pageInstallation", include_in_schema=False, tags=["pages"])
 async def installation(request: Request[Any, Any, Any], by: str = "gateways") -> Template:
     by = _check_by(by)
@@ -92,7 +88,7 @@ async def installation(request: Request[Any, Any, Any], by: str = "gateways") ->
         filters=FILTERS,
         poll=poll_seconds(request),
         **await _groups(request, by),
-        **_card_context(),
+        labels=_labels,
     )
 
 
@@ -110,7 +106,7 @@ async def installation_list(request: Request[Any, Any, Any], by: str = "gateways
         "installation/_groups.html",
         poll=poll_seconds(request),
         **await _groups(request, by),
-        **_card_context(),
+        labels=_labels,
     )
 
 
