@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from html.parser import HTMLParser
 from zoneinfo import ZoneInfo
 
 import pytest
+from babel.messages.pofile import read_po
 from ews_gateway_api import vocabulary as _labels
-from ews_gateway_api.i18n import Formats, scale_for
+from ews_gateway_api.domain.language import LANGUAGES
+from ews_gateway_api.i18n import LOCALE_DIR, Formats, scale_for, translations
 from ews_gateway_api.pages.consumption import shift
 from httpx import AsyncClient
 from litestar import Litestar
@@ -187,3 +190,66 @@ def test_shift_steps_whole_periods() -> None:
     assert shift("month", date(2025, 1, 31), -1) == date(2024, 12, 1)
     assert shift("year", date(2025, 6, 5), 1) == date(2026, 1, 1)
     assert shift("decade", date(2025, 6, 5), -1) == date(2015, 1, 1)
+
+
+LANGUAGE_PAGES = {
+    "administrator": ["/installation", "/installation/devices/pm-premium?tab=measure&group=voltage",
+                      "/installation/devices/mccb-it?tab=status", "/installation/devices/io1?tab=outputs",
+                      "/session", "/codes"],
+    "greenUp": ["/greenup/management", "/greenup/details?tab=information", "/installation/devices/ev1?tab=commands"],
+    "user": [f"/consumption/{m}?date=2025-03-30" for m in
+             ("total-electricity", "total-global", "partial", "comparison", "details")]
+             + ["/consumption/total-electricity?view=data&date=2025-03-30"],
+}  # fmt: skip
+
+
+class _Texts(HTMLParser):
+    """Whole text nodes and the attributes a person reads (aria-label, title, placeholder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: list[str] = []
+        self.lang: str | None = None
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style"):
+            self._skip += 1
+        values = dict(attrs)
+        if tag == "html":
+            self.lang = values.get("lang")
+        for name in ("aria-label", "title", "placeholder"):
+            if values.get(name):
+                self.texts.append(str(values[name]).strip())
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style"):
+            self._skip -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip and data.strip():
+            self.texts.append(" ".join(data.split()))
+
+
+@pytest.mark.parametrize("language", [code for code in LANGUAGES if code != "en"])
+async def test_pages_speak_the_chosen_language(client: AsyncClient, app: Litestar, language: str) -> None:
+    """Every page in every language: <html lang> and Content-Language follow the choice, and no text a
+    person reads is a catalogue's English message left untranslated."""
+    catalogue = translations(language)
+    english = {
+        m.id for m in read_po((LOCALE_DIR / "messages.pot").open("rb"))
+        if isinstance(m.id, str) and m.id and "%(" not in m.id and catalogue.gettext(m.id) != m.id
+    }  # fmt: skip
+    translated = {catalogue.gettext(m) for m in english}  # Italian "Zone" (zones) is not English "Zone"
+    for role, urls in LANGUAGE_PAGES.items():
+        cookies = {**await session_for(app, role), "ews_lang": language}
+        for url in urls:
+            client.cookies.clear()
+            response = await client.get(url, cookies=cookies)
+            assert response.status_code == 200, (language, url, response.text[:200])
+            assert response.headers["content-language"] == language
+            parser = _Texts()
+            parser.feed(response.text)
+            assert parser.lang == language, url
+            left = sorted({t for t in parser.texts if t in english and t not in translated})
+            assert not left, f"{language} {url}: untranslated {left}"
