@@ -204,6 +204,8 @@ def members(site: Site) -> dict[str, Member]:
         out[d.id] = Member(
             d.id, medium_of(d), {d.id: 1}, d.panel, d.zone, d.circuit, d.gateway, d.exclude_from_total
         )
+    for r in site.retired_devices:  # removed, but their history still counts
+        out[r.id] = Member(r.id, r.medium, {r.id: 1}, r.panel, r.zone, r.circuit, r.gateway, r.exclude_from_total)
     for v in site.virtual_devices:
         terms: dict[str, int] = dict(out[v.master].terms)
         for slave in v.slaves:

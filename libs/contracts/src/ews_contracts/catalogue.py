@@ -19,6 +19,7 @@ from .events import (
     DeviceStatusChanged,
     Event,
     ReadingTaken,
+    SiteConfigured,
 )
 from .streams import stream_for
 from .subjects import PREFIX
@@ -30,16 +31,17 @@ EVENTS: tuple[type[Event], ...] = (
     CommandCompleted,
     CommandFailed,
     AuditRecorded,
+    SiteConfigured,
 )
+LAST_TOKEN = {AuditRecorded: "{role}", SiteConfigured: "config"}
 
 
 def build_catalogue(version: str = "1") -> AsyncAPI:
     broker = NatsBroker("nats://127.0.0.1:4222", description="NATS JetStream of an energy web server site")
     for model in EVENTS:
-        key = "role" if model is AuditRecorded else "device"
         spec = stream_for(model.KIND)
         broker.publisher(
-            f"{PREFIX}.{{site}}.{model.KIND}.{{{key}}}",
+            f"{PREFIX}.{{site}}.{model.KIND}.{LAST_TOKEN.get(model, '{device}')}",
             title=model.__name__,
             description=(
                 f"{(model.__doc__ or '').strip()} Stream {spec.name}; header Nats-Msg-Id = event_id "

@@ -135,11 +135,22 @@ class CommandFailed(Event):
     error: str = Field(description="One line naming the problem.")
 
 
-AuditAction = Literal["login-succeeded", "login-failed", "locked-out", "logout", "lock", "code-changed"]
+AuditAction = Literal[
+    "login-succeeded",
+    "login-failed",
+    "locked-out",
+    "logout",
+    "lock",
+    "code-changed",
+    "backup",
+    "restore",
+    "readings-imported",
+]
 
 
 class AuditRecorded(Event):
-    """A security-relevant action (login, failure, lockout, Logout, Lock, code change)."""
+    """A security-relevant action (login, failure, lockout, Logout, Lock, code change, backup, restore,
+    readings imported; configuration changes are ``SiteConfigured`` events)."""
 
     KIND: ClassVar[Kind] = Kind.AUDIT
 
@@ -151,6 +162,29 @@ class AuditRecorded(Event):
     @property
     def subject_key(self) -> str:
         return self.role
+
+
+class SiteConfigured(Event):
+    """A new version of the site's configuration (the whole document, as the site file's schema), in force
+    from now on. Version 1 is the site file that seeded it; every later version names who changed what."""
+
+    KIND: ClassVar[Kind] = Kind.SITE_CONFIGURED
+
+    version: int = Field(ge=1, description="1, 2, 3 … (the `If-Match` of PUT /api/v1/site/config).")
+    changed_by: str = Field(description="Role that changed it, or 'site file' / 'ews site import' / 'restore'.")
+    how: Literal["site-file", "import", "api", "device-enabled", "restore"] = Field(
+        description="Seeded from the site file, `ews site import`, the API or pages, a device On/Off, a restore."
+    )
+    changes: list[str] = Field(
+        default_factory=list,
+        description="What changed, one line each (e.g. 'devices.m7: added', 'devices.m3.enabled: true → false').",
+    )
+    document: dict[str, Any] = Field(description="The site document (same schema as the site file).")
+    file_digest: str = Field(default="", description="SHA-256 of the site file it came from ('' otherwise).")
+
+    @property
+    def subject_key(self) -> str:
+        return "config"
 
 
 # --- auth request/reply (core NATS, see subjects.auth_rpc) ---------------------------------------
@@ -210,3 +244,24 @@ class CodesStatusReply(BaseModel):
 
 def payload(event: Event) -> dict[str, Any]:
     return event.model_dump(mode="json")
+
+
+# --- poller request/reply (core NATS, see subjects.poller_rpc) -------------------------------------
+
+
+class ProbeRequest(BaseModel):
+    """Read a device once, before it is saved (the Configuration page's "Test" button)."""
+
+    device: dict[str, Any] = Field(description="The device as in the site document.")
+    gateway: dict[str, Any] | None = Field(
+        default=None, description="Its gateway as in the site document (default: the configured one)."
+    )
+
+
+class ProbeReply(BaseModel):
+    ok: bool
+    values: dict[str, float] = Field(default_factory=dict)
+    states: dict[str, str] = Field(default_factory=dict)
+    problems: list[str] = Field(default_factory=list, description="Values that could not be decoded.")
+    error: str = Field(default="", description="Why nothing could be read (one line).")
+    transactions: int = 0

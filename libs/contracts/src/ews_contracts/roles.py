@@ -16,12 +16,13 @@ class Page(StrEnum):
     INSTALLATION = "installation"  # My installation
     CONSUMPTION = "consumption"  # Consumptions
     GREENUP = "greenup"  # Green'Up
+    CONFIGURATION = "configuration"  # Configuration (S4, F1)
 
 
 PAGES: dict[Role, tuple[Page, ...]] = {
-    Role.ADMINISTRATOR: (Page.INSTALLATION, Page.CONSUMPTION),
+    Role.ADMINISTRATOR: (Page.INSTALLATION, Page.CONSUMPTION, Page.CONFIGURATION),
     Role.GREENUP: (Page.INSTALLATION, Page.CONSUMPTION, Page.GREENUP),
-    Role.INSTALLER: (Page.INSTALLATION, Page.CONSUMPTION),
+    Role.INSTALLER: (Page.INSTALLATION, Page.CONSUMPTION, Page.CONFIGURATION),
     Role.USER: (Page.CONSUMPTION,),
 }
 

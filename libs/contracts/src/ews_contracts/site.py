@@ -197,8 +197,8 @@ class TimeOfUse(_Strict):
 class Tariff(_Strict):
     """Prices in force from ``effective_from`` (local date) until the next tariff.
 
-    Base prices per kWh and m³, optional time-of-use windows (the first window that covers the hour and
-    prices the medium wins) and daily
+    Base prices per kWh and m³, optional time-of-use windows (windows pricing one medium never share an
+    hour) and daily
     standing charges (money per local day, counted in the site totals).
     """
 
@@ -210,6 +210,27 @@ class Tariff(_Strict):
     electricity_standing_per_day: float = Field(default=0, ge=0)
     water_standing_per_day: float = Field(default=0, ge=0)
     gas_standing_per_day: float = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _windows_do_not_overlap(self) -> Tariff:
+        """Two windows that price the same medium in the same local hour would make the price depend on
+        their order: refused, naming both and the first hour they share."""
+        media = ("electricity_per_kwh", "water_per_m3", "gas_per_m3")
+        for j, later in enumerate(self.time_of_use):
+            for i, earlier in enumerate(self.time_of_use[:j]):
+                shared = [m for m in media if getattr(earlier, m) is not None and getattr(later, m) is not None]
+                if not shared:
+                    continue
+                for weekday in range(7):
+                    for hour in range(24):
+                        if earlier.covers(weekday, hour) and later.covers(weekday, hour):
+                            raise LocatedError(
+                                ("time_of_use", j),
+                                f"window {later.name or j + 1!r} overlaps window {earlier.name or i + 1!r} "
+                                f"({WEEKDAYS[weekday]} {hour:02d}:00, {shared[0].split('_per_')[0]}); "
+                                "windows of one medium must not share an hour",
+                            )
+        return self
 
     def price(self, field: str, weekday: int, hour: int) -> float:
         """Price of ``field`` (electricity_per_kwh, water_per_m3, gas_per_m3) for a local hour."""
@@ -236,6 +257,22 @@ class VirtualDevice(_Strict):
     exclude_from_total: bool = False
 
 
+class RetiredDevice(_Strict):
+    """A device removed from the site: no longer polled or listed, but its history still counts in the
+    totals and scopes it belonged to (a removal never rewrites past figures). The Configuration pages and
+    ``PUT /api/v1/site/config`` add it when a device is removed; re-adding the id brings it back."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    name: str
+    medium: Literal["electricity", "water", "gas"] = "electricity"
+    gateway: str | None = None
+    panel: str | None = None
+    zone: str | None = None
+    circuit: str | None = None
+    exclude_from_total: bool = False
+    retired_on: date | None = Field(default=None, description="Local date it was removed.")
+
+
 class Site(_Strict):
     site: str = Field(pattern=ID_PATTERN, description="Site id, used in subjects (ews.<site>.…).")
     name: str
@@ -251,6 +288,9 @@ class Site(_Strict):
     devices: list[Device] = Field(min_length=1)
     virtual_devices: list[VirtualDevice] = Field(
         default_factory=list, description="Master/slave virtual meters (D12): master minus its slaves."
+    )
+    retired_devices: list[RetiredDevice] = Field(
+        default_factory=list, description="Removed devices whose history still counts (not polled)."
     )
 
     @field_validator("timezone")
@@ -277,6 +317,13 @@ class Site(_Strict):
         zones = unique("zone", self.zones)
         circuits = unique("circuit", self.circuits)
         unique("device", self.devices)
+        live_ids = {d.id for d in self.devices} | {v.id for v in self.virtual_devices}
+        for n, r in enumerate(self.retired_devices):
+            if r.id in live_ids:
+                raise LocatedError(
+                    ("retired_devices", n, "id"),
+                    f"retired device {r.id!r} is also a device of the site; remove one of them",
+                )
         if len(self.devices) > MAX_DEVICES:
             raise LocatedError(
                 ("devices", MAX_DEVICES),

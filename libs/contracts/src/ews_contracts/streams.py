@@ -40,7 +40,13 @@ AUDIT = StreamSpec(
     description="Logins, failures, lockouts, Lock/Logout and code changes.",
 )
 
-ALL_STREAMS: tuple[StreamSpec, ...] = (READINGS, COMMANDS, AUDIT)
+CONFIG = StreamSpec(
+    name="EWS_CONFIG",
+    kinds=(Kind.SITE_CONFIGURED,),
+    description="Every version of each site's configuration (SiteConfigured events; the last one is in force).",
+)
+
+ALL_STREAMS: tuple[StreamSpec, ...] = (READINGS, COMMANDS, AUDIT, CONFIG)
 
 
 def stream_for(kind: Kind | str) -> StreamSpec:

@@ -14,6 +14,7 @@ class Kind(StrEnum):
     COMMAND_COMPLETED = "command-completed"
     COMMAND_FAILED = "command-failed"
     AUDIT = "audit"
+    SITE_CONFIGURED = "site-configured"
 
 
 def subject(site: str, kind: Kind | str, device: str) -> str:
@@ -29,3 +30,8 @@ def pattern(site: str, kind: Kind | str) -> str:
 def auth_rpc(site: str, operation: str) -> str:
     """Request/reply subject of the auth service (core NATS, not persisted), e.g. ``ews.demo.rpc-auth.login``."""
     return f"{PREFIX}.{site}.rpc-auth.{operation}"
+
+
+def poller_rpc(site: str, operation: str) -> str:
+    """Request/reply subject of the bus owner (the poller), e.g. ``ews.demo.rpc-poller.test-device``."""
+    return f"{PREFIX}.{site}.rpc-poller.{operation}"

@@ -26,6 +26,20 @@ log = logging.getLogger("ews.fieldbus")
 BITS_PER_CHAR = 11  # RTU: start + 8 data + parity (or a second stop) + stop
 
 
+# Modbus exception codes in words (Modbus application protocol v1.1b3, section 7)
+MODBUS_EXCEPTIONS = {
+    1: "the device does not support this function",
+    2: "no such register on this device",
+    3: "the device refused the value or the count",
+    4: "device failure",
+    5: "the device is busy with a long operation",
+    6: "the device is busy",
+    8: "memory parity error in the device",
+    10: "the gateway has no path to this device",
+    11: "no answer from this address behind the gateway",
+}
+
+
 class FieldbusError(Exception):
     """A transaction failed (timeout, exception response, garbled frame, connection refused)."""
 
@@ -194,7 +208,9 @@ class ModbusGateway:
                 raise FieldbusError(f"{where}: bad answer ({type(exc).__name__}: {exc})") from exc
             self._done(function_code, count, not rr.isError())
         if rr.isError():
-            raise FieldbusError(f"{where}: exception response {rr}")
+            code = getattr(rr, "exception_code", None)
+            meaning = MODBUS_EXCEPTIONS.get(code, "exception response")
+            raise FieldbusError(f"{where}: {meaning} (exception_code={code})")
         return rr
 
     async def read(self, unit: int, function_code: int, address: int, count: int) -> list[int]:

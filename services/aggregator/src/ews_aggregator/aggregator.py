@@ -131,6 +131,16 @@ class Aggregator:
         self._wraps: dict[tuple[str, str], int] = {}
         self._days: dict[int, date] = {}
 
+    def apply_site(self, site: Site) -> None:
+        """A new configuration, live (between two batches: the event loop runs one thing at a time).
+        Hours already stored keep their cost: prices apply to hours accounted from now on, and the
+        configuration only accepts tariff changes that take effect after today (siteconfig)."""
+        self.site = site
+        self.prices = PriceBook(site)
+        self._devices = {d.id: d for d in site.devices}
+        self._wraps.clear()
+        self._days.clear()
+
     # --- start-up and recovery ---------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -25,6 +25,7 @@ import nats
 from ews_analytics import migrate, truncate_projections
 from ews_contracts.events import ReadingTaken
 from ews_contracts.settings import Settings
+from ews_contracts.siteconfig import ConfigStore, site_of
 from ews_contracts.store import get_store
 from ews_contracts.streams import READINGS
 from ews_contracts.subjects import Kind, pattern
@@ -94,6 +95,9 @@ async def replay(
             raise RuntimeError(
                 f"stream {READINGS.name} not found on {settings.nats_url} ({one_line(exc)}): nothing to replay"
             ) from None
+        stored = await ConfigStore(js, site.site).latest()
+        if stored is not None:  # the configuration in force (tariffs, devices), not the file's first version
+            site = site_of(stored)
         await truncate_projections(store, db)
         aggregator = Aggregator(store, db, site, load_profiles_or_none(settings))
         await aggregator.start()

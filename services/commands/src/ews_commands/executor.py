@@ -7,6 +7,7 @@ them, and commands on one gateway run in the order they arrived. Gateways work i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -131,6 +132,25 @@ class Executor:
         for worker in self.workers.values():
             if worker.task is None:
                 worker.task = asyncio.create_task(worker.run(), name=f"commands-{worker.gateway.id}")
+
+    async def apply(self, gateways: list[Gateway]) -> None:
+        """A new configuration: new gateways get a worker, changed ones a new worker once the old one's
+        queue is done (a command in progress finishes on the connection it started on), removed ones stop."""
+        wanted = {g.id: g for g in gateways}
+        for gateway_id, worker in list(self.workers.items()):
+            if wanted.get(gateway_id) == worker.gateway:
+                continue
+            await worker.queue.join()
+            if worker.task is not None:
+                worker.task.cancel()
+                await asyncio.gather(worker.task, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await worker.client.close()
+            del self.workers[gateway_id]
+        for gateway_id, gateway in wanted.items():
+            if gateway_id not in self.workers:
+                self.workers[gateway_id] = GatewayWorker(gateway=gateway, client=ModbusGateway.for_gateway(gateway))
+        self.start()
 
     def submit(self, request: CommandRequested, plan: CommandPlan, on_outcome: OnOutcome) -> None:
         self.workers[plan.device.gateway].queue.put_nowait(_Job(request, plan, on_outcome))

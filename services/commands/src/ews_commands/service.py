@@ -25,6 +25,7 @@ from ews_contracts.events import CommandRequested
 from ews_contracts.profiles import Profile, load_profiles
 from ews_contracts.settings import Settings
 from ews_contracts.site import Site
+from ews_contracts.siteconfig import LiveSite
 from ews_contracts.streams import COMMANDS
 from ews_contracts.subjects import Kind, pattern
 from ews_contracts.text import one_line
@@ -83,6 +84,12 @@ class CommandsService:
         self.executor.start()
         await self.broker.start()
         log.info("commands: consuming %s", pattern(self.site.site, Kind.COMMAND_REQUESTED))
+
+    async def apply_site(self, site: Site) -> None:
+        """A new configuration, live: commands are checked against the new devices and profiles from now
+        on, and gateways' connections follow their new settings."""
+        self.site = site
+        await self.executor.apply(list(site.gateways))
 
     async def stop(self) -> None:
         try:
@@ -217,9 +224,13 @@ async def _settle(action) -> None:
 
 async def serve(settings: Settings) -> None:
     """Target ``commands``: runs until cancelled."""
-    service = CommandsService(settings)
+    live = await LiveSite.connect(settings.nats_url, settings.site_path, "commands")
+    service = CommandsService(settings, site=live.site)
     try:
         await service.start()
+        live.on_change(lambda site, event: service.apply_site(site))  # noqa: ARG005
+        await live.follow()
         await asyncio.Event().wait()
     finally:
+        await live.close()
         await service.stop()

@@ -29,9 +29,11 @@ from ews_contracts.live import LiveDevice, live_key
 from ews_contracts.profiles import Profile, ProfileError, check_device, load_profiles
 from ews_contracts.settings import Settings
 from ews_contracts.site import Device, Gateway, Site
+from ews_contracts.siteconfig import follow_configuration
 from ews_contracts.text import one_line
 from ews_fieldbus import FieldbusError, ModbusGateway
 
+from .probe import serve_requests
 from .decode import RegisterImage, decode_device, fault_states
 from .plan import ALL_TIERS, MAX_GAP, ReadBlock, gap_worth_bridging, plan_reads
 from .status import FAILURE_THRESHOLD, StatusTracker, Transition
@@ -141,6 +143,8 @@ class Poller:
         self.poll_interval = poll_interval if poll_interval is not None else settings.poll_interval
         if self.poll_interval <= 0:
             raise ValueError("poll interval must be positive")
+        self.failure_threshold = failure_threshold
+        self.max_gap = max_gap
         self.targets = build_targets(self.site, self.profiles, threshold=failure_threshold, max_gap=max_gap)
         self.broker = make_broker(settings.nats_url, "poller")
         self.redis = aioredis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
@@ -148,9 +152,10 @@ class Poller:
         self._outbox: asyncio.Queue[Event] = asyncio.Queue()
         self._dropped = 0
         self._dirty: dict[str, LiveDevice] = {}
+        self._forget: set[str] = set()  # removed devices whose live state is deleted
         self._dirty_event = asyncio.Event()
         self._gateways: dict[str, ModbusGateway] = {}
-        self._polls: list[asyncio.Task[None]] = []
+        self._polls: dict[str, asyncio.Task[None]] = {}  # gateway id -> its bus loop
         self._workers: list[asyncio.Task[None]] = []
         self._nats_connected = False
         self._nats_ready = False
@@ -165,28 +170,102 @@ class Poller:
             asyncio.create_task(self._live_writer(), name="poller-live"),
         ]
         for gateway in self.site.gateways:
-            targets = self.targets.get(gateway.id, [])
-            if not targets:
+            self._start_gateway(gateway)
+
+    def _start_gateway(self, gateway: Gateway) -> None:
+        targets = self.targets.setdefault(gateway.id, [])
+        if not targets:
+            return
+        client = ModbusGateway.for_gateway(gateway)
+        self._gateways[gateway.id] = client
+        self._polls[gateway.id] = asyncio.create_task(
+            self._poll_gateway(gateway, client, targets), name=f"poll-{gateway.id}"
+        )
+        fast, counter = self.periods(gateway)
+        log.info(
+            "poller: gateway %s (%s %s): %d devices, fast values every %.1f s, counters every %.1f s",
+            gateway.id,
+            gateway.transport,
+            gateway.endpoint,
+            len(targets),
+            fast,
+            counter,
+        )
+
+    async def _stop_gateway(self, gateway_id: str) -> None:
+        task = self._polls.pop(gateway_id, None)
+        if task is not None:
+            await _cancel([task])
+        client = self._gateways.pop(gateway_id, None)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), STOP_TIMEOUT)
+
+    async def apply_site(self, site: Site) -> None:
+        """A new configuration, live: a gateway whose settings are unchanged keeps its bus loop and
+        connection and gets its new device list before its next round (a new device is polled within one
+        poll cycle, an Off or removed one is not polled again); a changed gateway restarts its loop; a
+        removed one stops. Devices whose settings are unchanged keep their state (no new status event)."""
+        old_site, self.site = self.site, site
+        fresh = build_targets(site, self.profiles, threshold=self.failure_threshold, max_gap=self.max_gap)
+        before = {t.device.id: t for ts in self.targets.values() for t in ts}
+        for targets in fresh.values():
+            for n, target in enumerate(targets):
+                kept = before.get(target.device.id)
+                if (
+                    kept is not None
+                    and kept.device == target.device
+                    and kept.profile is target.profile
+                    and kept.reads == target.reads
+                ):
+                    targets[n] = kept
+        polled = {t.device.id for ts in fresh.values() for t in ts}
+        for device_id, target in before.items():
+            if device_id in polled:
                 continue
-            client = ModbusGateway.for_gateway(gateway)
-            self._gateways[gateway.id] = client
-            self._polls.append(
-                asyncio.create_task(self._poll_gateway(gateway, client, targets), name=f"poll-{gateway.id}")
+            device = site.device(device_id)
+            if device is None:
+                log.info("poller: device %s removed from the configuration; no longer polled", device_id)
+                self._forget.add(device_id)
+            else:
+                log.info("poller: device %s is Off; no longer polled", device_id)
+                self._switched_off(target)
+        self._dirty_event.set()
+        old_gateways = {g.id: g for g in old_site.gateways}
+        for gateway in site.gateways:
+            targets = fresh[gateway.id]
+            running = gateway.id in self._polls
+            if running and old_gateways.get(gateway.id) == gateway and targets:
+                self.targets[gateway.id][:] = targets  # the loop reads it at its next round
+                continue
+            if running:
+                await self._stop_gateway(gateway.id)
+            self.targets[gateway.id] = targets
+            self._start_gateway(gateway)
+        for gateway_id in set(old_gateways) - {g.id for g in site.gateways}:
+            await self._stop_gateway(gateway_id)
+            self.targets.pop(gateway_id, None)
+            log.info("poller: gateway %s removed from the configuration; its bus is closed", gateway_id)
+
+    def _switched_off(self, target: Target) -> None:
+        at = _now_ms()
+        previous = target.tracker.state
+        self._outbox_put(
+            DeviceStatusChanged(
+                site=self.site.site,
+                occurred_at=at,
+                device=target.device.id,
+                state="off",
+                previous=previous,
+                reason="switched Off in the configuration",
             )
-            fast, counter = self.periods(gateway)
-            log.info(
-                "poller: gateway %s (%s %s): %d devices, fast values every %.1f s, counters every %.1f s",
-                gateway.id,
-                gateway.transport,
-                gateway.endpoint,
-                len(targets),
-                fast,
-                counter,
-            )
+        )
+        target.live = target.live.model_copy(update={"state": "off", "reason": ""})
+        self._mark_live(target)
 
     async def stop(self, drain: float = 2.0) -> None:
-        await _cancel(self._polls)
-        self._polls = []
+        await _cancel(list(self._polls.values()))
+        self._polls = {}
         if self._nats_ready and not self._outbox.empty():  # give queued events a moment to get out
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._outbox.join(), drain)
@@ -239,7 +318,7 @@ class Poller:
         """Poll every target once, in order (the registers of ``tiers``). When the gateway itself cannot be
         reached, the remaining devices fail with the same reason without another connection attempt each."""
         unreachable: str | None = None
-        for target in targets:
+        for target in list(targets):  # a new configuration may replace the list between two devices
             if unreachable is not None:
                 self._failed(target, unreachable)
                 continue
@@ -388,15 +467,20 @@ class Poller:
             await self._dirty_event.wait()
             self._dirty_event.clear()
             batch, self._dirty = self._dirty, {}
+            forget, self._forget = self._forget, set()
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for device, live in batch.items():
-                        pipe.set(live_key(self.site.site, device), live.model_dump_json())
+                        if device not in forget:
+                            pipe.set(live_key(self.site.site, device), live.model_dump_json())
+                    for device in forget:
+                        pipe.delete(live_key(self.site.site, device))
                     await pipe.execute()
             except Exception as exc:
                 self.complaints.complain("redis", f"writing live state failed, will retry: {one_line(exc)}")
                 for device, live in batch.items():
                     self._dirty.setdefault(device, live)  # unless a newer state arrived meanwhile
+                self._forget |= forget
                 await asyncio.sleep(1.0)
                 self._dirty_event.set()
                 continue
@@ -420,8 +504,18 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
 async def serve(settings: Settings) -> None:
     """Target ``poller``: runs until cancelled."""
     poller = Poller(settings)
+    follower: asyncio.Task[None] | None = None
+    rpc: asyncio.Task[None] | None = None
     try:
         await poller.start()
+        rpc = asyncio.create_task(serve_requests(poller, settings.nats_url), name="poller-rpc")
+        # polling starts from the site file at once (readings queue while NATS is away); the stored
+        # configuration takes over as soon as NATS answers, and every new version applies live
+        follower = asyncio.create_task(
+            follow_configuration(settings.nats_url, settings.site_path, "poller", lambda: poller.site, poller.apply_site),
+            name="poller-configuration",
+        )
         await asyncio.Event().wait()
     finally:
+        await _cancel([t for t in (follower, rpc) if t is not None])
         await poller.stop()

@@ -76,21 +76,12 @@ class SimulatedSite:
         self._sim_time = (start_time or datetime.now(UTC)).astimezone(UTC)
         self._last = time.monotonic()
         self._frozen = False
+        self.profiles = profiles
+        self.origin = origin
         self.units: dict[str, dict[int, UnitImage]] = {g.id: {} for g in site.gateways}
         self._image_of: dict[str, UnitImage] = {}
-        for device in site.devices:
-            try:
-                profile = check_device(device, profiles)
-            except ProfileError as exc:
-                raise SimulatorError(str(exc)) from None
-            twin = make_twin(device, profile, site.tz, self._sim_time, origin)
-            units = self.units[device.gateway]
-            image = units.setdefault(device.address, UnitImage(device.address))
-            try:
-                image.add(device, profile, twin)
-            except ImageError as exc:
-                raise SimulatorError(f"gateway {device.gateway!r}: {exc}") from None
-            self._image_of[device.id] = image
+        for gateway in site.gateways:
+            self.units[gateway.id] = self._images(site, gateway.id)
         self._servers: dict[str, ModbusTcpServer] = {}
         self._ticker: asyncio.Task[None] | None = None
         # RS485 timing per gateway (None: answer at once) and one bus lock per gateway
@@ -98,6 +89,61 @@ class SimulatedSite:
         self._bus: dict[str, asyncio.Lock] = {}
         self._faults: dict[tuple[str, int], Fault] = {}  # (gateway, unit) -> fault
         self.served: dict[str, int] = {g.id: 0 for g in site.gateways}  # transactions answered
+
+    def _images(self, site: Site, gateway_id: str) -> dict[int, UnitImage]:
+        """The units of one gateway (a twin per device), registered in ``_image_of``."""
+        units: dict[int, UnitImage] = {}
+        for device in site.devices:
+            if device.gateway != gateway_id:
+                continue
+            try:
+                profile = check_device(device, self.profiles)
+            except ProfileError as exc:
+                raise SimulatorError(str(exc)) from None
+            twin = make_twin(device, profile, site.tz, self._sim_time, self.origin)
+            image = units.setdefault(device.address, UnitImage(device.address))
+            try:
+                image.add(device, profile, twin)
+            except ImageError as exc:
+                raise SimulatorError(f"gateway {device.gateway!r}: {exc}") from None
+            self._image_of[device.id] = image
+        return units
+
+    async def apply_site(self, site: Site) -> None:
+        """A new configuration, live: a gateway whose settings and devices are unchanged keeps serving as
+        it was; a changed one is served again with twins for its devices (new devices answer from then
+        on, removed ones no longer); a removed gateway stops. Off devices still answer, as real ones do."""
+        old = self.site
+        old_gateways = {g.id: g for g in old.gateways}
+
+        def devices_on(s: Site, gateway_id: str) -> list:
+            return [d for d in s.devices if d.gateway == gateway_id]
+
+        for gateway_id in set(old_gateways) - {g.id for g in site.gateways}:
+            await self._stop_gateway(gateway_id)
+            self.units.pop(gateway_id, None)
+        self.site = site
+        for gateway in site.gateways:
+            if old_gateways.get(gateway.id) == gateway and devices_on(old, gateway.id) == devices_on(site, gateway.id):
+                continue
+            await self._stop_gateway(gateway.id)
+            self.units[gateway.id] = self._images(site, gateway.id)
+            self._timing.setdefault(gateway.id, None)
+            self.served.setdefault(gateway.id, 0)
+            if self._ticker is not None:  # started: serve it now
+                await self._serve(gateway)
+        known = {d.id for d in site.devices}
+        for device_id in [d for d in self._image_of if d not in known]:
+            del self._image_of[device_id]
+
+    async def _stop_gateway(self, gateway_id: str) -> None:
+        server = self._servers.pop(gateway_id, None)
+        if server is None:
+            return
+        try:
+            await asyncio.wait_for(server.shutdown(), 5.0)
+        except Exception as exc:  # closing anyway (bounded)
+            log.warning("simulator: shutting gateway %s down failed: %s", gateway_id, exc)
 
     # --- life cycle ---------------------------------------------------------------------------------
 
