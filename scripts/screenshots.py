@@ -61,6 +61,24 @@ PAGES: list[tuple[str, str, str | None]] = [
     *[(f"consumption-{m}-month", f"/consumption/{m}?period=month", "user") for m in MODES[1:]],
     ("greenup-details", "/greenup/details", "greenUp"),
     ("greenup-management", "/greenup/management", "greenUp"),
+    ("configuration", "/configuration", "installer"),
+    *[
+        (f"configuration-{section}", f"/configuration/{section}", "installer")
+        for section in (
+            "gateways",
+            "devices",
+            "virtual-devices",
+            "structure",
+            "tariffs",
+            "site",
+            "network",
+            "database",
+            "files",
+            "history",
+        )
+    ],
+    ("configuration-device", f"/configuration/devices/{DEVICE}/edit", "installer"),
+    ("configuration-tariff-new", "/configuration/tariffs?edit=new", "administrator"),
 ]
 
 

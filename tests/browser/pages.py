@@ -184,8 +184,15 @@ _SMALL_TARGETS = """(min) => {
     const r = el.getBoundingClientRect();
     const style = getComputedStyle(el);
     if (r.width === 0 || r.height === 0 || style.visibility === 'hidden') continue;
+    // hidden from people (a visually hidden default button of a form): not a target anyone touches
+    if (el.closest('[aria-hidden="true"]')) continue;
     // a link inside a sentence is exempt (WCAG 2.5.8 "inline")
     if (el.tagName === 'A' && getComputedStyle(el).display === 'inline' && el.closest('p, li > span')) continue;
+    // a checkbox or radio button is touched through its label too: the larger of the two counts
+    const label = ['checkbox', 'radio'].includes(el.type) && el.labels
+      ? [...el.labels].map((l) => l.getBoundingClientRect()).find((b) => b.width >= min && b.height >= min)
+      : null;
+    if (label) continue;
     if (r.width < min || r.height < min) {
       const name = (el.getAttribute('aria-label') || el.textContent || el.name || el.tagName).trim().slice(0, 40);
       out.push(`${name} (${Math.round(r.width)}×${Math.round(r.height)})`);

@@ -203,7 +203,8 @@ async def test_language_per_browser_and_site_default(client: AsyncClient, app: L
         assert (await admin_pc.get("/api/v1/me")).json()["language"] == "en"
         resp = await admin_pc.put("/api/v1/site/language", json={"language": "fr"})
         assert resp.status_code == 200 and resp.json()["default"] == "fr"
-        assert await app.state.redis.get("ews:demo:settings:language") == b"fr"
+        assert app.state.site.language == "fr"  # a new version of the configuration
+        assert (await admin_pc.get("/api/v1/site/config/history")).json()[0]["changes"] == ["language: en → fr"]
         # sessions that did not choose follow the new default; a choice is kept
         assert (await admin_pc.get("/api/v1/me")).json()["language"] == "fr"
         assert (await client.get("/api/v1/me")).json()["language"] == "nl-BE"

@@ -39,7 +39,7 @@ async def test_login_logout_lock(client: AsyncClient, app: Litestar) -> None:
     assert resp.status_code == 200, resp.text
     assert resp.json() == {
         "role": "administrator",
-        "pages": ["installation", "consumption"],
+        "pages": ["installation", "consumption", "configuration"],
         "default_codes": True,
     }
     set_cookies = resp.headers.get_list("set-cookie")
@@ -53,7 +53,7 @@ async def test_login_logout_lock(client: AsyncClient, app: Litestar) -> None:
     me = await client.get("/api/v1/me")
     assert me.status_code == 200
     assert me.json()["role"] == "administrator"
-    assert me.json()["pages"] == ["installation", "consumption"]
+    assert me.json()["pages"] == ["installation", "consumption", "configuration"]
     assert me.json()["language"] == "en" and me.json()["default_codes_in_use"] is True
     assert me.json()["timezone"] == "Europe/Paris"  # the UI takes "today" in the site's zone
     assert "command-devices" in me.json()["permissions"] and "greenup-details" not in me.json()["permissions"]

@@ -24,7 +24,12 @@ from .conftest import session_for
 
 pytestmark = pytest.mark.integration
 
-PATH_PARAMS = {"device_id": "ev1", "command_id": "0123456789abcdef", "file_path": "no-such-file.js"}
+PATH_PARAMS = {
+    "device_id": "ev1",
+    "command_id": "0123456789abcdef",
+    "file_path": "no-such-file.js",
+    "version": "1",
+}
 BODIES: dict[str, Any] = {"POST": {}, "PUT": {}, "PATCH": {}}
 
 

@@ -95,9 +95,6 @@ def reader_language(request: Request[Any, Any, Any]) -> str:
     accepted = _accepted(request)
     if accepted:
         return accepted
-    cached = getattr(request.app.state, "language_default_cache", None)
-    if cached:
-        return cached[0]
     site_language = request.app.state.site.language
     return site_language if site_language in LANGUAGES else "en"
 

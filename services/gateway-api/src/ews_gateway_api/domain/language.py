@@ -4,12 +4,11 @@ by a role with ``configure-site``.
 - ``GET /api/v1/language`` (public, the login page uses it): this browser's language, the default, the 13.
 - ``PUT /api/v1/language`` (public): choose this browser's language — kept in the ``ews_lang`` cookie
   (so the login page and the next login follow it) and, when logged in, in the session.
-- ``PUT /api/v1/site/language`` (``configure-site``): the site default, stored in Redis
-  (``ews:<site>:settings:language``), overriding the site file's ``language``.
+- ``PUT /api/v1/site/language`` (``configure-site``): the site default, the configuration's ``language``
+  (a new version of the configuration, as the Configuration page's Site form makes).
 
 A session's language is the one chosen on this browser, else the site default (so a change of the
-default reaches every session that did not choose). The default is cached in the process for
-``DEFAULT_CACHE_TTL`` seconds: ``/me`` does not read Redis for it on every call.
+default reaches every session that did not choose).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from litestar import Request, Response, Router, get, put
 from litestar.datastructures import Cookie, State
 from pydantic import BaseModel, Field
 
-from ..guards import SESSION_ROLE, public, requires
+from ..guards import SESSION_ROLE, current_role, public, requires
 from ..i18n import N_
 from ..sessions import browser_cookie
 
@@ -66,16 +65,10 @@ def default_key(site: str) -> str:
 
 
 async def default_language(state: State) -> str:
-    """The site default: set in Redis by an administrator, else the site file's (cached briefly)."""
-    cached = getattr(state, _CACHE, None)
-    if cached is not None and cached[1] > time.monotonic():
-        return cached[0]
-    raw = await state.redis.get(default_key(state.site.site))
-    value = raw.decode() if isinstance(raw, bytes) else raw
-    if value not in LANGUAGES:
-        value = state.site.language if state.site.language in LANGUAGES else "en"
-    setattr(state, _CACHE, (value, time.monotonic() + DEFAULT_CACHE_TTL))
-    return value
+    """The site default: the configuration's ``language`` (changed from the Configuration pages or
+    ``PUT /api/v1/site/language``); English when it names no language of the product."""
+    value = state.site.language
+    return value if value in LANGUAGES else "en"
 
 
 def chosen_language(request: Request[Any, Any, Any]) -> str | None:
@@ -142,10 +135,14 @@ async def put_language(request: Request[Any, Any, State], data: LanguageBody) ->
     tags=["language"],
 )
 async def put_site_language(request: Request[Any, Any, State], data: LanguageBody) -> LanguageInfo:
+    from .configuration import apply_document, config_document
+
     language = check_language(data.language)
     state = request.app.state
-    await state.redis.set(default_key(state.site.site), language)
-    setattr(state, _CACHE, (language, time.monotonic() + DEFAULT_CACHE_TTL))
+    document = config_document(state)
+    version = document.pop("version")
+    document["language"] = language
+    await apply_document(state, document, version, current_role(request) or "unknown")
     return await _info(request)
 
 

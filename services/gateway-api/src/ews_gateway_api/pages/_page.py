@@ -33,6 +33,7 @@ NAV: dict[Page, tuple[str, str]] = {
     Page.INSTALLATION: ("/installation", N_("My installation")),
     Page.CONSUMPTION: ("/consumption/total-electricity", N_("Consumptions")),
     Page.GREENUP: ("/greenup/management", N_("Green'Up")),
+    Page.CONFIGURATION: ("/configuration", N_("Configuration")),
 }
 
 # Each role's home (A2): the page it lands on after signing in.

@@ -33,3 +33,59 @@
     window.dispatchEvent(new Event("resize"));
   });
 })();
+
+/* configuration (structure) — progressive enhancement of the configuration forms (they work without it):
+ *  - [data-show-tag="<select id> <tag>"]: a fieldset shown only while the select's chosen option has
+ *    <tag> in its data-tags (gateway transport: ip/serial; device profile: pulse/ev/generic); hidden, its
+ *    fields are disabled, so they are not sent (the server ignores them anyway); nothing chosen yet: hidden;
+ *  - the current Configuration section (.config-sections) is scrolled into view on narrow screens.
+ */
+(function () {
+  "use strict";
+  function tagsOf(select) {
+    const option = select.selectedOptions && select.selectedOptions[0];
+    if (!option || !option.value) return []; // nothing chosen yet: no group that depends on the choice
+    return (option.getAttribute("data-tags") || "").split(/\s+/);
+  }
+  function update(root) {
+    root.querySelectorAll("[data-show-tag]").forEach(function (group) {
+      const spec = group.getAttribute("data-show-tag").split(/\s+/);
+      const select = document.getElementById(spec[0]);
+      if (!select) return;
+      const tags = tagsOf(select);
+      const show = tags.indexOf(spec[1]) !== -1;
+      group.hidden = !show;
+      if (group.tagName === "FIELDSET") group.disabled = !show;
+    });
+  }
+  document.addEventListener("change", function (event) {
+    const el = event.target;
+    if (el instanceof HTMLSelectElement && document.querySelector('[data-show-tag^="' + el.id + ' "]')) {
+      update(document);
+    }
+  });
+  function ready() {
+    update(document);
+    // the current entry of a bar that scrolls sideways on a phone (main navigation, configuration
+    // sections) is brought into view
+    document.querySelectorAll('.mainnav [aria-current="page"], .config-sections [aria-current="page"]').forEach(function (current) {
+      const bar = current.parentElement;
+      if (bar.scrollWidth > bar.clientWidth) {
+        const left = current.getBoundingClientRect().left - bar.getBoundingClientRect().left + bar.scrollLeft;
+        bar.scrollLeft = left - (bar.clientWidth - current.offsetWidth) / 2;
+      }
+    });
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", ready);
+  else ready();
+})();
+
+/* configuration (administration) — [data-confirm="<question>"] on a submit button: the form is sent
+ * only when the person confirms (without scripts it is sent at once, as the button says). */
+(function () {
+  "use strict";
+  document.addEventListener("click", function (event) {
+    const button = event.target instanceof Element ? event.target.closest("[data-confirm]") : null;
+    if (button && !window.confirm(button.getAttribute("data-confirm"))) event.preventDefault();
+  });
+})();
