@@ -4,8 +4,12 @@ ews up                     everything on one box (nats-server, redis-server, chD
 ews run <target>[,<t>…]    one service or a set per process (docker-compose, clusters)
 ews targets                list the installed targets
 ews check-site FILE        validate a site file
+ews site import FILE       store a site file as the configuration in force (applied live)
+ews site export [FILE]     write the configuration in force as a YAML site file
 ews asyncapi [--check]     write (or check) the AsyncAPI event catalogue
 ews replay [--database DB] rebuild the ClickHouse projections from the readings stream
+ews backup FILE            write a backup of the site (.tar.gz)
+ews restore FILE           restore the site from a backup
 """
 
 from __future__ import annotations
@@ -48,6 +52,16 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise StartupError(f"environment variable {name}: {err['msg']} (got {err.get('input')!r})") from None
     check_devices(settings.site, settings.profiles_dir, settings.site_path)  # before anything starts
     return settings
+
+
+def _settings_light() -> Settings:
+    """The environment's settings without the start-up checks (commands that only talk to NATS)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err["loc"])
+        raise StartupError(f"environment variable {name}: {err['msg']} (got {err.get('input')!r})") from None
 
 
 def check_devices(site, profiles_dir: Path | None, where: object) -> None:
@@ -163,9 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database", help="ClickHouse database to rebuild (default: $CLICKHOUSE_DATABASE)")
     p.add_argument("--batch-size", type=int, default=5000, help="readings per write (default 5000)")
     p.set_defaults(fn=cmd_replay)
+    from .site_cli import add_parser as add_site_parser
+
+    add_site_parser(sub)
     p = sub.add_parser("check-site", help="validate a site file")
     p.add_argument("file")
     p.set_defaults(fn=cmd_check_site)
+    from .backupcmd import add_parser as add_backup_parser
+
+    add_backup_parser(sub)
     return parser
 
 

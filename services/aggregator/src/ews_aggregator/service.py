@@ -10,6 +10,12 @@ is not a valid ``ReadingTaken`` of this site is logged on one line and terminate
 ClickHouse failure is retried (with a growing delay, messages kept in progress) until it succeeds: the
 consumer pauses rather than skipping a batch. ``max_ack_pending`` (below the subscription's pending limit)
 keeps a slow aggregator from being flooded.
+
+After a restore (``ews_contracts.rebuild``: the restorer replaces the durable consumer by a marker, then
+asks over ``ews.<site>.rpc-aggregator.rebuild``), the service rebuilds its projections from the stream and
+puts its consumer back (``rebuild.py``); ``…rpc-aggregator.status`` reports the progress. The service
+accounts with the configuration in force (the last ``SiteConfigured`` of ``EWS_CONFIG``, else the site
+file) as it was when it started or last rebuilt.
 """
 
 from __future__ import annotations
@@ -17,14 +23,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import time
 from dataclasses import replace
 
 from ews_contracts.bus import ensure_streams_with
-from ews_contracts.events import ReadingTaken
+from ews_contracts.events import ReadingTaken, SiteConfigured, utcnow
 from ews_contracts.natsclient import connect_fast
+from ews_contracts.rebuild import (
+    AGGREGATOR_DURABLE,
+    RPC_QUEUE,
+    RebuildMarker,
+    RebuildStatus,
+    aggregator_rpc,
+    current_marker,
+)
 from ews_contracts.settings import Settings
+from ews_contracts.site import Site
+from ews_contracts.siteconfig import LiveSite
 from ews_contracts.store import get_store
 from ews_contracts.streams import READINGS
 from ews_contracts.subjects import Kind, pattern
@@ -36,10 +53,11 @@ from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from .aggregator import Aggregator
+from .rebuild import RebuildCancelled, empty_projections, replay, site_in_force
 
 log = logging.getLogger("ews.aggregator")
 
-DURABLE = "aggregator"
+DURABLE = AGGREGATOR_DURABLE
 BATCH_SIZE = 20_000  # default (EWS_AGGREGATOR_BATCH): a backlog is written in big batches, one insert each
 IN_FLIGHT_BATCHES = 4  # max_ack_pending = 4 batches delivered and not yet acked (bounds memory)
 ACK_WAIT = 15.0  # seconds before JetStream redelivers what a crashed aggregator had in flight
@@ -47,6 +65,8 @@ BATCH_TIMEOUT = 0.5  # seconds to fill a batch: the latency from poll to ClickHo
 WRITE_ATTEMPTS = 3  # failures logged one by one; then every 30th
 RETRY_DELAY = 0.2  # seconds, times the attempt number
 MAX_RETRY_DELAY = 10.0
+WATCH_INTERVAL = 15.0  # seconds between two looks at the durable consumer (a due rebuild marker)
+REBUILD_RETRY = 30.0  # seconds before a failed rebuild is tried again
 
 
 def parse(msg: Msg, site: str) -> ReadingTaken:
@@ -102,11 +122,11 @@ def load_profiles_or_none(settings: Settings) -> dict:
         return {}
 
 
-def make_aggregator(settings: Settings) -> Aggregator:
+def make_aggregator(settings: Settings, site: Site | None = None) -> Aggregator:
     return Aggregator(
         get_store(settings.clickhouse_dsn),
         settings.clickhouse_database,
-        settings.site,
+        site or settings.site,
         load_profiles_or_none(settings),
     )
 
@@ -115,20 +135,27 @@ def deliver_subject(site: str) -> str:
     return f"_ews.deliver.{site}.{DURABLE}"
 
 
-def consumer_config(site: str, ack_wait: float = ACK_WAIT, batch_size: int = BATCH_SIZE) -> ConsumerConfig:
-    """The durable push consumer of the aggregator."""
+def consumer_config(
+    site: str, ack_wait: float = ACK_WAIT, batch_size: int = BATCH_SIZE, start_seq: int | None = None
+) -> ConsumerConfig:
+    """The durable push consumer of the aggregator (from ``start_seq`` after a rebuild, else from the start)."""
     return ConsumerConfig(
         name=DURABLE,
         durable_name=DURABLE,
         filter_subject=pattern(site, Kind.READING),
         deliver_subject=deliver_subject(site),
         ack_policy=JsAckPolicy.ALL,
-        deliver_policy=DeliverPolicy.ALL,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq else DeliverPolicy.ALL,
+        opt_start_seq=start_seq or None,
         max_ack_pending=IN_FLIGHT_BATCHES * batch_size,
         ack_wait=ack_wait,
         # no flow control needed: max_ack_pending bounds what is in flight, below the subscription's pending limit
         idle_heartbeat=5.0,
     )
+
+
+class MarkerPresent(Exception):
+    """The durable consumer is a restore's rebuild marker: the rebuild puts the consumer back."""
 
 
 async def ensure_consumer(js, site: str, batch_size: int = BATCH_SIZE) -> ConsumerConfig:
@@ -141,6 +168,8 @@ async def ensure_consumer(js, site: str, batch_size: int = BATCH_SIZE) -> Consum
             await js.add_consumer(READINGS.name, config=consumer_config(site, batch_size=batch_size))
         ).config
     config = info.config
+    if RebuildMarker.of(info) is not None:
+        raise MarkerPresent("a restore asked for a rebuild")
     if config.deliver_subject is None or config.ack_policy != JsAckPolicy.ALL:
         log.info("replacing the %s consumer of %s by a push consumer with ack-all", DURABLE, READINGS.name)
         await js.delete_consumer(READINGS.name, DURABLE)
@@ -215,42 +244,237 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLD)
 
 
-async def serve(settings: Settings) -> None:
-    aggregator = make_aggregator(settings)
-    await aggregator.start()  # migrate + load state before the first message
-    tune_gc()
-    batcher = Batcher(aggregator, settings.aggregator_batch)
-    ticker = asyncio.create_task(batcher.tick(), name="aggregator-batches")
-    sub = None
-    nc = None
-    try:
+class AggregatorService:
+    """The running aggregator: the live consumer, and the rebuilds a restore asks for."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.batch_size = settings.aggregator_batch
+        self.live: LiveSite | None = None
+        self.pinned = 0  # configuration versions below this one are not applied (see _apply_site)
+        self.nc = None
+        self.js = None
+        self.sub = None
+        self.aggregator: Aggregator | None = None
+        self.batcher: Batcher | None = None
+        self.status = RebuildStatus(state="idle")
+        self.wanted: RebuildMarker | None = None  # the rebuild to do (a newer request replaces it)
+        self.rebuilding: asyncio.Task | None = None
+        self.failed_at = 0.0
+        self.tasks: list[asyncio.Task] = []
+
+    @property
+    def site_id(self) -> str:
+        return self.settings.site.site
+
+    async def start(self) -> None:
+        # the configuration in force (seeded from the site file on the first start), followed live
+        self.live = await LiveSite.connect(self.settings.nats_url, self.settings.site_path, "aggregator")
         # readings are the hot path: a plain nats-py connection with the fast header parser
-        nc = await connect_fast(settings.nats_url, "aggregator")
-        js = nc.jetstream()
-        await ensure_streams_with(js)
-        config = await ensure_consumer(js, aggregator.site.site, settings.aggregator_batch)
-        sub = await js.subscribe_bind(
+        self.nc = await connect_fast(self.settings.nats_url, "aggregator")
+        self.js = self.nc.jetstream()
+        await ensure_streams_with(self.js)
+        self.aggregator = make_aggregator(self.settings, self.live.site)
+        await self.aggregator.start()  # migrate + load state before the first message
+        self.live.on_change(self._apply_site)
+        await self.live.follow()
+        tune_gc()
+        self.batcher = Batcher(self.aggregator, self.batch_size)
+        self.tasks.append(asyncio.create_task(self.batcher.tick(), name="aggregator-batches"))
+        await self.nc.subscribe(aggregator_rpc(self.site_id, "*"), queue=RPC_QUEUE, cb=self.on_request)
+        marker = await current_marker(self.js)
+        if marker is None:
+            await self.consume(await ensure_consumer(self.js, self.site_id, self.batch_size))
+            log.info(
+                "aggregator consuming %s into %s",
+                pattern(self.site_id, Kind.READING),
+                self.settings.clickhouse_database,
+            )
+        else:
+            self.status = RebuildStatus(state="waiting", restore=marker.restore)
+            if marker.due():
+                self.start_rebuild(marker)
+            else:
+                log.info("a restore is in progress: the aggregator waits for it before rebuilding")
+        self.tasks.append(asyncio.create_task(self.watch(), name="aggregator-watch"))
+
+    async def consume(self, config: ConsumerConfig) -> None:
+        assert self.js is not None and self.batcher is not None
+        self.sub = await self.js.subscribe_bind(
             READINGS.name,
             config,
             DURABLE,
-            cb=batcher.on_message,
+            cb=self.batcher.on_message,
             manual_ack=True,
-            pending_msgs_limit=2 * (config.max_ack_pending or IN_FLIGHT_BATCHES * settings.aggregator_batch),
+            pending_msgs_limit=2 * (config.max_ack_pending or IN_FLIGHT_BATCHES * self.batch_size),
             pending_bytes_limit=256 * 1024 * 1024,
         )
-        log.info(
-            "aggregator consuming %s into %s",
-            pattern(aggregator.site.site, Kind.READING),
-            settings.clickhouse_database,
+
+    async def stop_consuming(self) -> None:
+        """Unsubscribe, drop what waits for a batch (the rebuild reads it again), finish the batch being
+        written."""
+        if self.sub is not None:
+            with contextlib.suppress(Exception):
+                await self.sub.unsubscribe()
+            self.sub = None
+        assert self.batcher is not None
+        self.batcher.pending = []
+        async with self.batcher.lock:
+            if self.batcher.inflight is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.batcher.inflight)
+
+    def _apply_site(self, site: Site, event: SiteConfigured) -> None:
+        """A new configuration version, live. A restore republishes the configuration history before
+        its own version: versions older than the one a rebuild accounts with are not applied (they would
+        change the prices in the middle of the rebuild)."""
+        if event.version < self.pinned or self.aggregator is None:
+            return
+        self.aggregator.apply_site(site)
+
+    # --- rebuilds ---------------------------------------------------------------------------------
+
+    def start_rebuild(self, marker: RebuildMarker) -> None:
+        self.wanted = marker
+        self.status = RebuildStatus(state="rebuilding", restore=marker.restore)
+        if self.rebuilding is None or self.rebuilding.done():
+            self.rebuilding = asyncio.create_task(self._rebuilds(), name="aggregator-rebuild")
+
+    async def _rebuilds(self) -> None:
+        while self.wanted is not None:
+            marker = self.wanted
+            try:
+                await self._rebuild(marker)
+            except RebuildCancelled:
+                log.info("rebuild for restore %s interrupted by a newer restore", marker.restore)
+                continue
+            except Exception as exc:
+                self.failed_at = time.monotonic()
+                self.status = RebuildStatus(state="failed", restore=marker.restore, error=one_line(exc))
+                log.error(
+                    "rebuild after restore %s failed (tried again later): %s", marker.restore, one_line(exc)
+                )
+                if self.wanted is marker:
+                    self.wanted = None
+                return
+            if self.wanted is marker:
+                self.wanted = None
+
+    async def _rebuild(self, marker: RebuildMarker) -> None:
+        """See rebuild.py; raises on failure (the marker stays, the watchdog retries)."""
+        assert self.js is not None and self.nc is not None and self.batcher is not None
+        started = time.monotonic()
+        status = self.status = RebuildStatus(state="rebuilding", restore=marker.restore)
+        log.info("rebuilding the projections of site %s (restore %s)", self.site_id, marker.restore)
+        await self.stop_consuming()
+        assert self.live is not None
+        site, self.pinned = await site_in_force(self.live.store, self.live.site)
+        aggregator = make_aggregator(self.settings, site)
+        await empty_projections(aggregator)
+        await aggregator.start()
+        self.aggregator = self.batcher.aggregator = aggregator
+
+        def progress(done: int, total: int) -> None:
+            status.done, status.total = done, total
+
+        result = await replay(
+            self.nc,
+            aggregator,
+            marker.cut,
+            self.batch_size,
+            progress,
+            cancelled=lambda: self.wanted is not marker,
         )
+        now = await current_marker(self.js)
+        if now is not None and now.restore != marker.restore:  # another restore began meanwhile
+            if now.due():
+                self.wanted = now
+                raise RebuildCancelled
+            self.status = RebuildStatus(state="waiting", restore=now.restore)
+            return
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_consumer(READINGS.name, DURABLE)
+        config = consumer_config(self.site_id, batch_size=self.batch_size, start_seq=result.last_seq + 1)
+        config = (await self.js.add_consumer(READINGS.name, config=config)).config
+        await self.consume(config)
+        self.status = RebuildStatus(
+            state="idle",
+            restore=marker.restore,
+            done=result.readings,
+            total=result.readings,
+            finished_at=utcnow(),
+        )
+        log.info(
+            "rebuilt the projections from %d readings in %.1f s (%d taken during the restore, %d bad skipped)",
+            result.readings,
+            time.monotonic() - started,
+            result.held_back,
+            result.skipped,
+        )
+
+    async def on_request(self, msg: Msg) -> None:
+        operation = msg.subject.rpartition(".")[2]
+        try:
+            if operation == "rebuild":
+                marker = await current_marker(self.js)
+                if marker is not None:
+                    self.start_rebuild(replace(marker, not_before=0.0))
+                answer = self.status.model_dump(mode="json")
+            elif operation == "status":
+                answer = self.status.model_dump(mode="json")
+            else:
+                answer = {"state": "failed", "error": f"unknown operation {operation!r}"}
+        except Exception as exc:
+            answer = {"state": "failed", "error": one_line(exc)}
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(json.dumps(answer).encode())
+
+    async def watch(self) -> None:
+        """A due marker (the restorer died, or the rebuild failed) starts a rebuild; a consumer that
+        vanished without a marker is created again."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            if self.rebuilding is not None and not self.rebuilding.done():
+                continue
+            try:
+                marker = await current_marker(self.js)
+                if marker is not None:
+                    if self.status.state == "failed" and time.monotonic() - self.failed_at < REBUILD_RETRY:
+                        continue
+                    if marker.due():
+                        self.start_rebuild(marker)
+                    elif self.status.state != "waiting":
+                        self.status = RebuildStatus(state="waiting", restore=marker.restore)
+                elif self.sub is None:
+                    await self.consume(await ensure_consumer(self.js, self.site_id, self.batch_size))
+                    self.status = RebuildStatus(state="idle")
+            except MarkerPresent:
+                continue
+            except Exception as exc:
+                log.debug("watchdog: %s", one_line(exc))
+
+    async def stop(self) -> None:
+        for task in [*self.tasks, self.rebuilding]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(
+            *[t for t in [*self.tasks, self.rebuilding] if t is not None], return_exceptions=True
+        )
+        if self.sub is not None:
+            with contextlib.suppress(Exception):
+                await self.sub.unsubscribe()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+        if self.live is not None:
+            await self.live.close()
+
+
+async def serve(settings: Settings) -> None:
+    service = AggregatorService(settings)
+    try:
+        await service.start()
         await asyncio.Event().wait()
     finally:
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        if nc is not None:
-            with contextlib.suppress(Exception):
-                await nc.close()
+        await service.stop()
