@@ -4,11 +4,29 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 BUNDLED_DEMO_SITE = Path(__file__).parent / "sites" / "demo.yaml"
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalize_origin(value: str) -> str | None:
+    """``scheme://host[:port]`` as browsers write an ``Origin`` (lower case, no default port, IPv6 in
+    brackets) from an origin, a URL (a ``Referer``) or ``scheme://`` + a ``Host`` header; None when it is
+    not an http(s) origin (``null``, a bare word, a bad port)."""
+    try:
+        parts = urlsplit(value.strip())
+        scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
+    except ValueError:
+        return None
+    if scheme not in DEFAULT_PORTS or not host:
+        return None
+    name = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{name}" if port in (None, DEFAULT_PORTS[scheme]) else f"{scheme}://{name}:{port}"
 
 
 class Settings(BaseSettings):
@@ -59,7 +77,29 @@ class Settings(BaseSettings):
         description="Readings the aggregator writes per batch when catching up (memory vs throughput).",
     )
     secure_cookies: bool = Field(default=False, alias="EWS_SECURE_COOKIES", description="Set behind HTTPS.")
+    allowed_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        alias="EWS_ALLOWED_ORIGINS",
+        description="Comma-separated origins (scheme://host[:port]) whose pages may send state-changing "
+        "requests besides the server's own address as the browser reaches it (e.g. behind an HTTPS proxy).",
+    )
     log_level: str = Field(default="INFO", alias="EWS_LOG_LEVEL")
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> tuple[str, ...]:
+        items = value.split(",") if isinstance(value, str) else list(value or ())  # type: ignore[call-overload]
+        origins = []
+        for item in (str(i).strip().rstrip("/") for i in items):
+            if not item:
+                continue
+            origin = normalize_origin(item)
+            if origin is None or urlsplit(item).path or urlsplit(item).query:
+                raise ValueError(
+                    f"{item!r} is not an origin: write scheme://host[:port], e.g. https://ews.example"
+                )
+            origins.append(origin)
+        return tuple(dict.fromkeys(origins))
 
     @property
     def site_path(self) -> Path:

@@ -172,8 +172,11 @@ def up(settings: Settings) -> int:
         _wait_http(f"{url}/health", 90, children)
         _banner(url, settings)
 
+        watched = [ServerWatch(server) for server in servers]
         while not stopping:
             time.sleep(0.2)
+            for watch in watched:
+                watch.check()
             if held and (_simulator_ready(settings) or time.monotonic() - held_since > SIMULATOR_WAIT):
                 for child in held:
                     child.next_start = 0.0
@@ -207,6 +210,48 @@ def up(settings: Settings) -> int:
             server.stop()
         log.info("stopped; data kept in %s", data)
     return 0
+
+
+class ServerWatch:
+    """Restart nats-server or redis-server when it dies, like a target (logged, with back-off; their data
+    folders survive). The services reconnect by themselves; ``/ready`` says 503 meanwhile."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+        self.restarts = 0
+        self.next_start = 0.0
+        self.started_at = time.monotonic()
+
+    @property
+    def name(self) -> str:
+        return self.server.name
+
+    def check(self) -> None:
+        proc = self.server.proc
+        if proc is not None and proc.poll() is None:
+            return
+        now = time.monotonic()
+        if proc is not None:  # it just died: schedule a restart
+            if now - self.started_at > 60:
+                self.restarts = 0
+            self.restarts += 1
+            delay = min(30.0, 0.5 * 2 ** (self.restarts - 1))
+            log.error("%s exited with code %s; restarting in %.1f s", self.name, proc.returncode, delay)
+            self.server.proc = None
+            self.next_start = now + delay
+            return
+        if now < self.next_start:
+            return
+        try:
+            self.server.start(timeout=10.0)
+        except Exception as exc:  # port still held, binary gone …: try again later
+            self.restarts += 1
+            self.next_start = now + min(30.0, 0.5 * 2**self.restarts)
+            log.error("%s did not start again (%s); next try in %.0f s", self.name, exc, self.next_start - now)
+            self.server.proc = None
+            return
+        self.started_at = time.monotonic()
+        log.info("%s restarted on port %s (data kept in %s)", self.name, self.server.port, self.server.data_dir)
 
 
 def _banner(url: str, settings: Settings) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 from ews_contracts.bus import ensure_streams, make_broker
+from ews_contracts.siteconfig import LiveSite
 from ews_contracts.profiles import load_profiles
 from ews_contracts.settings import Settings
 from ews_contracts.text import one_line
@@ -36,6 +37,7 @@ from litestar.config.compression import CompressionConfig
 from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.stores.redis import RedisStore
 from litestar.template.config import TemplateConfig
@@ -46,9 +48,10 @@ from .errors import ApiError, detail_for, error_code, reader_language
 from .guards import public
 from .i18n import N_
 from .pages import _page
+from .security import check_request, security_headers
 from .sessions import SESSION_COOKIE, session_config
 from .storage import open_store
-from .web import TEMPLATES_DIR
+from .web import API_DOCS_PATH, TEMPLATES_DIR, ApiDocs
 
 log = logging.getLogger("ews.gateway-api")
 
@@ -168,6 +171,17 @@ def create_app(settings: Settings) -> Litestar:
         app.state.broker = broker
         try:
             await ensure_streams(broker)
+            # the configuration in force (seeded from the site file on the first start), followed live
+            live = await LiveSite.open(broker.connection.jetstream(), settings.site_path)
+            app.state.live = live
+            app.state.site = live.site
+
+            def follow(new_site, event) -> None:  # noqa: ARG001
+                app.state.site = new_site
+                app.state.summary_cache = {}
+
+            live.on_change(follow)
+            await live.follow()
             app.state.store = await open_store(settings)
             # start-up objects (modules, site, profiles, templates) out of the collector's view: a full
             # collection then scans only what requests create (no 100 ms pause in the middle of a page)
@@ -181,6 +195,8 @@ def create_app(settings: Settings) -> Litestar:
             yield
         finally:
             try:
+                if getattr(app.state, "live", None) is not None:
+                    await app.state.live.close()
                 await broker.stop()
             finally:
                 await redis_client.aclose()
@@ -193,6 +209,10 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=handlers,
         lifespan=lifespans,
         middleware=[session_config(settings.secure_cookies).middleware],
+        # security.py: cross-site requests and the API's content types refused (after the guards, before
+        # the body is read); the security headers on every response, errors and static files included
+        before_request=check_request,
+        before_send=[security_headers],
         stores={"sessions": RedisStore(redis_client, namespace=f"ews:{site.site}:session")},
         logging_config=None,  # the process's logging (set up by `ews`) applies: one format for every service
         template_config=TemplateConfig(
@@ -221,7 +241,9 @@ def create_app(settings: Settings) -> Litestar:
                 }
             ),
             security=[{"session": []}],
-            openapi_router=Router(path="/schema", route_handlers=[], guards=[public]),
+            openapi_router=Router(path=API_DOCS_PATH, route_handlers=[], guards=[public]),
+            # the JSON and YAML documents and one viewer, vendored (offline LAN: no CDN)
+            render_plugins=[ApiDocs(), JsonRenderPlugin(), YamlRenderPlugin()],
         ),
         state=None,
         debug=False,
@@ -233,6 +255,7 @@ def create_app(settings: Settings) -> Litestar:
     )  # once: devices and commands read them per request
     app.state.redis = redis_client
     app.state.broker = None
+    app.state.live = None
     app.state.store = None
     app.state.database = settings.clickhouse_database
     return app

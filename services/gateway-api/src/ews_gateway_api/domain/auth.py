@@ -70,12 +70,12 @@ DEFAULT_CODES = "default_codes"
 
 
 class LoginBody(BaseModel):
-    pin: str = Field(min_length=1, max_length=16, description="5-digit PIN.", examples=["99999"])
+    pin: str = Field(min_length=1, max_length=16, description="5-digit PIN.", examples=["12345"])
     puk: str | None = Field(
         default=None,
         max_length=32,
         description="14-digit PUK, with or without its spaces; needed when the browser has no valid PUK step.",
-        examples=["00000 9999 00000"],
+        examples=["12345 6789 01234"],
     )
 
 

@@ -1,11 +1,13 @@
-"""``GET /health`` (no auth): the process answers; what it can reach is reported, never fatal."""
+"""``GET /health`` (no auth): liveness — the process answers; what it can reach is reported, never fatal.
+``GET /ready`` (no auth): readiness — 503 naming the parts (nats, redis, clickhouse) that do not answer."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any, Literal
 
-from litestar import Request, Router, get
+from litestar import Request, Response, Router, get
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.datastructures import State
 from pydantic import BaseModel, Field
 
@@ -39,7 +41,10 @@ async def _redis_ok(redis: Any) -> bool:
     security=[{}],
 )
 async def health(request: Request[Any, Any, State]) -> Health:
-    state = request.app.state
+    return await health_of(request.app.state)
+
+
+async def health_of(state: State) -> Health:
     broker = state.broker
     connection = getattr(broker, "_connection", None) if broker is not None else None
     nats_ok = bool(connection is not None and getattr(connection, "is_connected", False))
@@ -53,4 +58,39 @@ async def health(request: Request[Any, Any, State]) -> Health:
     )
 
 
-router = Router(path="/", route_handlers=[health])
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    unavailable: list[str] = Field(
+        default_factory=list, description="The parts not reachable: nats, redis, clickhouse.", examples=[["redis"]]
+    )
+
+
+@get(
+    "/ready",
+    guards=[public],
+    operation_id="ready",
+    summary="Readiness: 200 when NATS, Redis and ClickHouse answer, 503 naming the part otherwise",
+    tags=["system"],
+    security=[{}],
+    responses={503: ResponseSpec(Readiness, description="A part the product needs is unavailable.")},
+)
+async def ready(request: Request[Any, Any, State]) -> Response[Readiness]:
+    health_now = await health_of(request.app.state)
+    down = [
+        name
+        for name, ok in (
+            ("nats", health_now.nats == "connected"),
+            ("redis", health_now.redis == "ok"),
+            ("clickhouse", health_now.analytics in ("ready", "busy")),
+        )
+        if not ok
+    ]
+    body = Readiness(status="unavailable" if down else "ready", unavailable=down)
+    return Response(
+        body,
+        status_code=503 if down else 200,
+        headers={"Cache-Control": "no-store", **({"Retry-After": "5"} if down else {})},
+    )
+
+
+router = Router(path="/", route_handlers=[health, ready])

@@ -1,0 +1,77 @@
+"""`ews up` supervises nats-server and redis-server: after `kill -9` of either, `/ready` turns 503 naming
+the part within seconds, the server is restarted (logged) and `/ready` is 200 again within a minute."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from ews_runtime.servers import free_port
+
+from tests.helpers import clean_env, demo_site_on_port, start_ews, stop, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def ready(base: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"{base}/ready", timeout=2) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    except OSError:
+        return 0, {}
+
+
+def pid_of(name: str, port: str) -> int | None:
+    """The server process listening on ``port`` (redis-server rewrites its command line to host:port)."""
+    found = subprocess.run(["pgrep", name], capture_output=True, text=True).stdout.split()
+    for pid in found:
+        try:
+            if port in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " "):
+                return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.timeout(300)
+def test_dead_servers_are_restarted_and_ready_tells_the_truth(tmp_path: Path):
+    data = tmp_path / "data"
+    http, nats_port, redis_port = free_port(), free_port(), free_port()
+    ports = {"nats-server": str(nats_port), "redis-server": str(redis_port)}
+    env = clean_env(
+        EWS_DATA_DIR=str(data),
+        EWS_SITE_FILE=str(demo_site_on_port(tmp_path, free_port())),
+        EWS_SIMULATE="1",
+        EWS_HTTP_PORT=str(http),
+        NATS_URL=f"nats://127.0.0.1:{nats_port}",
+        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+    )
+    log = tmp_path / "up.log"
+    proc = start_ews(["up"], env, log)
+    base = f"http://127.0.0.1:{http}"
+    try:
+        wait_until(lambda: ready(base)[0] == 200 or None, 120, "/ready 200 after start")
+        for server, part in (("nats-server", "nats"), ("redis-server", "redis")):
+            pid = pid_of(server, ports[server])
+            assert pid, f"no {server} of this stack"
+            os.kill(pid, signal.SIGKILL)
+            status, body = wait_until(
+                lambda part=part: (r := ready(base))[0] == 503 and part in r[1].get("unavailable", []) and r or None,
+                20,
+                f"/ready 503 naming {part}",
+            )
+            wait_until(lambda: ready(base)[0] == 200 or None, 60, f"/ready 200 after {server} came back")
+            assert pid_of(server, ports[server]) not in (None, pid)
+        text = log.read_text()
+        assert "nats-server exited with code" in text and "nats-server restarted" in text
+        assert "redis-server exited with code" in text and "redis-server restarted" in text
+    finally:
+        stop(proc)
