@@ -218,7 +218,9 @@ def create_app(settings: Settings) -> Litestar:
         template_config=TemplateConfig(
             directory=TEMPLATES_DIR, engine=JinjaTemplateEngine, engine_callback=configure_templates
         ),
-        compression_config=CompressionConfig(backend="gzip", gzip_compress_level=6, minimum_size=1024),
+        compression_config=CompressionConfig(
+            backend="gzip", gzip_compress_level=6, minimum_size=1024, exclude_opt_key="skip_compression"
+        ),
         exception_handlers={
             HTTPException: http_error,
             RecursionError: too_deep,

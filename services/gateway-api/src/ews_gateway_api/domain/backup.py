@@ -55,7 +55,7 @@ log = logging.getLogger("ews.gateway-api.backup")
 
 MAX_ARCHIVE_BYTES = 64 * 1024**3  # an upload larger than this is refused (413)
 SPOOL_CHUNK = 1024 * 1024
-SKIP_COMPRESSION = "skip_compression"  # opt key: the archive is gzip already (see the report on app.py)
+SKIP_COMPRESSION = "skip_compression"  # opt key (app.py CompressionConfig.exclude_opt_key): the archive is gzip already
 
 # The same English text as ews_contracts.backup.PROBLEMS, as catalogue msgids (a test keeps them equal).
 PROBLEM_MESSAGES: dict[str, str] = {
