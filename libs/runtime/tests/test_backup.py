@@ -23,7 +23,7 @@ from ews_contracts.natsclient import connect_fast
 from ews_contracts.rebuild import RebuildMarker, current_marker
 from ews_contracts.streams import READINGS
 from ews_contracts.subjects import Kind
-from ews_runtime.servers import NatsServer, RedisServer, free_port, probe
+from ews_runtime.servers import NatsServer, RedisServer, free_port, probe, redis_password
 
 EWS = [sys.executable, "-m", "ews_runtime.cli"]
 HASH = "$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"
@@ -195,6 +195,28 @@ def test_archive_is_a_plain_tar_gz(tmp_path: Path) -> None:
     assert first["subject"] == "ews.demo.reading.m1" and first["id"] == first["data"].split('"')[3]
     assert ReadingTaken.model_validate_json(first["data"]).values == {"energy_active_import": 1000.0}
     assert identity["format"] == "ews-backup" and identity["site"] == "demo"
+
+
+@pytest.mark.integration
+def test_backup_finds_the_password_of_ews_up_redis(tmp_path: Path) -> None:
+    """REDIS_URL without a password: `ews backup` uses the one `ews up` keeps in data/redis/password, with
+    the stack running and with it stopped (then the redis-server it starts requires that password too)."""
+    data = tmp_path / "data"
+    password = redis_password(data / "redis", create=True)
+    redis_port = free_port()
+    plain_url = f"redis://127.0.0.1:{redis_port}/0"
+    with (
+        NatsServer(data / "nats", free_port()) as nats,
+        RedisServer(data / "redis", redis_port, password=password) as redis,
+    ):
+        assert redis.url != plain_url and password in redis.url
+        asyncio.run(seed(nats.url, redis.url, 3))
+        result = ews(["backup", str(tmp_path / "running.tar.gz")], env_for(data, nats.url, plain_url))
+        assert result.returncode == 0, result.stderr
+        nats_url = nats.url
+    result = ews(["backup", str(tmp_path / "stopped.tar.gz")], env_for(data, nats_url, plain_url))
+    assert result.returncode == 0, result.stderr
+    assert password not in result.stdout + result.stderr
 
 
 # --- the archive format, without servers ------------------------------------------------------------

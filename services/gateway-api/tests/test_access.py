@@ -15,7 +15,13 @@ from ews_contracts.events import AuditRecorded
 from ews_contracts.settings import Settings
 from ews_gateway_api import sessions
 from ews_gateway_api.app import create_app
-from ews_gateway_api.sessions import ABSOLUTE_TIMEOUT, IDLE_TIMEOUT, SESSION_COOKIE, role_sessions_key
+from ews_gateway_api.sessions import (
+    ABSOLUTE_TIMEOUT,
+    IDLE_TIMEOUT,
+    SESSION_COOKIE,
+    hashed_id,
+    role_sessions_key,
+)
 from ews_gateway_api.testing import BASE_URL, app_client
 from httpx import AsyncClient
 from litestar import Litestar
@@ -96,11 +102,11 @@ async def test_session_cookie_and_timeouts(client: AsyncClient, app: Litestar) -
         "HttpOnly" in cookie and "samesite=strict" in cookie.lower() and f"Max-Age={IDLE_TIMEOUT}" in cookie
     )
     redis = app.state.redis
-    key = f"ews:demo:session:{sid}"
+    key = f"ews:demo:session:{hashed_id(sid)}"
     assert 0 < await redis.ttl(key) <= IDLE_TIMEOUT  # idle timeout: the store entry's TTL
     stored = json.loads(await redis.get(key))
     assert stored["role"] == "user" and abs(stored["login_at"] - time.time()) < 5
-    assert await redis.sismember(role_sessions_key("demo", "user"), sid)
+    assert await redis.sismember(role_sessions_key("demo", "user"), hashed_id(sid))
     await redis.expire(key, 100)
     resp = await client.get("/api/v1/me")
     assert resp.status_code == 200 and await redis.ttl(key) > 100  # renewed by use
@@ -113,6 +119,24 @@ async def test_session_cookie_and_timeouts(client: AsyncClient, app: Litestar) -
     await redis.set(key, json.dumps({"role": "administrator"}), ex=600)
     client.cookies.set(SESSION_COOKIE, sid)
     assert (await client.get("/api/v1/me")).status_code == 401
+
+
+async def test_redis_never_holds_a_session_id(client: AsyncClient, app: Litestar) -> None:
+    """Whoever reads Redis (keys and values) finds no session id to present as a cookie."""
+    resp = await client.post(LOGIN, json=USER)
+    assert resp.status_code == 200
+    sid = resp.cookies[SESSION_COOKIE]
+    redis = app.state.redis
+    keys = [k.decode() for k in await redis.keys("*")]
+    assert f"ews:demo:session:{hashed_id(sid)}" in keys
+    assert not [k for k in keys if sid in k]
+    for key in keys:
+        kind = (await redis.type(key)).decode()
+        if kind == "string":
+            assert sid.encode() not in await redis.get(key)
+        elif kind == "set":
+            assert not [m for m in await redis.smembers(key) if sid.encode() in m]
+    assert (await client.get("/api/v1/me")).status_code == 200  # the session works all the same
 
 
 async def test_secure_cookies_behind_https(settings: Settings, fresh_redis: str, monkeypatch) -> None:

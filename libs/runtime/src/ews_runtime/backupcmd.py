@@ -1,7 +1,8 @@
 """``ews backup FILE`` and ``ews restore FILE``: the archive of ``GET /api/v1/backup`` / ``POST /api/v1/restore``
 from the command line (the same code: ``ews_contracts.backup``).
 
-They talk to NATS and Redis at ``NATS_URL`` / ``REDIS_URL``, like the services. When nothing answers there
+They talk to NATS and Redis at ``NATS_URL`` / ``REDIS_URL``, like the services (with the password kept in
+``data/redis/password`` by ``ews up`` when ``REDIS_URL`` carries none). When nothing answers there
 (the stack is stopped) they start nats-server and redis-server on the data folder for the time of the
 command, exactly as ``ews up`` would, and stop them at the end: a stopped box can be backed up, and a fresh
 one restored before its first start. The figures are rebuilt by the aggregator: at once when it runs
@@ -33,7 +34,17 @@ from ews_contracts.rebuild import rebuild_status
 from ews_contracts.settings import Settings
 from ews_contracts.text import one_line
 
-from .servers import ManagedServer, NatsServer, RedisServer, StartupError, host_port, probe
+from .servers import (
+    ManagedServer,
+    NatsServer,
+    RedisServer,
+    StartupError,
+    host_port,
+    probe,
+    redis_password,
+    redis_url_for,
+    url_password,
+)
 
 LOCAL = {"127.0.0.1", "localhost", "::1"}
 WAIT_POLL = 1.0  # seconds between two questions to the aggregator
@@ -66,7 +77,13 @@ def servers_for(settings: Settings) -> Iterator[list[str]]:
                 settings.redis_url,
                 "redis",
                 6379,
-                lambda h, p: RedisServer(data / "redis", p, h, log=data / "redis-server.log"),
+                lambda h, p: RedisServer(
+                    data / "redis",
+                    p,
+                    h,
+                    log=data / "redis-server.log",
+                    password=url_password(settings.redis_url) or redis_password(data / "redis"),
+                ),
             ),
         ):
             host, port = host_port(url, default_port)
@@ -75,11 +92,11 @@ def servers_for(settings: Settings) -> Iterator[list[str]]:
                 continue
             if found is not None:
                 raise StartupError(
-                    f"{url} answers, but not as {kind} ({found}): check {'NATS_URL' if kind == 'nats' else 'REDIS_URL'}"
+                    f"{host}:{port} answers, but not as {kind} ({found}): check {'NATS_URL' if kind == 'nats' else 'REDIS_URL'}"
                 )
             if host not in LOCAL:
                 raise StartupError(
-                    f"nothing answers at {url}: start it, or check {'NATS_URL' if kind == 'nats' else 'REDIS_URL'}"
+                    f"nothing answers at {host}:{port}: start it, or check {'NATS_URL' if kind == 'nats' else 'REDIS_URL'}"
                 )
             data.mkdir(parents=True, exist_ok=True)
             started.append(make(host, port).start())
@@ -108,7 +125,9 @@ async def _connect(settings: Settings, name: str):
 def _redis(settings: Settings):
     import redis.asyncio as aioredis
 
-    return aioredis.from_url(settings.redis_url, socket_connect_timeout=5)
+    # the password of `ews up`'s redis-server (data/redis/password) when REDIS_URL carries none
+    url = redis_url_for(settings.redis_url, settings.data_dir.resolve())
+    return aioredis.from_url(url, socket_connect_timeout=5)
 
 
 def _size(n: float) -> str:

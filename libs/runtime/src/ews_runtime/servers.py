@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -10,7 +11,7 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote, urlparse, urlsplit, urlunsplit
 
 
 class StartupError(RuntimeError):
@@ -154,13 +155,83 @@ class NatsServer(ManagedServer):
         return f"nats://{self.host}:{self.port}"
 
 
+REDIS_PASSWORD_FILE = "password"  # in the redis data folder (data/redis/password), mode 0600
+
+
+def redis_password(data_dir: Path, create: bool = False) -> str | None:
+    """The password of the redis-server kept in ``data_dir`` (its data folder, e.g. ``data/redis``): read from
+    its ``password`` file; made (random, mode 0600) when ``create`` and there is none yet."""
+    path = Path(data_dir) / REDIS_PASSWORD_FILE
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = ""
+    if text or not create:
+        return text or None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
+    return password
+
+
+def url_password(url: str) -> str | None:
+    password = urlsplit(url).password
+    return unquote(password) if password else None
+
+
+def url_with_password(url: str, password: str) -> str:
+    """``redis://host:port/0`` → ``redis://:password@host:port/0`` (a user name is kept)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    user = quote(unquote(parts.username), safe="") if parts.username else ""
+    netloc = f"{user}:{quote(password, safe='')}@{netloc}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def redis_url_for(url: str, data_dir: Path) -> str:
+    """``url`` with the password of the data folder's redis-server when it carries none and one is kept."""
+    if url_password(url):
+        return url
+    password = redis_password(Path(data_dir) / "redis")
+    return url_with_password(url, password) if password else url
+
+
 class RedisServer(ManagedServer):
+    """With a ``password``, clients must authenticate: it is passed in a mode-0600 configuration file next
+    to the data (not on the command line, which every user of the box can read)."""
+
     name = "redis-server"
     default_port = 6379
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        host: str = "127.0.0.1",
+        log: Path | None = None,
+        password: str | None = None,
+    ) -> None:
+        super().__init__(data_dir, port, host, log)
+        self.password = password
+
+    def _config_file(self) -> list[str]:
+        if not self.password:
+            return []
+        path = self.data_dir / "auth.conf"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as out:
+            quoted = self.password.replace("\\", "\\\\").replace('"', '\\"')
+            out.write(f'requirepass "{quoted}"\n')
+        return [str(path)]
 
     def command(self) -> list[str]:
         return [
             redis_server_binary(),
+            *self._config_file(),
             "--port",
             str(self.port),
             "--bind",
@@ -181,7 +252,8 @@ class RedisServer(ManagedServer):
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        plain = f"redis://{self.host}:{self.port}/0"
+        return url_with_password(plain, self.password) if self.password else plain
 
 
 def env_with(**values: str) -> dict[str, str]:

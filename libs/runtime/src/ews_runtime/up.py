@@ -28,7 +28,10 @@ from .servers import (
     nats_server_binary,
     port_in_use,
     probe,
+    redis_password,
     redis_server_binary,
+    url_password,
+    url_with_password,
 )
 
 log = logging.getLogger("ews.up")
@@ -78,7 +81,7 @@ def _reuse(url: str, default_port: int, kind: str) -> bool:
         found, f"a program that is not {kind}"
     )
     raise StartupError(
-        f"port {port} ({url}) is already in use by {what}: stop it, or point "
+        f"port {port} on {host} is already in use by {what}: stop it, or point "
         f"{'NATS_URL' if kind == 'nats' else 'REDIS_URL'} at another address"
     )
 
@@ -144,9 +147,14 @@ def up(settings: Settings) -> int:
             servers.append(NatsServer(data / "nats", port, host, log=data / "nats-server.log").start())
             log.info("nats-server (JetStream) on %s, data in %s", settings.nats_url, data / "nats")
         if manage_redis:
+            # protected by a password: REDIS_URL's, else one made on the first start and kept in the data
+            # folder (data/redis/password); the children get REDIS_URL with it. A reused Redis is left as is.
+            password = url_password(settings.redis_url) or redis_password(data / "redis", create=True)
+            env["REDIS_URL"] = url_with_password(settings.redis_url, password)
             host, port = host_port(settings.redis_url, 6379)
-            servers.append(RedisServer(data / "redis", port, host, log=data / "redis-server.log").start())
-            log.info("redis-server on %s", settings.redis_url)
+            redis_log = data / "redis-server.log"
+            servers.append(RedisServer(data / "redis", port, host, log=redis_log, password=password).start())
+            log.info("redis-server on %s:%s (password protected), data in %s", host, port, data / "redis")
 
         def start(child: Child) -> None:
             child.proc = subprocess.Popen(

@@ -9,7 +9,10 @@ On top of Litestar's backend:
 - **idle timeout** ``IDLE_TIMEOUT``: the store entry's TTL, renewed by each request (``renew_on_access``).
 - **absolute timeout** ``ABSOLUTE_TIMEOUT``: the login time (``login_at``, epoch seconds) is kept in the
   session; a session older than that, or without one, is deleted when it is next presented.
-- **revocation per role**: each login adds its session id to a Redis set per role
+- **no session id in clear in Redis**: the store is wrapped in :class:`HashedKeyStore`, so the Redis key of
+  a session is ``ews:<site>:session:<sha256 of its id>``; the role index below holds those hashes too.
+  Whoever reads Redis cannot take over a session.
+- **revocation per role**: each login adds its session id's hash to a Redis set per role
   (``ews:<site>:gateway:role-sessions:<role>``, expiring with the absolute timeout);
   :func:`revoke_role_sessions` deletes every session of a role (after a change of its codes).
 - an unchanged session is not written back: the load already renewed its TTL (one Redis round trip
@@ -20,14 +23,17 @@ Cookie: HttpOnly, SameSite=Strict, Secure when ``EWS_SECURE_COOKIES`` is set (be
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie, MutableScopeHeaders
 from litestar.middleware.session.server_side import ServerSideSessionBackend, ServerSideSessionConfig
+from litestar.stores.base import Store
 from litestar.types import Empty, Message, ScopeSession
 from litestar.utils.dataclass import extract_dataclass_items
 
@@ -53,31 +59,66 @@ def rotate_session(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     return state[_NEW_ID]
 
 
+def hashed_id(session_id: str) -> str:
+    """The name a session is stored under: the SHA-256 of its id (hex)."""
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+class HashedKeyStore(Store):
+    """A store whose keys are the SHA-256 of the keys it is given (Litestar calls get/set/delete with the
+    session id): the session ids never appear in Redis."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+
+    async def set(self, key: str, value: str | bytes, expires_in: int | timedelta | None = None) -> None:
+        await self.inner.set(hashed_id(key), value, expires_in)
+
+    async def get(self, key: str, renew_for: int | timedelta | None = None) -> bytes | None:
+        return await self.inner.get(hashed_id(key), renew_for)
+
+    async def delete(self, key: str) -> None:
+        await self.inner.delete(hashed_id(key))
+
+    async def delete_hashed(self, digest: str) -> None:
+        """Delete the entry stored under ``digest`` (a :func:`hashed_id`)."""
+        await self.inner.delete(digest)
+
+    async def delete_all(self) -> None:
+        await self.inner.delete_all()
+
+    async def exists(self, key: str) -> bool:
+        return await self.inner.exists(hashed_id(key))
+
+    async def expires_in(self, key: str) -> int | None:
+        return await self.inner.expires_in(hashed_id(key))
+
+
 def role_sessions_key(site: str, role: str) -> str:
     return f"ews:{site}:gateway:role-sessions:{role}"
 
 
 async def index_session(redis: Any, site: str, role: str, session_id: str) -> None:
-    """Remember that ``session_id`` belongs to ``role`` (for :func:`revoke_role_sessions`)."""
+    """Remember that ``session_id`` belongs to ``role`` (for :func:`revoke_role_sessions`; by its hash)."""
     key = role_sessions_key(site, role)
     pipe = redis.pipeline(transaction=False)
-    pipe.sadd(key, session_id)
+    pipe.sadd(key, hashed_id(session_id))
     pipe.expire(key, ABSOLUTE_TIMEOUT + 60)  # every indexed session is dead by then
     await pipe.execute()
 
 
 async def unindex_session(redis: Any, site: str, role: str, session_id: str) -> None:
-    await redis.srem(role_sessions_key(site, role), session_id)
+    await redis.srem(role_sessions_key(site, role), hashed_id(session_id))
 
 
 async def revoke_role_sessions(redis: Any, store: Any, site: str, role: str) -> int:
-    """Delete every session of ``role``; returns how many were indexed."""
+    """Delete every session of ``role`` (``store``: a :class:`HashedKeyStore`); returns how many were indexed."""
     key = role_sessions_key(site, role)
-    ids = [i.decode() if isinstance(i, bytes) else i for i in await redis.smembers(key)]
-    for session_id in ids:
-        await store.delete(session_id)
+    digests = [i.decode() if isinstance(i, bytes) else i for i in await redis.smembers(key)]
+    for digest in digests:
+        await store.delete_hashed(digest)
     await redis.delete(key)
-    return len(ids)
+    return len(digests)
 
 
 class RotatingSessionBackend(ServerSideSessionBackend):
