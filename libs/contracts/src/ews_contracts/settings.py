@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated
@@ -83,6 +84,12 @@ class Settings(BaseSettings):
         description="Comma-separated origins (scheme://host[:port]) whose pages may send state-changing "
         "requests besides the server's own address as the browser reaches it (e.g. behind an HTTPS proxy).",
     )
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        alias="EWS_TRUSTED_PROXIES",
+        description="Comma-separated IP addresses or networks (CIDR) of reverse proxies whose "
+        "X-Forwarded-For and X-Forwarded-Proto are believed; from any other peer they are ignored.",
+    )
     log_level: str = Field(default="INFO", alias="EWS_LOG_LEVEL")
 
     @field_validator("allowed_origins", mode="before")
@@ -100,6 +107,25 @@ class Settings(BaseSettings):
                 )
             origins.append(origin)
         return tuple(dict.fromkeys(origins))
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: object) -> tuple[str, ...]:
+        items = value.split(",") if isinstance(value, str) else list(value or ())  # type: ignore[call-overload]
+        proxies = []
+        for item in (str(i).strip() for i in items):
+            if not item:
+                continue
+            try:
+                proxy = (
+                    ipaddress.ip_network(item, strict=False) if "/" in item else ipaddress.ip_address(item)
+                )
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network: write e.g. 10.0.0.1 or 10.0.0.0/24"
+                ) from None
+            proxies.append(str(proxy))
+        return tuple(dict.fromkeys(proxies))
 
     @property
     def site_path(self) -> Path:

@@ -49,11 +49,12 @@ from .guards import public
 from .i18n import N_
 from .pages import _page
 from .security import check_request, security_headers
-from .sessions import SESSION_COOKIE, session_config
+from .sessions import SESSION_COOKIE, HashedKeyStore, session_config
 from .storage import open_store
 from .web import API_DOCS_PATH, TEMPLATES_DIR, ApiDocs
 
 log = logging.getLogger("ews.gateway-api")
+MAX_REQUEST_BODY = 1024 * 1024  # bytes; larger → 413 (routes that take files set their own limit)
 
 Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
 
@@ -213,7 +214,8 @@ def create_app(settings: Settings) -> Litestar:
         # the body is read); the security headers on every response, errors and static files included
         before_request=check_request,
         before_send=[security_headers],
-        stores={"sessions": RedisStore(redis_client, namespace=f"ews:{site.site}:session")},
+        request_max_body_size=MAX_REQUEST_BODY,
+        stores={"sessions": HashedKeyStore(RedisStore(redis_client, namespace=f"ews:{site.site}:session"))},
         logging_config=None,  # the process's logging (set up by `ews`) applies: one format for every service
         template_config=TemplateConfig(
             directory=TEMPLATES_DIR, engine=JinjaTemplateEngine, engine_callback=configure_templates

@@ -4,11 +4,11 @@ security headers of every response.
 - **Cross-site requests** (:func:`check_request`, the app's ``before_request`` hook, so after the route's
   guards and before its body is read): a state-changing request (POST, PUT, PATCH, DELETE) whose
   ``Origin`` — or, without one, whose ``Referer`` — is neither the server's own origin (the request's
-  scheme and its ``Host`` header; no forwarded header is honoured) nor one of ``EWS_ALLOWED_ORIGINS``
-  is refused with 403 ``cross-origin`` (a page for the pages); ``Origin: null`` too. Browsers send
-  ``Origin`` with every POST, so a page of another site — or of another port of this host, which
-  SameSite=Strict counts as the same site — cannot act with a person's session. A request with neither
-  header (curl, scripts) carries no browser's cookies by accident and passes.
+  scheme, from ``X-Forwarded-Proto`` only via ``EWS_TRUSTED_PROXIES``, and its ``Host`` header) nor one
+  of ``EWS_ALLOWED_ORIGINS`` is refused with 403 ``cross-origin`` (a page for the pages); ``Origin: null``
+  too. Browsers send ``Origin`` with every POST, so a page of another site — or of another port of this
+  host, which SameSite=Strict counts as the same site — cannot act with a person's session. A request
+  with neither header (curl, scripts) carries no browser's cookies by accident and passes.
 - **Content types**: under ``/api/`` a state-changing request with a body must be ``application/json``
   (else 415 ``unsupported-media-type`` naming the accepted types): a JSON body sent as text/plain or as a
   form — what another site's page can send without asking — never reaches a handler. A handler that

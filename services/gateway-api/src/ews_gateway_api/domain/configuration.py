@@ -245,6 +245,7 @@ async def get_config(request: Request) -> Response[dict[str, Any]]:
     summary="Replace the configuration (JSON or YAML; If-Match: version)",
     status_code=200,
     opt={"content_types": ("application/json", "application/yaml", "application/x-yaml", "text/yaml")},
+    request_max_body_size=MAX_BODY,
 )
 async def put_config(request: Request) -> Response[Applied]:
     document = await _body(request)
