@@ -365,3 +365,27 @@ async def test_serve_answers_over_nats_and_audits(settings: Settings, redis_url:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_sign_in_while_redis_is_down_is_unavailable_not_a_wrong_code(nats_url: str, tmp_path) -> None:
+    """The codes cannot be checked: the reply says so (the gateway answers 503 "try again"), never 401."""
+    from ews_runtime.servers import free_port
+
+    dead = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    service = AuthService(Settings(EWS_DATA_DIR=str(tmp_path), NATS_URL=nats_url), redis=dead, hasher=FAST)
+    broker = make_broker(nats_url, "auth")
+    service.attach(broker)
+    client = make_broker(nats_url, "test-client")
+    try:
+        await broker.connect()
+        await broker.start()
+        await client.connect()
+        msg = await client.request(
+            LoginRequest(pin=ADMIN_PIN, puk=ADMIN_PUK, client="t").model_dump(), auth_rpc("demo", "login"), timeout=5
+        )
+        reply = LoginReply.model_validate_json(msg.body)
+        assert reply.unavailable and not reply.ok and not reply.puk_required
+    finally:
+        await client.stop()
+        await broker.stop()
+        await dead.aclose()

@@ -207,6 +207,9 @@ class LoginReply(BaseModel):
     default_codes: bool = Field(
         default=False, description="The role still uses its factory PIN/PUK (the UI asks to change them)."
     )
+    unavailable: bool = Field(
+        default=False, description="The codes could not be checked (their store is down): try again, not a refusal."
+    )
 
 
 class RevokeUnlockRequest(BaseModel):

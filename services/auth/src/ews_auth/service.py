@@ -28,6 +28,7 @@ import logging
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.exceptions
 from argon2 import PasswordHasher
 from ews_contracts.bus import ensure_streams, make_broker, publish_event
 from ews_contracts.events import (
@@ -274,9 +275,13 @@ class AuthService:
                 ).model_dump()
             try:
                 return (await self.login(request)).model_dump()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                # the codes cannot be checked: say so (the gateway answers 503 "try again"), never "wrong code"
+                log.warning("login: the code store (Redis) is unavailable: %s", " ".join(str(exc).split()))
+                return LoginReply(ok=False, unavailable=True, error="the code store is unavailable").model_dump()
             except Exception as exc:
                 log.exception("login failed unexpectedly")
-                return LoginReply(ok=False, error=f"auth error: {type(exc).__name__}").model_dump()
+                return LoginReply(ok=False, unavailable=True, error=f"auth error: {type(exc).__name__}").model_dump()
 
         async def on_revoke(msg: NatsMessage) -> dict[str, Any]:
             try:

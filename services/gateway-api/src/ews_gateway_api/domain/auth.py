@@ -216,6 +216,13 @@ async def sign_in(
         reply = LoginReply.model_validate_json(await auth_call(state, "login", body))
     except ValueError:
         raise ApiError(503, "auth-unreadable", N_("the auth service gave an unreadable answer")) from None
+    if reply.unavailable:
+        raise ApiError(
+            503,
+            "auth-unavailable",
+            N_("the codes cannot be checked right now (their store is unavailable); try again shortly"),
+            headers={"Retry-After": "5"},
+        )
     if not reply.ok or reply.role is None:
         if reply.retry_after:
             refusal = LoginRefused(
