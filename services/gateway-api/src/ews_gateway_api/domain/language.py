@@ -13,7 +13,6 @@ default reaches every session that did not choose).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from ews_contracts.roles import Permission
@@ -32,8 +31,6 @@ LANGUAGES: tuple[str, ...] = (
 LANGUAGE_COOKIE = "ews_lang"
 LANGUAGE_COOKIE_MAX_AGE = 400 * 86_400
 SESSION_LANGUAGE = "language"
-DEFAULT_CACHE_TTL = 5.0
-_CACHE = "language_default_cache"
 
 
 class LanguageBody(BaseModel):
@@ -58,10 +55,6 @@ def check_language(value: str) -> str:
             languages=", ".join(LANGUAGES),
         )
     return value
-
-
-def default_key(site: str) -> str:
-    return f"ews:{site}:settings:language"
 
 
 async def default_language(state: State) -> str:
