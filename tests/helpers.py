@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ews_contracts.settings import BUNDLED_DEMO_SITE
+from ews_runtime.servers import free_port
 
 T = TypeVar("T")
 
@@ -23,6 +24,18 @@ def demo_site_on_port(folder: Path, gateway_port: int) -> Path:
     path = folder / "site.yaml"
     path.write_text(text.replace("port: 5020", f"port: {gateway_port}"))
     return path
+
+
+def simulated_demo_env(folder: Path, http_port: int, nats_port: int, redis_port: int) -> dict[str, str]:
+    """The environment of an `ews up` of the simulated demo site on the given ports, data in ``folder``."""
+    return clean_env(
+        EWS_DATA_DIR=str(folder / "data"),
+        EWS_SITE_FILE=str(demo_site_on_port(folder, free_port())),
+        EWS_SIMULATE="1",
+        EWS_HTTP_PORT=str(http_port),
+        NATS_URL=f"nats://127.0.0.1:{nats_port}",
+        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+    )
 
 
 def clean_env(**values: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ import pytest
 import redis
 from ews_runtime.servers import free_port
 
-from tests.helpers import clean_env, demo_site_on_port, start_ews, stop, wait_until
+from tests.helpers import simulated_demo_env, start_ews, stop, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -30,14 +30,7 @@ def unauthenticated_ping(port: int) -> bytes:
 def test_ews_up_redis_requires_its_password(tmp_path: Path):
     data = tmp_path / "data"
     http, redis_port = free_port(), free_port()
-    env = clean_env(
-        EWS_DATA_DIR=str(data),
-        EWS_SITE_FILE=str(demo_site_on_port(tmp_path, free_port())),
-        EWS_SIMULATE="1",
-        EWS_HTTP_PORT=str(http),
-        NATS_URL=f"nats://127.0.0.1:{free_port()}",
-        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
-    )
+    env = simulated_demo_env(tmp_path, http, free_port(), redis_port)
     log = tmp_path / "up.log"
     proc = start_ews(["up"], env, log)
     base = f"http://127.0.0.1:{http}"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from ews_runtime.servers import free_port
 
-from tests.helpers import clean_env, demo_site_on_port, start_ews, stop, wait_until
+from tests.helpers import simulated_demo_env, start_ews, stop, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -43,17 +43,9 @@ def pid_of(name: str, port: str) -> int | None:
 
 @pytest.mark.timeout(300)
 def test_dead_servers_are_restarted_and_ready_tells_the_truth(tmp_path: Path):
-    data = tmp_path / "data"
     http, nats_port, redis_port = free_port(), free_port(), free_port()
     ports = {"nats-server": str(nats_port), "redis-server": str(redis_port)}
-    env = clean_env(
-        EWS_DATA_DIR=str(data),
-        EWS_SITE_FILE=str(demo_site_on_port(tmp_path, free_port())),
-        EWS_SIMULATE="1",
-        EWS_HTTP_PORT=str(http),
-        NATS_URL=f"nats://127.0.0.1:{nats_port}",
-        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
-    )
+    env = simulated_demo_env(tmp_path, http, nats_port, redis_port)
     log = tmp_path / "up.log"
     proc = start_ews(["up"], env, log)
     base = f"http://127.0.0.1:{http}"

@@ -180,9 +180,7 @@ async def set_device_enabled(state: State, device_id: str, enabled: bool, role: 
         if site.devices[n].enabled == enabled:
             return EnabledView(device=device_id, enabled=enabled, version=live.version)
         document = document_of(site)
-        document["devices"][n]["enabled"] = enabled
-        if enabled:
-            document["devices"][n].pop("enabled", None)
+        document["devices"][n]["enabled"] = enabled  # stored without defaults (document_of) either way
         try:
             event = await apply_document(state, document, live.version, role, how="device-enabled")
         except ApiError as exc:
