@@ -33,7 +33,7 @@ def device(device_id: str) -> Device:
 
 def test_demo_devices_are_read_in_the_fewest_blocks():
     assert plan_reads(PROFILES["multifunction-meter-412045"], device("m1")) == [
-        ReadBlock(3, 4096, 39),  # V, I, U, P/Q/S, energies, PF, frequency (gap 4122-4123 bridged)
+        ReadBlock(3, 4096, 39),  # V, I, U, P/Q/S, signs of P/Q (4122-4123), energies, PF, frequency
         ReadBlock(3, 4170, 6),  # THD: 34 registers away, a read of its own is cheaper
         ReadBlock(3, 4608, 1),  # CT ratio: the derived scale of powers and energies
     ]

@@ -4,7 +4,8 @@ A new device model is one YAML file in ``device_profiles/`` (or ``EWS_PROFILES_D
 the poller plans and decodes from it, the simulator builds the device's twin from it (its dynamics are
 chosen by the ``simulation:`` hint), and the profile test suite polls every profile of the folder.
 
-Decode order (fixed): word order -> unpack -> invalid-value check -> scale (or derived scale) x + offset.
+Decode order (fixed): word order -> unpack -> invalid-value check -> sign (read from another register,
+when ``sign_from`` is given) -> scale (or derived scale) x + offset.
 A state is a bit field of one register: ``(word >> bit) & (2**bits - 1)``, named by ``values``.
 A site device may combine several profiles at one Modbus address (``modules:``, the modular range's
 10 × interface + module rule) and override its Ea+ register (``ea_register:``, generic meters):
@@ -112,6 +113,37 @@ class DerivedScale(_Strict):
         return self.steps[-1].scale
 
 
+class SignRegister(_Strict):
+    """Sign of a value held in another 16-bit register, the value's own register holding its magnitude
+    (e.g. the 4 120 45 meter's unsigned P and Q: 0 = positive, 1 = negative)."""
+
+    address: int = Field(ge=0, le=65535)
+    function_code: FunctionCode | None = None
+    positive: int = Field(default=0, ge=0, le=65535, description="Raw value meaning positive.")
+    negative: int = Field(default=1, ge=0, le=65535, description="Raw value meaning negative.")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SignRegister:
+        if self.positive == self.negative:
+            raise ValueError(f"positive and negative are both {self.positive}")
+        return self
+
+    def is_negative(self, word: int) -> bool:
+        """True for the negative marker; ValueError for a word that is neither marker."""
+        if word == self.negative:
+            return True
+        if word == self.positive:
+            return False
+        raise ValueError(
+            f"sign register {self.address} holds {word} "
+            f"(expected {self.positive} positive or {self.negative} negative)"
+        )
+
+    def word(self, negative: bool) -> int:
+        """The raw value of the sign register for a value of that sign (used by the simulator)."""
+        return self.negative if negative else self.positive
+
+
 def _quantity(value: Any) -> Quantity:
     try:
         return Quantity(value)
@@ -131,6 +163,9 @@ class Register(_Strict):
     scale: float = Field(default=1.0, description="Canonical unit per count (Wh per count, V per count …).")
     offset: float = 0.0
     scale_from: DerivedScale | None = None
+    sign_from: SignRegister | None = Field(
+        default=None, description="The register holds a magnitude; its sign is read from this register."
+    )
     invalid: list[int] = Field(default_factory=list, description="Raw values meaning 'not available'.")
     tier: Tier = "fast"
     position_stride: int | None = Field(
@@ -264,7 +299,7 @@ class Profile(_Strict):
             return self.simulation.twin
         return _FAMILY_TWIN.get(self.family.split()[0], "static")
 
-    def fc(self, item: Register | StateRegister | DerivedScale) -> int:
+    def fc(self, item: Register | StateRegister | DerivedScale | SignRegister) -> int:
         return item.function_code or self.function_code
 
     def order(self, reg: Register) -> WordOrder:
@@ -319,16 +354,22 @@ def encode_raw(number: int | float, dtype: DataType, word_order: WordOrder) -> l
     return words
 
 
-def scaled(raw: int | float, reg: Register, derived_scale: float | None = None) -> float | None:
-    """Apply invalid check, scale and offset. ``None`` when the raw value is an invalid marker."""
+def scaled(
+    raw: int | float, reg: Register, derived_scale: float | None = None, negative: bool = False
+) -> float | None:
+    """Apply invalid check, sign (``negative``: from the register's ``sign_from``), scale and offset.
+    ``None`` when the raw value is an invalid marker."""
     if reg.invalid and raw in reg.invalid:
         return None
+    if negative:
+        raw = -raw
     scale = derived_scale if derived_scale is not None else reg.scale
     return raw * scale + reg.offset
 
 
 def unscaled(value: float, reg: Register, derived_scale: float | None = None) -> int | float:
-    """Inverse of ``scaled`` for integer types (rounded to the register's resolution)."""
+    """Inverse of ``scaled`` for integer types (rounded to the register's resolution). Signed: a register
+    with ``sign_from`` holds the magnitude, and its sign register ``word(result < 0)``."""
     scale = derived_scale if derived_scale is not None else reg.scale
     raw = (value - reg.offset) / scale
     if reg.type in (DataType.FLOAT32, DataType.FLOAT64):

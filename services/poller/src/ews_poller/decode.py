@@ -70,7 +70,12 @@ def decode_device(
                 sf = reg.scale_from
                 scale_words = image.words(profile.fc(sf), sf.address, DATA_TYPES[sf.type][0])
                 derived = sf.scale_for(decode_raw(scale_words, sf.type, profile.word_order))
-            value = scaled(raw, reg, derived)
+            negative = False
+            if reg.sign_from is not None:
+                sign = reg.sign_from
+                (sign_word,) = image.words(profile.fc(sign), sign.address, 1)
+                negative = sign.is_negative(sign_word)
+            value = scaled(raw, reg, derived, negative)
         except (MissingRegisters, ValueError) as exc:
             out.problems.append(f"{reg.quantity}: {exc}")
             continue

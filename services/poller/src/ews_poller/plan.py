@@ -37,8 +37,8 @@ ALL_TIERS: frozenset[str] = frozenset({"fast", "counter"})
 def device_spans(
     profile: Profile, position: int | None = None, tiers: frozenset[str] = ALL_TIERS
 ) -> list[Span]:
-    """Every register span the profile decodes in ``tiers``: measurements, their scale registers, and
-    (with the fast tier) states."""
+    """Every register span the profile decodes in ``tiers``: measurements, their scale and sign registers,
+    and (with the fast tier) states."""
     spans: set[Span] = set()
     for reg in profile.registers:
         if reg.tier not in tiers:
@@ -47,6 +47,8 @@ def device_spans(
         if reg.scale_from is not None:
             sf = reg.scale_from
             spans.add(Span(profile.fc(sf), sf.address, DATA_TYPES[sf.type][0]))
+        if reg.sign_from is not None:
+            spans.add(Span(profile.fc(reg.sign_from), reg.sign_from.address, 1))
     if "fast" in tiers:
         for state in profile.states:
             spans.add(Span(profile.fc(state), state.address, 1))

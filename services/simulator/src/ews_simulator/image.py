@@ -102,6 +102,8 @@ class UnitImage:
                 self._claim(device.id, sf.address, DATA_TYPES[sf.type][0], profile.fc(sf))
                 self._scales.setdefault(sf.address, []).append(sf)
                 self._scale_order[sf.address] = profile.word_order
+            if reg.sign_from is not None:
+                self._claim(device.id, reg.sign_from.address, 1, profile.fc(reg.sign_from))
         for state in profile.states:
             self._claim(device.id, state.address, 1, profile.fc(state), shared=True)
             member.states[state.name] = state
@@ -149,6 +151,9 @@ class UnitImage:
                     raw: int | float = reg.invalid[0] if reg.invalid else 0
                 else:
                     raw = unscaled(value, reg, derived)
+                if reg.sign_from is not None:  # magnitude here, sign in its own register
+                    self.words[reg.sign_from.address] = reg.sign_from.word(raw < 0)
+                    raw = abs(raw)
                 words = encode_raw(fit(raw, reg.type), reg.type, member.profile.order(reg))
                 for i, word in enumerate(words):
                     self.words[address + i] = word
@@ -168,7 +173,9 @@ class UnitImage:
         reg, address = member.registers[quantity]
         raw = decode_raw(self.read_words(address, reg.count), reg.type, member.profile.order(reg))
         derived = reg.scale_from.scale_for(self._scale_raw(reg.scale_from)) if reg.scale_from else None
-        return scaled(raw, reg, derived)
+        sign = reg.sign_from
+        negative = sign.is_negative(self.words.get(sign.address, 0)) if sign is not None else False
+        return scaled(raw, reg, derived, negative)
 
     def state_name(self, device_id: str, name: str) -> str:
         spec = self.members[device_id].states[name]
