@@ -9,9 +9,10 @@ the bus's physical bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +104,7 @@ class ModbusGateway:
     ) -> None:
         self.name = name
         self.transport = transport
+        self.serial_settings: dict[str, Any] | None = None  # rtu: baudrate, parity, stopbits, bytesize
         common = {
             "timeout": timeout,
             "retries": retries,
@@ -114,6 +116,12 @@ class ModbusGateway:
             if not serial_port:
                 raise ValueError(f"{name}: transport 'rtu' needs a serial port")
             self.endpoint = serial_port
+            self.serial_settings = {
+                "baudrate": baudrate,
+                "parity": parity,
+                "stopbits": stopbits,
+                "bytesize": bytesize,
+            }
             self._client: AsyncModbusTcpClient | AsyncModbusSerialClient = AsyncModbusSerialClient(
                 serial_port,
                 framer=FramerType.RTU,
@@ -138,6 +146,7 @@ class ModbusGateway:
             raise ValueError(f"{name}: unknown transport {transport!r}; use tcp, rtu-over-tcp or rtu")
         self.inter_frame_delay = inter_frame_delay
         self.lock = asyncio.Lock()
+        self._holder: asyncio.Task[Any] | None = None
         self._free_at = 0.0
         # accounting (for logs and the bus-time bound of a poll cycle)
         self.transactions = 0
@@ -172,8 +181,69 @@ class ModbusGateway:
 
     async def _ensure_connected(self) -> None:
         if not self._client.connected:
-            if not await self._client.connect():
-                raise FieldbusError(f"{self.name}: cannot connect to {self.endpoint}")
+            if self.serial_settings is None:
+                if not await self._client.connect():
+                    raise FieldbusError(f"{self.name}: cannot connect to {self.endpoint}")
+                return
+            try:
+                connected = await self._client.connect()
+            except Exception as exc:  # pyserial lets termios.error through: "(22, 'Invalid argument')"
+                exc.__traceback__ = None  # its frames hold the port pymodbus opened (and locked): free it
+                raise FieldbusError(self._serial_open_problem(exc)) from exc
+            if not connected:
+                raise FieldbusError(self._serial_open_problem(None))
+
+    def _serial_open_problem(self, failure: BaseException | None) -> str:
+        """Why the serial port does not open, in one line that names the port and its settings. pymodbus
+        lets termios's bare "(22, 'Invalid argument')" through (``failure``), or only logs what happened
+        and returns False (``None``): then open the port once more with pyserial, the way pymodbus does,
+        to see the error (and close it at once)."""
+        import errno
+        import os
+
+        import serial
+
+        s = self.serial_settings or {}
+        stopbits = s.get("stopbits", 1)
+        where = (
+            f"{self.name}: cannot connect to serial port {self.endpoint} ({s.get('baudrate')} baud, "
+            f"parity {s.get('parity')}, {s.get('bytesize')} data bits, "
+            f"{stopbits:g} stop bit{'' if stopbits == 1 else 's'})"
+        )
+        if failure is None:
+            try:
+                port = serial.serial_for_url(self.endpoint, exclusive=True, do_not_open=False, **s)
+                try:
+                    port.timeout = 0  # pymodbus's next step: a second tcsetattr, which some drivers refuse
+                    port.write_timeout = 0
+                finally:
+                    port.close()
+            except Exception as exc:
+                failure = exc
+            else:
+                return f"{where}: pymodbus could not open it (it opens now; retrying)"
+        code = getattr(failure, "errno", None)
+        if code is None and failure.args and isinstance(failure.args[0], int):
+            code = failure.args[0]  # termios.error(22, 'Invalid argument')
+        if isinstance(code, int):
+            detail = f"[Errno {code}] {os.strerror(code)}"
+        else:
+            detail = " ".join((str(failure) or type(failure).__name__).split())
+        hints = {
+            errno.ENOENT: "no such serial port",
+            errno.EACCES: "permission denied: add the user running ews to the dialout group",
+            errno.EPERM: "permission denied: add the user running ews to the dialout group",
+            errno.EBUSY: "the port is in use by another program",
+            errno.EAGAIN: "the port is in use by another program",
+            errno.EINVAL: "the port or its driver refuses one of these settings",
+            errno.ENXIO: "the device is gone (adapter unplugged?)",
+            errno.ENODEV: "the device is gone (adapter unplugged?)",
+            errno.ENOTTY: "this is not a serial port",
+        }
+        hint = hints.get(code) if isinstance(code, int) else None
+        if hint is None and isinstance(failure, ValueError):
+            hint = "one of these settings is not valid for this port"
+        return f"{where}: {detail} — {hint}" if hint else f"{where}: {detail}"
 
     async def _quiet(self) -> None:
         if self.inter_frame_delay:
@@ -191,26 +261,47 @@ class ModbusGateway:
         if self.inter_frame_delay:
             self._free_at = time.monotonic() + self.inter_frame_delay
 
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[ModbusGateway]:
+        """Hold the bus for several transactions in a row (a command's write and its read-back): inside,
+        this task's reads and writes run without waiting; every other caller waits for the end. Waiters
+        are served in arrival order (asyncio.Lock is fair), so a write queued during a poll runs right
+        after the poll's transaction in progress."""
+        async with self.lock:
+            self._holder = asyncio.current_task()
+            try:
+                yield self
+            finally:
+                self._holder = None
+
     async def _transaction(
         self, function_code: int, count: int, where: str, call: Callable[[], Awaitable[Any]]
     ):
         """One transaction on the bus (locked, inter-frame quiet, accounted); errors as FieldbusError."""
-        async with self.lock:
-            await self._ensure_connected()
-            await self._quiet()
-            try:
-                rr = await call()
-            except (TimeoutError, ModbusException, OSError) as exc:
-                self._done(function_code, count, False)
-                raise FieldbusError(f"{where}: {exc}") from exc
-            except Exception as exc:  # a garbled frame pymodbus did not anticipate
-                self._done(function_code, count, False)
-                raise FieldbusError(f"{where}: bad answer ({type(exc).__name__}: {exc})") from exc
-            self._done(function_code, count, not rr.isError())
+        if self._holder is not None and self._holder is asyncio.current_task():
+            rr = await self._exchange(function_code, count, where, call)
+        else:
+            async with self.lock:
+                rr = await self._exchange(function_code, count, where, call)
         if rr.isError():
             code = getattr(rr, "exception_code", None)
             meaning = MODBUS_EXCEPTIONS.get(code, "exception response")
             raise FieldbusError(f"{where}: {meaning} (exception_code={code})")
+        return rr
+
+    async def _exchange(self, function_code: int, count: int, where: str, call: Callable[[], Awaitable[Any]]):
+        """The transaction itself; the caller holds the lock."""
+        await self._ensure_connected()
+        await self._quiet()
+        try:
+            rr = await call()
+        except (TimeoutError, ModbusException, OSError) as exc:
+            self._done(function_code, count, False)
+            raise FieldbusError(f"{where}: {exc}") from exc
+        except Exception as exc:  # a garbled frame pymodbus did not anticipate
+            self._done(function_code, count, False)
+            raise FieldbusError(f"{where}: bad answer ({type(exc).__name__}: {exc})") from exc
+        self._done(function_code, count, not rr.isError())
         return rr
 
     async def read(self, unit: int, function_code: int, address: int, count: int) -> list[int]:

@@ -30,13 +30,22 @@ from .targets import TargetFailed, available_targets, resolve, run_targets
 
 
 def _configure_logging(level: str, prefix: str) -> None:
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    if not isinstance(numeric, int):  # EWS_LOG_LEVEL=basic_format…
+        numeric = logging.INFO
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
+        level=numeric,
         format=f"%(asctime)s {prefix:<10} %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("uvicorn.access", "pymodbus", "faststream.access", "httpx", "asyncio"):
+    for noisy in ("uvicorn.access", "faststream.access", "httpx", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pymodbus logs every failed transaction at ERROR, with a hex dump of the last frames appended (five
+    # dead meters polled every second: ~26 lines a second); ews_fieldbus turns each failure into a
+    # FieldbusError that the services log once per fault (ews_fieldbus.FaultLog). So pymodbus speaks only
+    # at DEBUG, where its frame traces are the point.
+    quiet = logging.DEBUG if numeric <= logging.DEBUG else logging.CRITICAL + 1
+    logging.getLogger("pymodbus").setLevel(quiet)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
