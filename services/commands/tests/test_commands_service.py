@@ -1,4 +1,6 @@
-"""Commands service against a real nats-server and a real Modbus TCP server (pymodbus) holding EV stations."""
+"""Commands service against a real nats-server, the bus owner (the poller's command runner, answering on
+NATS) and a real Modbus TCP server (pymodbus) holding EV stations. The poller does not poll here (its
+polls interleaving with commands are tested in tests/e2e/test_one_owner_per_bus.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ import nats
 import pytest
 from ews_commands.service import CommandsService
 from ews_contracts.bus import make_broker, publish_event
-from ews_contracts.events import CommandCompleted, CommandFailed, CommandRequested
+from ews_contracts.events import CommandCompleted, CommandExpired, CommandFailed, CommandRequested
 from ews_contracts.settings import Settings
 from ews_contracts.site import Site
 from ews_fieldbus import ModbusGateway
+from ews_poller.rpc import serve_requests
+from ews_poller.service import Poller
 from ews_runtime.servers import free_port
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -109,7 +113,7 @@ def make_site(modbus_port: int, dead_port: int) -> Site:
 class Harness:
     def __init__(self, nats_url: str) -> None:
         self.nats_url = nats_url
-        self.outcomes: asyncio.Queue[CommandCompleted | CommandFailed] = asyncio.Queue()
+        self.outcomes: asyncio.Queue[CommandCompleted | CommandFailed | CommandExpired] = asyncio.Queue()
 
     async def __aenter__(self) -> Harness:
         self.broker = make_broker(self.nats_url, "test-client")
@@ -118,11 +122,14 @@ class Harness:
 
         async def on_outcome(msg) -> None:
             data = json.loads(msg.data)
-            model = CommandCompleted if ".command-completed." in msg.subject else CommandFailed
+            kind = msg.subject.split(".")[2]
+            model = {"command-completed": CommandCompleted, "command-expired": CommandExpired}.get(
+                kind, CommandFailed
+            )
             await self.outcomes.put(model.model_validate(data))
 
-        await self.nc.subscribe(f"ews.{SITE_ID}.command-completed.*", cb=on_outcome)
-        await self.nc.subscribe(f"ews.{SITE_ID}.command-failed.*", cb=on_outcome)
+        for kind in ("completed", "failed", "expired"):
+            await self.nc.subscribe(f"ews.{SITE_ID}.command-{kind}.*", cb=on_outcome)
         await self.nc.flush()
         return self
 
@@ -146,12 +153,55 @@ class Harness:
         return got
 
 
+class BusOwner:
+    """The poller's request/reply side (its command runner), started and stopped at will."""
+
+    def __init__(self, settings: Settings, site: Site) -> None:
+        self.poller = Poller(settings, site=site)
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(
+            serve_requests(self.poller, self.poller.commands, self.poller.settings.nats_url)
+        )
+        nc = await nats.connect(self.poller.settings.nats_url)
+        try:
+            for _ in range(200):  # until it answers
+                try:
+                    await nc.request(f"ews.{SITE_ID}.rpc-poller.execute", b"{}", timeout=0.5)
+                    return
+                except (nats.errors.NoRespondersError, TimeoutError):
+                    await asyncio.sleep(0.05)
+        finally:
+            await nc.close()
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        await self.poller.stop()
+
+
+@pytest.fixture
+async def owner(nats_url: str, modbus: Bus, tmp_path) -> AsyncIterator[BusOwner]:
+    settings = Settings(NATS_URL=nats_url, EWS_DATA_DIR=str(tmp_path))
+    bus_owner = BusOwner(settings, make_site(modbus.port, DEAD_PORT))
+    await bus_owner.start()
+    try:
+        yield bus_owner
+    finally:
+        await bus_owner.stop()
+
+
+DEAD_PORT = free_port()
+
+
 @pytest.fixture
 async def harness(
-    nats_url: str, modbus: Bus, tmp_path
+    nats_url: str, modbus: Bus, owner: BusOwner, tmp_path
 ) -> AsyncIterator[tuple[Harness, CommandsService, Bus]]:
     settings = Settings(NATS_URL=nats_url, EWS_DATA_DIR=str(tmp_path))
-    service = CommandsService(settings, site=make_site(modbus.port, free_port()))
+    service = CommandsService(settings, site=make_site(modbus.port, DEAD_PORT))
     await service.start()
     try:
         async with Harness(nats_url) as h:
@@ -279,7 +329,9 @@ async def test_expired_and_malformed_requests_fail_cleanly(harness) -> None:
     h, _, bus = harness
     old = await h.request("ev1", "charge", "start", occurred_at=datetime.now(UTC) - timedelta(hours=1))
     out = await h.outcome_for(old)
-    assert isinstance(out, CommandFailed) and out.error.startswith("expired: requested 3600 s ago")
+    assert isinstance(out, CommandExpired), out
+    assert out.error.startswith("not executed: it reached the bus owner after its deadline"), out.error
+    assert out.deadline == old.occurred_at + timedelta(seconds=30)
 
     js = h.nc.jetstream()
     await js.publish(f"ews.{SITE_ID}.command-requested.ev1", b"\xff not json")
@@ -298,12 +350,82 @@ async def test_expired_and_malformed_requests_fail_cleanly(harness) -> None:
     assert bus.writes() == [(8, CHARGE)]
 
 
-async def test_serve_target_runs_until_cancelled(nats_url: str, modbus: Bus, tmp_path) -> None:
+async def test_a_command_while_the_bus_owner_is_away_expires_and_is_never_written_later(
+    nats_url: str, modbus: Bus, tmp_path
+) -> None:
+    settings = Settings(NATS_URL=nats_url, EWS_DATA_DIR=str(tmp_path))
+    site = make_site(modbus.port, DEAD_PORT)
+    service = CommandsService(settings, site=site)
+    await service.start()
+    owner = BusOwner(settings, site)
+    try:
+        async with Harness(nats_url) as h:
+            deadline = datetime.now(UTC) + timedelta(seconds=1.5)
+            req = await h.request("ev1", "charge", "start", deadline=deadline)
+            out = await h.outcome_for(req)
+            assert isinstance(out, CommandExpired), out
+            assert "the bus owner (poller) did not answer before the deadline" in out.error
+            assert datetime.now(UTC) >= deadline
+            # the bus owner comes back: the expired command is not sent again, nothing is written
+            await owner.start()
+            await asyncio.sleep(1.0)
+            assert modbus.writes() == []
+            # ... and one asked of it after its deadline (a redelivery) is refused, never written
+            reply = await h.nc.request(
+                f"ews.{SITE_ID}.rpc-poller.execute",
+                json.dumps(
+                    {
+                        "command_id": req.command_id,
+                        "device": "ev1",
+                        "action": "charge",
+                        "value": "start",
+                        "deadline": deadline.isoformat(),
+                    }
+                ).encode(),
+                timeout=5,
+            )
+            assert json.loads(reply.data)["status"] == "expired"
+            # a new command goes through
+            ok = await h.outcome_for(await h.request("ev1", "charge", "start"))
+            assert isinstance(ok, CommandCompleted)
+            assert modbus.writes() == [(8, CHARGE)]
+    finally:
+        await owner.stop()
+        await service.stop()
+
+
+async def test_the_bus_owner_executes_a_command_id_once(harness, owner: BusOwner) -> None:
+    """Asked again with the same id (a lost reply, a restarted commands service): the first answer, no
+    second write — even while the first is still waiting for its bus."""
+    h, _, bus = harness
+    bus.delay = 0.3
+    body = json.dumps(
+        {
+            "command_id": "c-once",
+            "device": "ev1",
+            "action": "charge",
+            "value": "start",
+            "deadline": (datetime.now(UTC) + timedelta(seconds=20)).isoformat(),
+        }
+    ).encode()
+    replies = await asyncio.gather(
+        *(h.nc.request(f"ews.{SITE_ID}.rpc-poller.execute", body, timeout=10) for _ in range(3))
+    )
+    again = await h.nc.request(f"ews.{SITE_ID}.rpc-poller.execute", body, timeout=10)
+    answers = [json.loads(r.data) for r in (*replies, again)]
+    assert {(a["status"], a["readback"]) for a in answers} == {("written", 1)}
+    assert bus.writes() == [(8, CHARGE)]
+    assert owner.poller.commands.written == 1
+
+
+async def test_serve_target_runs_until_cancelled(
+    nats_url: str, modbus: Bus, owner: BusOwner, tmp_path
+) -> None:
     """The `commands` target as `ews run commands` starts it: settings only (site file from EWS_SITE_FILE)."""
     from ews_commands.service import serve
 
     site_file = tmp_path / "site.yaml"
-    site_file.write_text(make_site(modbus.port, free_port()).model_dump_json())  # JSON is YAML
+    site_file.write_text(make_site(modbus.port, DEAD_PORT).model_dump_json())  # JSON is YAML
     settings = Settings(NATS_URL=nats_url, EWS_DATA_DIR=str(tmp_path), EWS_SITE_FILE=str(site_file))
     task = asyncio.create_task(serve(settings))
     async with Harness(nats_url) as h:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime, timedelta
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,7 +19,7 @@ import nats
 import pytest
 import redis.asyncio as aioredis
 from ews_contracts.bus import ensure_streams, make_broker, publish_event
-from ews_contracts.events import CommandCompleted, CommandFailed, CommandRequested
+from ews_contracts.events import CommandCompleted, CommandExpired, CommandFailed, CommandRequested
 from ews_contracts.profiles import load_profiles
 from ews_contracts.settings import Settings
 from ews_gateway_api.domain import commands
@@ -236,6 +237,127 @@ async def test_unknown_command_is_404(app_client: AsyncTestClient) -> None:
     resp = await app_client.get("/api/v1/commands/0123456789abcdef")
     assert resp.status_code == 404
     assert "unknown command '0123456789abcdef'" in resp.json()["detail"]
+
+
+async def test_deadline_default_and_per_request_then_expired(
+    app_client: AsyncTestClient, nats_url: str
+) -> None:
+    await login(app_client, "greenUp")
+    default = (
+        await app_client.post(
+            "/api/v1/commands", json={"device": "ev1", "action": "charge", "value": "start"}
+        )
+    ).json()
+    span = datetime.fromisoformat(default["deadline"]) - datetime.fromisoformat(default["requested_at"])
+    assert span == timedelta(seconds=30)
+    short = await app_client.post(
+        "/api/v1/commands",
+        json={"device": "ev1", "action": "charge", "value": "wait", "deadline_seconds": 2.5},
+    )
+    assert short.status_code == 202
+    body = short.json()
+    span = datetime.fromisoformat(body["deadline"]) - datetime.fromisoformat(body["requested_at"])
+    assert span == timedelta(seconds=2.5)
+    published = {r.command_id: r for r in await requests_on_stream(nats_url)}
+    assert published[body["id"]].deadline == datetime.fromisoformat(body["deadline"])
+    for bad in (0, -1, 601, "soon"):
+        resp = await app_client.post(
+            "/api/v1/commands",
+            json={"device": "ev1", "action": "charge", "value": "wait", "deadline_seconds": bad},
+        )
+        assert resp.status_code == 400, (bad, resp.text)
+
+    broker = make_broker(nats_url, "fake-commands-service")
+    await broker.connect()
+    try:
+        await publish_event(
+            broker,
+            CommandExpired(
+                event_id=f"{body['id']}.outcome",
+                site="demo",
+                command_id=body["id"],
+                device="ev1",
+                action="charge",
+                value="wait",
+                deadline=datetime.fromisoformat(body["deadline"]),
+                error="not executed: the bus owner (poller) did not answer before the deadline",
+            ),
+        )
+        done = await wait_status(app_client, body["id"], "expired")
+        assert done["error"].startswith("not executed: the bus owner") and done["finished_at"]
+    finally:
+        await broker.stop()
+
+
+async def test_without_any_outcome_a_command_reads_expired_after_its_deadline(
+    app_client: AsyncTestClient, monkeypatch
+) -> None:
+    """Nothing ever answered (the commands service and the bus owner away): it ends expired, not requested."""
+    monkeypatch.setattr(commands, "EXPIRY_GRACE", 0.5)
+    await login(app_client, "greenUp")
+    body = (
+        await app_client.post(
+            "/api/v1/commands",
+            json={"device": "ev1", "action": "charge", "value": "start", "deadline_seconds": 0.5},
+        )
+    ).json()
+    assert body["status"] == "requested"
+    done = await wait_status(app_client, body["id"], "expired")
+    assert "never reached the bus owner" in done["error"]
+
+
+async def test_an_unconfirmed_request_is_202_and_sent_again_once(
+    app_client: AsyncTestClient, nats_url: str, monkeypatch
+) -> None:
+    """The bus did not confirm (NATS stalled): the request may have reached it, so 202 requested, never
+    'failed, try again'; it is sent again with the same Nats-Msg-Id and stored once."""
+    real = commands.publish_event
+    calls: list[str] = []
+
+    async def first_unconfirmed(broker, event):  # noqa: ANN001
+        calls.append(event.event_id)
+        await real(broker, event)  # it does reach the stream ...
+        if len(calls) == 1:
+            raise TimeoutError("nats: timeout")  # ... but its confirmation is lost
+
+    monkeypatch.setattr(commands, "publish_event", first_unconfirmed)
+    await login(app_client, "greenUp")
+    resp = await app_client.post(
+        "/api/v1/commands", json={"device": "ev1", "action": "charge", "value": "start"}
+    )
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["status"] == "requested"
+    for _ in range(50):
+        if len(calls) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    assert len(calls) == 2 and calls[0] == calls[1]  # the same message again
+    assert [r.command_id for r in await requests_on_stream(nats_url)] == [resp.json()["id"]]  # stored once
+
+
+async def test_idempotency_key_returns_the_first_command(app_client: AsyncTestClient, nats_url: str) -> None:
+    await login(app_client, "greenUp")
+    body = {"device": "ev1", "action": "charge", "value": "start"}
+    first = await app_client.post("/api/v1/commands", json=body, headers={"Idempotency-Key": "k-1"})
+    again = await app_client.post("/api/v1/commands", json=body, headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    other = await app_client.post("/api/v1/commands", json=body, headers={"Idempotency-Key": "k-2"})
+    assert other.json()["id"] != first.json()["id"]
+    reused = await app_client.post(
+        "/api/v1/commands", json={**body, "value": "wait"}, headers={"Idempotency-Key": "k-1"}
+    )
+    assert reused.status_code == 409 and "Idempotency-Key" in reused.json()["detail"]
+    # concurrent retries of one key: one command
+    same = await asyncio.gather(
+        *(
+            app_client.post("/api/v1/commands", json=body, headers={"Idempotency-Key": "k-3"})
+            for _ in range(5)
+        )
+    )
+    assert len({r.json()["id"] for r in same}) == 1
+    ids = [r.command_id for r in await requests_on_stream(nats_url)]
+    assert sorted(ids) == sorted({first.json()["id"], other.json()["id"], same[0].json()["id"]})
 
 
 def test_routes_declare_permission_and_operation_id() -> None:

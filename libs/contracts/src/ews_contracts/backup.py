@@ -69,6 +69,7 @@ from .bus import ensure_streams_with
 from .events import (
     AuditRecorded,
     CommandCompleted,
+    CommandExpired,
     CommandFailed,
     CommandRequested,
     DeviceStatusChanged,
@@ -106,6 +107,7 @@ EVENT_TYPES: dict[Kind, type[Event]] = {
     Kind.COMMAND_REQUESTED: CommandRequested,
     Kind.COMMAND_COMPLETED: CommandCompleted,
     Kind.COMMAND_FAILED: CommandFailed,
+    Kind.COMMAND_EXPIRED: CommandExpired,
     Kind.AUDIT: AuditRecorded,
     Kind.SITE_CONFIGURED: SiteConfigured,
 }
@@ -134,6 +136,7 @@ COUNT_NAMES = {
     Kind.COMMAND_REQUESTED: "commands",
     Kind.COMMAND_COMPLETED: "command_outcomes",
     Kind.COMMAND_FAILED: "command_outcomes",
+    Kind.COMMAND_EXPIRED: "command_outcomes",
     Kind.AUDIT: "audit",
     Kind.SITE_CONFIGURED: "config_versions",
 }

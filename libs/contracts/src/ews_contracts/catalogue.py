@@ -14,6 +14,7 @@ from faststream.specification import AsyncAPI
 from .events import (
     AuditRecorded,
     CommandCompleted,
+    CommandExpired,
     CommandFailed,
     CommandRequested,
     DeviceStatusChanged,
@@ -30,6 +31,7 @@ EVENTS: tuple[type[Event], ...] = (
     CommandRequested,
     CommandCompleted,
     CommandFailed,
+    CommandExpired,
     AuditRecorded,
     SiteConfigured,
 )

@@ -7,7 +7,7 @@ Every event carries ``event_id`` (also sent as ``Nats-Msg-Id``), ``site``, UTC `
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -109,6 +109,15 @@ class CommandRequested(Event):
         default=None, description="One of the action's allowed values.", examples=["start"]
     )
     requested_by: str = Field(default="", description="Role that asked.", examples=["greenUp"])
+    deadline: UtcDatetime | None = Field(
+        default=None,
+        description="Not executed after this instant (UTC): past it the command ends as CommandExpired. "
+        "Absent: occurred_at + the site's default (EWS_COMMAND_DEADLINE, 30 s).",
+    )
+
+    def deadline_or(self, default_seconds: float) -> datetime:
+        """The instant after which this command must not be executed."""
+        return self.deadline or self.occurred_at + timedelta(seconds=default_seconds)
 
 
 class CommandCompleted(Event):
@@ -133,6 +142,20 @@ class CommandFailed(Event):
     action: str
     value: str | None = None
     error: str = Field(description="One line naming the problem.")
+
+
+class CommandExpired(Event):
+    """The command was not executed because its deadline passed first (the bus owner was unreachable,
+    busy or down, or the request reached the executor too late). It is never executed afterwards."""
+
+    KIND: ClassVar[Kind] = Kind.COMMAND_EXPIRED
+
+    command_id: str
+    device: str
+    action: str
+    value: str | None = None
+    deadline: UtcDatetime = Field(description="The deadline that passed.")
+    error: str = Field(description="One line: why it did not run in time.")
 
 
 AuditAction = Literal[
@@ -268,3 +291,27 @@ class ProbeReply(BaseModel):
     problems: list[str] = Field(default_factory=list, description="Values that could not be decoded.")
     error: str = Field(default="", description="Why nothing could be read (one line).")
     transactions: int = 0
+
+
+class ExecuteRequest(BaseModel):
+    """Execute one checked command on the bus (commands service -> bus owner, ``rpc-poller.execute``).
+
+    The bus owner checks it again against the site and the profile, refuses it past ``deadline``, and
+    executes a ``command_id`` at most once (a repeated request gets the first answer)."""
+
+    command_id: str
+    device: str
+    action: str
+    value: str | None = None
+    deadline: UtcDatetime
+
+
+class ExecuteReply(BaseModel):
+    status: Literal["written", "failed", "expired"] = Field(
+        description="written: the register was written (and read back when the profile asks); failed: "
+        "refused or the write failed (nothing or not certainly written); expired: past its deadline, "
+        "not written."
+    )
+    readback: int | None = Field(default=None, description="Raw register value read back after the write.")
+    error: str = Field(default="", description="One line naming the problem (failed, expired).")
+    queued_ms: float = Field(default=0.0, description="Time spent waiting for the bus, milliseconds.")

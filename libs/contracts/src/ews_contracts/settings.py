@@ -77,6 +77,13 @@ class Settings(BaseSettings):
         alias="EWS_AGGREGATOR_BATCH",
         description="Readings the aggregator writes per batch when catching up (memory vs throughput).",
     )
+    command_deadline: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        alias="EWS_COMMAND_DEADLINE",
+        description="Seconds a device command may wait for its bus before it expires (never executed later).",
+    )
     secure_cookies: bool = Field(default=False, alias="EWS_SECURE_COOKIES", description="Set behind HTTPS.")
     allowed_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),

@@ -31,7 +31,7 @@ READINGS = StreamSpec(
 )
 COMMANDS = StreamSpec(
     name="EWS_COMMANDS",
-    kinds=(Kind.COMMAND_REQUESTED, Kind.COMMAND_COMPLETED, Kind.COMMAND_FAILED),
+    kinds=(Kind.COMMAND_REQUESTED, Kind.COMMAND_COMPLETED, Kind.COMMAND_FAILED, Kind.COMMAND_EXPIRED),
     description="Commands and their outcomes: the command audit log.",
 )
 AUDIT = StreamSpec(

@@ -13,6 +13,7 @@ class Kind(StrEnum):
     COMMAND_REQUESTED = "command-requested"
     COMMAND_COMPLETED = "command-completed"
     COMMAND_FAILED = "command-failed"
+    COMMAND_EXPIRED = "command-expired"
     AUDIT = "audit"
     SITE_CONFIGURED = "site-configured"
 

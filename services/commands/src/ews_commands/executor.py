@@ -1,28 +1,54 @@
-"""Executing checked commands on Modbus: one FIFO worker per gateway, write (FC6) then read back (FC3).
+"""Having checked commands executed by the bus owner: one FIFO queue per gateway, each command asked of the
+poller (``ews.<site>.rpc-poller.execute``, NATS request/reply) until it answers or the deadline passes.
 
-A command's write and its read-back form one unit: no other command on the same gateway runs between
-them, and commands on one gateway run in the order they arrived. Gateways work in parallel.
+The commands service never opens a bus: the poller holds each gateway's only connection and runs the
+write and its read-back between two poll transactions. This module turns its answer into the outcome
+event; the comparison of the read-back with the value written is the commands service's decision.
+
+Exactly once or expired:
+- every attempt carries the same ``command_id``; the poller executes an id at most once and answers a
+  repeat with the first answer, so a retry after a lost reply never writes twice;
+- the poller refuses to write after the deadline (it checks once it holds the bus);
+- after the deadline one last request settles it: the poller answers the real outcome when it ran the
+  command, or ``expired`` — and from then on it remembers that id as expired, so it is never written later.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from ews_contracts.commandcheck import CommandPlan
-from ews_contracts.events import CommandCompleted, CommandFailed, CommandRequested
+from ews_contracts.events import (
+    CommandCompleted,
+    CommandExpired,
+    CommandFailed,
+    CommandRequested,
+    ExecuteReply,
+    ExecuteRequest,
+)
 from ews_contracts.site import Gateway
+from ews_contracts.subjects import poller_rpc
 from ews_contracts.text import one_line
-from ews_fieldbus import FieldbusError, ModbusGateway
 
 log = logging.getLogger("ews.commands.executor")
 
-Outcome = CommandCompleted | CommandFailed
+Outcome = CommandCompleted | CommandFailed | CommandExpired
 # Called once per command, after execution, with the outcome (publishes it, then acks the request).
 OnOutcome = Callable[[CommandRequested, Outcome], Awaitable[None]]
+# Sends one request to the bus owner: (subject, payload, timeout) -> reply payload; raises TimeoutError
+# when nobody answered in time and NoResponders when nobody listens.
+Ask = Callable[[str, bytes, float], Awaitable[bytes]]
+
+ATTEMPT = 5.0  # seconds one request waits for the bus owner before asking again (same command id)
+RETRY_NOBODY = 0.5  # seconds between attempts while no bus owner listens
+
+
+class NoResponders(Exception):
+    """Nobody answers the subject (the poller is not running or not connected)."""
 
 
 def outcome_id(command_id: str) -> str:
@@ -53,21 +79,46 @@ def failed(request: CommandRequested, error: str, value: str | None = None) -> C
     )
 
 
-async def execute(gateway: ModbusGateway, request: CommandRequested, plan: CommandPlan) -> Outcome:
-    """Write the command's register, then (when the profile asks) read it back and compare."""
-    unit, address = plan.device.address, plan.command.address
-    try:
-        await gateway.write_register(unit=unit, address=address, value=plan.raw)
-    except FieldbusError as exc:
-        return failed(request, f"write failed: {exc}", plan.value)
-    if not plan.command.readback:
+def expired(
+    request: CommandRequested, deadline: datetime, error: str, value: str | None = None
+) -> CommandExpired:
+    return CommandExpired(
+        **_about(request),
+        value=value if value is not None else request.value,
+        deadline=deadline,
+        error=one_line(error) or "not executed before its deadline",
+    )
+
+
+def settle_time(gateway: Gateway | None) -> float:
+    """Seconds a command may still be on the bus once its deadline passed: the poller checks the deadline
+    right before the write, then the write and the read-back each take at most timeout × (retries + 1)."""
+    if gateway is None:
+        return ATTEMPT
+    return 2 * gateway.timeout * (gateway.retries + 1) + 2.0
+
+
+def outcome_of(
+    request: CommandRequested, plan: CommandPlan, deadline: datetime, reply: ExecuteReply | None
+) -> Outcome:
+    """The outcome event of the bus owner's answer (None: it never answered)."""
+    if reply is None:
+        return expired(
+            request,
+            deadline,
+            "not executed: the bus owner (poller) did not answer before the deadline "
+            f"({deadline.isoformat(timespec='milliseconds')})",
+            plan.value,
+        )
+    if reply.status == "expired":
+        return expired(request, deadline, reply.error, plan.value)
+    if reply.status == "failed":
+        return failed(request, reply.error, plan.value)
+    if not plan.command.readback or reply.readback is None:
         return completed(request, plan.value, None)
-    try:
-        registers = await gateway.read(unit, 3, address, 1)
-    except FieldbusError as exc:
-        return failed(request, f"read-back failed: {exc}", plan.value)
-    got = registers[0]
+    got = reply.readback
     if got != plan.raw:
+        unit, address = plan.device.address, plan.command.address
         name = plan.value_name(got) or "not an allowed value"
         return failed(
             request,
@@ -78,31 +129,70 @@ async def execute(gateway: ModbusGateway, request: CommandRequested, plan: Comma
     return completed(request, plan.value, plan.value_name(got))
 
 
+async def ask_owner(
+    ask: Ask, site: str, request: CommandRequested, deadline: datetime, settle: float
+) -> ExecuteReply | None:
+    """The bus owner's answer, asked again (same command id) until the deadline; then once more to settle."""
+    payload = (
+        ExecuteRequest(
+            command_id=request.command_id,
+            device=request.device,
+            action=request.action,
+            value=request.value,
+            deadline=deadline,
+        )
+        .model_dump_json()
+        .encode()
+    )
+    subject = poller_rpc(site, "execute")
+    while True:
+        remaining = (deadline - datetime.now(UTC)).total_seconds()
+        last = remaining <= 0
+        timeout = settle if last else min(ATTEMPT, remaining + settle)
+        try:
+            return ExecuteReply.model_validate_json(await ask(subject, payload, timeout))
+        except NoResponders:
+            if last:
+                return None
+            await asyncio.sleep(min(RETRY_NOBODY, max(remaining, 0.0)))
+        except TimeoutError:
+            if last:
+                return None
+        except ValueError as exc:  # an answer that is not an ExecuteReply
+            log.warning("command %s: bad answer from the bus owner: %s", request.command_id, one_line(exc))
+            if last:
+                return None
+            await asyncio.sleep(RETRY_NOBODY)
+
+
 @dataclass
 class _Job:
     request: CommandRequested
     plan: CommandPlan
+    deadline: datetime
     on_outcome: OnOutcome
 
 
 @dataclass
-class GatewayWorker:
-    """One gateway: its Modbus client and the FIFO of commands waiting for it."""
+class GatewayQueue:
+    """One gateway's commands, asked of the bus owner one after the other in arrival order."""
 
     gateway: Gateway
-    client: ModbusGateway
+    ask: Ask
+    site: str
     queue: asyncio.Queue[_Job] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
-    busy: bool = False
 
     async def run(self) -> None:
         while True:
             job = await self.queue.get()
-            self.busy = True
             try:
                 try:
-                    outcome = await execute(self.client, job.request, job.plan)
-                except Exception as exc:  # never let one command kill the worker
+                    reply = await ask_owner(
+                        self.ask, self.site, job.request, job.deadline, settle_time(self.gateway)
+                    )
+                    outcome = outcome_of(job.request, job.plan, job.deadline, reply)
+                except Exception as exc:  # never let one command kill the queue
                     log.exception("command %s: unexpected error", job.request.command_id)
                     outcome = failed(
                         job.request, f"internal error: {type(exc).__name__}: {exc}", job.plan.value
@@ -112,59 +202,59 @@ class GatewayWorker:
                 except Exception:
                     log.exception("command %s: handling its outcome failed", job.request.command_id)
             finally:
-                self.busy = False
                 self.queue.task_done()
 
 
 class Executor:
-    """All gateways of a site, each with its worker task."""
+    """All gateways of a site, each with its queue of commands for the bus owner."""
 
-    def __init__(self, gateways: list[Gateway]) -> None:
-        self.workers: dict[str, GatewayWorker] = {
-            g.id: GatewayWorker(
-                gateway=g,
-                client=ModbusGateway.for_gateway(g),  # its transport (tcp, rtu-over-tcp, rtu), timing
-            )
-            for g in gateways
-        }
+    def __init__(self, site: str, gateways: list[Gateway], ask: Ask) -> None:
+        self.site = site
+        self.ask = ask
+        self.queues: dict[str, GatewayQueue] = {}
+        self._set(gateways)
+
+    def _set(self, gateways: list[Gateway]) -> None:
+        for gateway in gateways:
+            queue = self.queues.get(gateway.id)
+            if queue is None:
+                self.queues[gateway.id] = GatewayQueue(gateway, self.ask, self.site)
+            else:
+                queue.gateway = gateway  # (its timing sets how long an expired command may settle)
 
     def start(self) -> None:
-        for worker in self.workers.values():
-            if worker.task is None:
-                worker.task = asyncio.create_task(worker.run(), name=f"commands-{worker.gateway.id}")
+        for queue in self.queues.values():
+            if queue.task is None:
+                queue.task = asyncio.create_task(queue.run(), name=f"commands-{queue.gateway.id}")
 
     async def apply(self, gateways: list[Gateway]) -> None:
-        """A new configuration: new gateways get a worker, changed ones a new worker once the old one's
-        queue is done (a command in progress finishes on the connection it started on), removed ones stop."""
-        wanted = {g.id: g for g in gateways}
-        for gateway_id, worker in list(self.workers.items()):
-            if wanted.get(gateway_id) == worker.gateway:
+        """A new configuration: new gateways get a queue; a removed one's queue ends once it is empty."""
+        wanted = {g.id for g in gateways}
+        for gateway_id, queue in list(self.queues.items()):
+            if gateway_id in wanted:
                 continue
-            await worker.queue.join()
-            if worker.task is not None:
-                worker.task.cancel()
-                await asyncio.gather(worker.task, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await worker.client.close()
-            del self.workers[gateway_id]
-        for gateway_id, gateway in wanted.items():
-            if gateway_id not in self.workers:
-                self.workers[gateway_id] = GatewayWorker(gateway=gateway, client=ModbusGateway.for_gateway(gateway))
+            await queue.queue.join()
+            if queue.task is not None:
+                queue.task.cancel()
+                await asyncio.gather(queue.task, return_exceptions=True)
+            del self.queues[gateway_id]
+        self._set(gateways)
         self.start()
 
-    def submit(self, request: CommandRequested, plan: CommandPlan, on_outcome: OnOutcome) -> None:
-        self.workers[plan.device.gateway].queue.put_nowait(_Job(request, plan, on_outcome))
+    def submit(
+        self, request: CommandRequested, plan: CommandPlan, deadline: datetime, on_outcome: OnOutcome
+    ) -> None:
+        self.queues[plan.device.gateway].queue.put_nowait(_Job(request, plan, deadline, on_outcome))
 
     async def idle(self) -> None:
         """Wait until every queued command has been executed and its outcome handled."""
-        for worker in self.workers.values():
-            await worker.queue.join()
+        for queue in self.queues.values():
+            await queue.queue.join()
 
     async def close(self) -> None:
-        for worker in self.workers.values():
-            if worker.task is not None:
-                worker.task.cancel()
-        await asyncio.gather(*(w.task for w in self.workers.values() if w.task), return_exceptions=True)
-        for worker in self.workers.values():
-            worker.task = None
-            await worker.client.close()
+        for queue in self.queues.values():
+            if queue.task is not None:
+                queue.task.cancel()
+        await asyncio.gather(*(q.task for q in self.queues.values() if q.task), return_exceptions=True)
+        for queue in self.queues.values():
+            queue.task = None

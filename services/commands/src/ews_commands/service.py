@@ -4,21 +4,25 @@
   consumer starts with the requests published from then on (the stream is the audit log: history is
   never re-executed), and a restarted service resumes where it stopped.
 - Each request is checked against the site and the device profile (``ews_contracts.commandcheck``),
-  then queued on its gateway's worker (serialized per gateway, FIFO). Requests older than
-  ``max_age`` seconds (e.g. queued while this edge box was down) fail as expired instead of acting late.
-- The outcome (CommandCompleted / CommandFailed) has ``event_id = <command_id>.outcome``: a redelivered
-  request cannot record two outcomes. The request is acked only after its outcome is published; when
-  publishing fails it is nacked and retried.
+  then queued on its gateway's queue (FIFO) and asked of the bus owner, the poller, which executes it
+  between two poll transactions (``executor.py``): this service never opens a bus.
+- Every command has a deadline (``deadline`` in the request, else ``occurred_at`` + EWS_COMMAND_DEADLINE):
+  it is executed before it, or it ends as CommandExpired and is never executed afterwards.
+- The outcome (CommandCompleted / CommandFailed / CommandExpired) has ``event_id = <command_id>.outcome``:
+  a redelivered request cannot record two outcomes. The request is acked only after its outcome is
+  published; when publishing fails it is nacked and retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import OrderedDict
-from datetime import UTC, datetime
 
+import nats
+import nats.errors
 from ews_contracts.bus import ensure_streams, jstream, make_broker, publish_event
 from ews_contracts.commandcheck import CommandRejected, plan_command
 from ews_contracts.events import CommandRequested
@@ -35,12 +39,11 @@ from faststream.nats.annotations import NatsMessage as NatsMessageParam
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
-from .executor import Executor, Outcome, failed
+from .executor import Executor, NoResponders, Outcome, failed
 
 log = logging.getLogger("ews.commands")
 
 DURABLE = "commands"  # + "-<site>": one durable consumer per site on a shared (hub) stream
-MAX_AGE = 300.0  # seconds: an older request is refused as expired
 _REMEMBERED = 1024  # outcomes kept to answer redeliveries without writing again
 
 
@@ -53,14 +56,13 @@ class CommandsService:
         *,
         site: Site | None = None,
         profiles: dict[str, Profile] | None = None,
-        max_age: float = MAX_AGE,
     ) -> None:
         self.settings = settings
         self.site = site or settings.site
         self.profiles = profiles if profiles is not None else load_profiles(settings.profiles_dir)
-        self.max_age = max_age
-        self.executor = Executor(list(self.site.gateways))
+        self.executor = Executor(self.site.site, list(self.site.gateways), self._ask)
         self.broker: NatsBroker = make_broker(settings.nats_url, "commands")
+        self._nc: nats.aio.client.Client | None = None
         self._done: OrderedDict[str, Outcome] = OrderedDict()
         self._pending: set[str] = set()
 
@@ -78,7 +80,24 @@ class CommandsService:
             description="Executes device commands (serialized per gateway, verified by read-back).",
         )(on_request)
 
+    async def _ask(self, subject: str, payload: bytes, timeout: float) -> bytes:  # noqa: ASYNC109
+        """One request to the bus owner (see executor.ask_owner)."""
+        if self._nc is None or self._nc.is_closed:
+            raise NoResponders("not connected to NATS")
+        try:
+            msg = await self._nc.request(subject, payload, timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise NoResponders(subject) from None
+        except TimeoutError:
+            raise
+        except nats.errors.Error as exc:  # closed, stale, buffer full: not sent, try again
+            raise NoResponders(one_line(exc) or type(exc).__name__) from None
+        return msg.data
+
     async def start(self) -> None:
+        self._nc = await nats.connect(
+            self.settings.nats_url, name="commands-rpc", max_reconnect_attempts=-1, reconnect_time_wait=0.5
+        )
         await self.broker.connect()
         await ensure_streams(self.broker)
         self.executor.start()
@@ -96,6 +115,9 @@ class CommandsService:
             await self.broker.stop()
         finally:
             await self.executor.close()
+            if self._nc is not None:
+                with contextlib.suppress(Exception):
+                    await self._nc.close()
 
     # --- one message -------------------------------------------------------------------------------
 
@@ -124,14 +146,7 @@ class CommandsService:
             return
         if request.command_id in self._pending:  # redelivered while still queued: the queued one will ack
             return
-        age = (datetime.now(UTC) - request.occurred_at).total_seconds()
-        if age > self.max_age:
-            await self._finish(
-                msg,
-                request,
-                failed(request, f"expired: requested {age:.0f} s ago (limit {self.max_age:.0f} s)"),
-            )
-            return
+        deadline = request.deadline_or(self.settings.command_deadline)
         try:
             plan = plan_command(self.site, self.profiles, request.device, request.action, request.value)
         except CommandRejected as exc:
@@ -144,14 +159,17 @@ class CommandsService:
             await self._finish(msg, req, outcome)
 
         log.info(
-            "command %s: %s %s=%s queued on %s",
+            "command %s: %s %s=%s queued on %s (deadline %s)",
             request.command_id,
             request.device,
             request.action,
             plan.value,
             plan.device.gateway,
+            deadline.isoformat(timespec="milliseconds"),
         )
-        self.executor.submit(request, plan, on_outcome)
+        # (even past its deadline it is asked once: the bus owner answers the outcome when it ran it
+        # before a restart of this service, else records it as expired)
+        self.executor.submit(request, plan, deadline, on_outcome)
 
     async def _finish(self, msg: NatsMessage, request: CommandRequested, outcome: Outcome) -> None:
         """Publish the outcome, then ack; when publishing fails, nack (redelivery republishes it)."""
@@ -168,7 +186,7 @@ class CommandsService:
             return
         error = getattr(outcome, "error", None)
         if error:
-            log.info("command %s: failed: %s", request.command_id, error)
+            log.info("command %s: %s: %s", request.command_id, outcome.KIND.removeprefix("command-"), error)
         else:
             log.info("command %s: completed (%s)", request.command_id, getattr(outcome, "readback", None))
         await _settle(msg.ack())

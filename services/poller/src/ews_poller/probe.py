@@ -2,14 +2,13 @@
 
 The poller answers ``ews.<site>.rpc-poller.test-device`` (core NATS request/reply): the device is read
 with the read plan and decoder the polling loop uses. On a configured gateway whose settings are
-unchanged the read goes through the poller's own connection, whose lock serializes it between two poll
-transactions (never a second connection to the bus); a gateway that is new or changed in the form gets
-a connection of its own for this one read.
+unchanged, or changed in the form but on the same host and port (or serial port), the read goes through
+the poller's own connection, whose lock serializes it between two poll transactions (never a second
+connection to the bus); a gateway that is new in the form gets a connection of its own for this one read.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import TYPE_CHECKING
@@ -18,7 +17,6 @@ from ews_contracts.events import ProbeReply, ProbeRequest
 from ews_contracts.profiles import ProfileError, check_device
 from ews_contracts.site import Device, Gateway
 from ews_contracts.siteconfig import ConfigInvalid, field_path
-from ews_contracts.subjects import poller_rpc
 from ews_contracts.text import one_line
 from ews_fieldbus import FieldbusError, ModbusGateway
 from pydantic import ValidationError
@@ -61,8 +59,7 @@ async def test_device(poller: Poller, request: ProbeRequest) -> ProbeReply:
     reads = plan_reads(profile, device, max_gap=gap_worth_bridging(gateway.bus_baudrate))
     if not reads:
         return ProbeReply(ok=False, error=f"profile {profile.id!r} has nothing to read")
-    configured = next((g for g in poller.site.gateways if g.id == gateway.id), None)
-    client = poller._gateways.get(gateway.id) if configured == gateway else None
+    client = poller.shared_bus(gateway)
     own = client is None
     if own:
         client = ModbusGateway.for_gateway(gateway)
@@ -85,37 +82,3 @@ async def test_device(poller: Poller, request: ProbeRequest) -> ProbeReply:
     return ProbeReply(
         ok=True, values=decoded.values, states=decoded.states, problems=decoded.problems, transactions=len(blocks)
     )
-
-
-async def serve_requests(poller: Poller, nats_url: str) -> None:
-    """Answer test reads until cancelled (connects, and reconnects, by itself)."""
-    import nats
-
-    while True:
-        try:
-            nc = await nats.connect(nats_url, name="poller-rpc", max_reconnect_attempts=-1, reconnect_time_wait=0.5)
-            break
-        except Exception:
-            await asyncio.sleep(1.0)
-
-    async def handle(msg) -> None:
-        try:
-            request = ProbeRequest.model_validate_json(msg.data)
-        except ValidationError as exc:
-            reply = ProbeReply(ok=False, error=f"bad request: {one_line(exc)}")
-        else:
-            try:
-                reply = await test_device(poller, request)
-            except Exception as exc:  # never leave the caller waiting for its timeout
-                log.error("poller: test read failed: %s", one_line(exc))
-                reply = ProbeReply(ok=False, error=f"{type(exc).__name__}: {one_line(exc)}")
-        with contextlib.suppress(Exception):
-            await msg.respond(reply.model_dump_json().encode())
-
-    try:
-        # the site id never changes (subjects are keyed by it), so one subscription serves every version
-        await nc.subscribe(poller_rpc(poller.site.site, "test-device"), cb=handle)
-        await asyncio.Event().wait()
-    finally:
-        with contextlib.suppress(Exception):
-            await nc.close()

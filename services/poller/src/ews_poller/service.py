@@ -11,7 +11,8 @@
 - Live state: ``LiveDevice`` JSON at ``live_key(site, device)`` in Redis, written by its own task from the
   latest state of each device (a Redis outage delays it, never the polls).
 - Nothing stops a loop: Modbus timeouts, exception responses, short or garbled answers, NATS and Redis
-  errors are logged on one line (once per distinct problem, and once on recovery).
+  errors never stop polling; they are logged per device and cause (``ews_fieldbus.FaultLog``): one line
+  when it starts, a summary a minute while it lasts, one line on recovery — never a line per poll.
 """
 
 from __future__ import annotations
@@ -31,34 +32,18 @@ from ews_contracts.settings import Settings
 from ews_contracts.site import Device, Gateway, Site
 from ews_contracts.siteconfig import follow_configuration
 from ews_contracts.text import one_line
-from ews_fieldbus import FieldbusError, ModbusGateway
+from ews_fieldbus import FaultLog, FieldbusError, ModbusGateway
 
-from .probe import serve_requests
 from .decode import RegisterImage, decode_device, fault_states
+from .execute import CommandRunner
 from .plan import ALL_TIERS, MAX_GAP, ReadBlock, gap_worth_bridging, plan_reads
+from .rpc import serve_requests
 from .status import FAILURE_THRESHOLD, StatusTracker, Transition
 
 log = logging.getLogger("ews.poller")
 
 OUTBOX_LIMIT = 50_000
 NATS_CONNECT_TIMEOUT = 5.0
-
-
-class Complaints:
-    """Log a problem once per key until it changes or clears (a 10-minute outage is not 3000 lines)."""
-
-    def __init__(self, logger: logging.Logger) -> None:
-        self.log = logger
-        self._current: dict[str, str] = {}
-
-    def complain(self, key: str, message: str) -> None:
-        if self._current.get(key) != message:
-            self._current[key] = message
-            self.log.warning("%s: %s", key, message)
-
-    def clear(self, key: str, message: str = "ok again") -> None:
-        if self._current.pop(key, None) is not None:
-            self.log.info("%s: %s", key, message)
 
 
 @dataclass
@@ -148,7 +133,7 @@ class Poller:
         self.targets = build_targets(self.site, self.profiles, threshold=failure_threshold, max_gap=max_gap)
         self.broker = make_broker(settings.nats_url, "poller")
         self.redis = aioredis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
-        self.complaints = Complaints(log)
+        self.complaints = FaultLog(log)  # per device and cause: a first line, a summary a minute, recovery
         self._outbox: asyncio.Queue[Event] = asyncio.Queue()
         self._dropped = 0
         self._dirty: dict[str, LiveDevice] = {}
@@ -161,6 +146,7 @@ class Poller:
         self._nats_ready = False
         self.published = 0  # events acknowledged by JetStream (for tests and logs)
         self.rounds: dict[str, int] = {}  # gateway id -> poll rounds done
+        self.commands = CommandRunner(self)
 
     # --- life cycle ---------------------------------------------------------------------------------
 
@@ -172,12 +158,27 @@ class Poller:
         for gateway in self.site.gateways:
             self._start_gateway(gateway)
 
+    def bus(self, gateway: Gateway) -> ModbusGateway:
+        """The one client of a gateway's bus, opened when first needed: polls, commands and test reads all
+        go through it (its lock serializes them), so the product never holds two connections to a bus."""
+        client = self._gateways.get(gateway.id)
+        if client is None:
+            client = self._gateways[gateway.id] = ModbusGateway.for_gateway(gateway)
+        return client
+
+    def shared_bus(self, gateway: Gateway) -> ModbusGateway | None:
+        """For a gateway as edited in a form: the configured bus when it is the same line (same id and
+        endpoint), else None (a gateway new in the form is read on a connection of its own)."""
+        configured = next((g for g in self.site.gateways if g.id == gateway.id), None)
+        if configured is None or _endpoint(configured) != _endpoint(gateway):
+            return None
+        return self.bus(configured)
+
     def _start_gateway(self, gateway: Gateway) -> None:
         targets = self.targets.setdefault(gateway.id, [])
         if not targets:
             return
-        client = ModbusGateway.for_gateway(gateway)
-        self._gateways[gateway.id] = client
+        client = self.bus(gateway)
         self._polls[gateway.id] = asyncio.create_task(
             self._poll_gateway(gateway, client, targets), name=f"poll-{gateway.id}"
         )
@@ -235,10 +236,11 @@ class Poller:
         for gateway in site.gateways:
             targets = fresh[gateway.id]
             running = gateway.id in self._polls
-            if running and old_gateways.get(gateway.id) == gateway and targets:
+            unchanged = old_gateways.get(gateway.id) == gateway
+            if running and unchanged and targets:
                 self.targets[gateway.id][:] = targets  # the loop reads it at its next round
                 continue
-            if running:
+            if running or not unchanged:  # (a bus opened only for commands is closed when it changes)
                 await self._stop_gateway(gateway.id)
             self.targets[gateway.id] = targets
             self._start_gateway(gateway)
@@ -487,6 +489,12 @@ class Poller:
             self.complaints.clear("redis", "writing live state again")
 
 
+def _endpoint(gateway: Gateway) -> tuple[object, ...]:
+    """What identifies the physical line: the transport and its address (not timing or poll periods)."""
+    serial = gateway.serial.port if gateway.serial else None
+    return (gateway.transport, gateway.host, gateway.port, serial)
+
+
 STOP_TIMEOUT = 5.0  # seconds a task or a connection gets to finish when the poller stops
 
 
@@ -508,7 +516,7 @@ async def serve(settings: Settings) -> None:
     rpc: asyncio.Task[None] | None = None
     try:
         await poller.start()
-        rpc = asyncio.create_task(serve_requests(poller, settings.nats_url), name="poller-rpc")
+        rpc = asyncio.create_task(serve_requests(poller, poller.commands, settings.nats_url), name="poller-rpc")
         # polling starts from the site file at once (readings queue while NATS is away); the stored
         # configuration takes over as soon as NATS answers, and every new version applies live
         follower = asyncio.create_task(

@@ -27,7 +27,7 @@ from ews_fieldbus import BusTiming, rtu_frame_sizes
 from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import NoSuchIdException
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -64,9 +64,12 @@ class SimulatedSite:
         start_time: datetime | None = None,
         timing: dict[str, BusTiming] | None = None,
         origin: datetime | None = None,
+        serial_lines: dict[str, str] | None = None,
     ) -> None:
         """``origin``: when the simulated counters started from 0 (default: the curves' epoch, 2020-01-06;
-        a demo with generated history counts from its start, see ``history.py``)."""
+        a demo with generated history counts from its start, see ``history.py``). ``serial_lines``: gateway
+        id -> the simulator's end of a real serial line (an ``rtu`` gateway's devices answer there, with the
+        gateway's serial settings; e.g. one pty of a ``socat`` pair whose other end is the gateway's port)."""
         if speed <= 0 or tick <= 0:
             raise ValueError("speed and tick must be positive")
         self.site = site
@@ -89,6 +92,7 @@ class SimulatedSite:
         self._bus: dict[str, asyncio.Lock] = {}
         self._faults: dict[tuple[str, int], Fault] = {}  # (gateway, unit) -> fault
         self.served: dict[str, int] = {g.id: 0 for g in site.gateways}  # transactions answered
+        self.serial_lines = dict(serial_lines or {})
 
     def _images(self, site: Site, gateway_id: str) -> dict[int, UnitImage]:
         """The units of one gateway (a twin per device), registered in ``_image_of``."""
@@ -171,6 +175,9 @@ class SimulatedSite:
         return self.bind, gateway.port, framer
 
     async def _serve(self, gateway: Gateway) -> None:
+        if gateway.transport == "rtu" and gateway.id in self.serial_lines:
+            await self._serve_serial(gateway, self.serial_lines[gateway.id])
+            return
         where = self._listen_address(gateway)
         if where is None:
             log.warning(
@@ -183,15 +190,7 @@ class SimulatedSite:
         host, port, framer = where
         _check_port(host, port, gateway.id)
         self._bus[gateway.id] = asyncio.Lock()
-        devices = [self._sim_device(gateway.id, image) for image in self.units[gateway.id].values()]
-        devices.append(
-            SimDevice(
-                0,
-                simdata=[SimData(0, count=65536, values=0, datatype=DataType.REGISTERS)],
-                action=functools.partial(self._no_such_unit, gateway.id),
-            )
-        )
-        server = _FaultyServer(self, gateway.id, devices, framer=framer, address=(host, port))
+        server = _FaultyServer(self, gateway.id, self._devices(gateway.id), framer=framer, address=(host, port))
         try:
             await server.serve_forever(background=True)
         except RuntimeError as exc:
@@ -205,6 +204,45 @@ class SimulatedSite:
             port,
             "" if gateway.transport == "tcp" else f" ({gateway.transport})",
             ", ".join(map(str, units)) or "none",
+        )
+
+    def _devices(self, gateway_id: str) -> list[SimDevice]:
+        devices = [self._sim_device(gateway_id, image) for image in self.units[gateway_id].values()]
+        devices.append(
+            SimDevice(
+                0,
+                simdata=[SimData(0, count=65536, values=0, datatype=DataType.REGISTERS)],
+                action=functools.partial(self._no_such_unit, gateway_id),
+            )
+        )
+        return devices
+
+    async def _serve_serial(self, gateway: Gateway, line: str) -> None:
+        """The gateway's devices on a real serial line (RTU framing, the gateway's serial settings)."""
+        serial = gateway.serial
+        assert serial is not None  # an rtu gateway always has its serial settings
+        self._bus[gateway.id] = asyncio.Lock()
+        server = _FaultySerialServer(
+            self,
+            gateway.id,
+            self._devices(gateway.id),
+            framer=FramerType.RTU,
+            port=line,
+            baudrate=serial.baudrate,
+            parity=serial.parity,
+            stopbits=serial.stopbits,
+            bytesize=serial.bytesize,
+        )
+        try:
+            await server.serve_forever(background=True)
+        except (RuntimeError, OSError) as exc:
+            raise SimulatorError(f"gateway {gateway.id!r}: cannot open serial line {line} ({exc})") from None
+        self._servers[gateway.id] = server
+        log.info(
+            "simulator: gateway %s on serial line %s serving units %s",
+            gateway.id,
+            line,
+            ", ".join(map(str, sorted(self.units[gateway.id]))) or "none",
         )
 
     def _sim_device(self, gateway_id: str, image: UnitImage) -> SimDevice:
@@ -240,6 +278,11 @@ class SimulatedSite:
     @property
     def running(self) -> bool:
         return bool(self._servers)
+
+    def connections(self, gateway_id: str) -> tuple[int, int]:
+        """(connections accepted so far, the most open at once) of a gateway's server."""
+        server = self._servers[gateway_id]
+        return server.accepted, server.most_open
 
     def ports(self) -> dict[str, int]:
         """Gateway id -> TCP port served."""
@@ -493,7 +536,12 @@ async def _sleep_precise(seconds: float) -> None:
 
 
 class _FaultyHandler(ServerRequestHandler):
-    """pymodbus's connection handler, able to garble or shorten the answers of a faulty unit."""
+    """pymodbus's connection handler, able to garble or shorten the answers of a faulty unit (and counted:
+    a test can tell how many connections a gateway had at once)."""
+
+    def callback_disconnected(self, exc: Exception | None) -> None:
+        self.server.open_connections -= 1
+        super().callback_disconnected(exc)
 
     def server_send(self, pdu: Any, addr: Any) -> None:
         owner: _FaultyServer = self.server
@@ -509,14 +557,30 @@ class _FaultyHandler(ServerRequestHandler):
         super().server_send(pdu, addr)
 
 
-class _FaultyServer(ModbusTcpServer):
+class _Faulty:
+    """A pymodbus server whose connections can garble or shorten a faulty unit's answers."""
+
     def __init__(self, site: SimulatedSite, gateway_id: str, devices: list[SimDevice], **kwargs: Any) -> None:
-        super().__init__(devices, ignore_missing_devices=True, **kwargs)
+        super().__init__(devices, ignore_missing_devices=True, **kwargs)  # type: ignore[call-arg]
         self.site = site
         self.gateway_id = gateway_id
+        self.accepted = 0  # connections accepted so far
+        self.open_connections = 0
+        self.most_open = 0  # the most connections open at once
 
     def callback_new_connection(self) -> _FaultyHandler:
-        return _FaultyHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+        self.accepted += 1
+        self.open_connections += 1
+        self.most_open = max(self.most_open, self.open_connections)
+        return _FaultyHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)  # type: ignore[attr-defined]
+
+
+class _FaultyServer(_Faulty, ModbusTcpServer):
+    """A TCP gateway."""
+
+
+class _FaultySerialServer(_Faulty, ModbusSerialServer):
+    """A serial line."""
 
 
 def _check_port(host: str, port: int, gateway_id: str) -> None:

@@ -2,23 +2,32 @@
 
 The command's record lives in Redis (``ews:<site>:command:<id>``, kept ``RECORD_TTL``). The request is
 checked against the site and the device profile before it is published (the commands service checks
-again before writing). The outcome arrives as CommandCompleted / CommandFailed on JetStream: this
-module's ``lifespan`` runs a subscriber (its own NATS connection; durable pull consumers shared by
-every gateway-api instance) that updates the record.
+again before writing). The outcome arrives as CommandCompleted / CommandFailed / CommandExpired on
+JetStream: this module's ``lifespan`` runs a subscriber (its own NATS connection; durable pull consumers
+shared by every gateway-api instance) that updates the record.
+
+Exactly once or expired: every command carries a deadline. When the event bus does not confirm the
+request, it may still have reached it, so the answer is 202 ``requested`` and the same message (same
+``Nats-Msg-Id``: JetStream stores it once) is sent again in the background; whatever happens, the
+executor refuses it after its deadline. A record still ``requested`` ``EXPIRY_GRACE`` seconds after its
+deadline therefore reads ``expired`` (a late real outcome still replaces it). An ``Idempotency-Key``
+header makes a retried POST answer the first command instead of sending a second one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
-from typing import Any, Literal
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
 
 from ews_contracts.bus import ensure_streams, jstream, make_broker, publish_event
 from ews_contracts.commandcheck import CommandRejected, plan_command
-from ews_contracts.events import CommandCompleted, CommandFailed, CommandRequested, utcnow
+from ews_contracts.events import CommandCompleted, CommandExpired, CommandFailed, CommandRequested, utcnow
 from ews_contracts.roles import Permission
 from ews_contracts.streams import COMMANDS
 from ews_contracts.subjects import Kind, pattern
@@ -28,6 +37,8 @@ from faststream.nats.annotations import NatsMessage
 from litestar import Litestar, Request, Router, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotFoundException
+from litestar.params import Parameter
+from nats.errors import NoRespondersError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, Field, ValidationError
 
@@ -38,7 +49,10 @@ from ..i18n import N_
 log = logging.getLogger("ews.gateway-api.commands")
 
 RECORD_TTL = 3 * 86_400  # seconds a command's record stays answerable
-Status = Literal["requested", "completed", "failed"]
+EXPIRY_GRACE = 30.0  # seconds after its deadline a command without an outcome reads expired
+REPUBLISH_FOR = 60.0  # seconds an unconfirmed request is sent again (within the stream's dedupe window)
+MAX_DEADLINE = 600.0  # seconds: the longest deadline a request may ask for
+Status = Literal["requested", "completed", "failed", "expired"]
 
 
 class CommandBody(BaseModel):
@@ -52,6 +66,14 @@ class CommandBody(BaseModel):
         examples=["start"],
         description="One of the action's allowed values; may be omitted when the action has only one.",
     )
+    deadline_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_DEADLINE,
+        examples=[30],
+        description="Execute within this many seconds or not at all (status expired). Default: "
+        "EWS_COMMAND_DEADLINE (30 s).",
+    )
 
 
 class CommandStatus(BaseModel):
@@ -62,9 +84,10 @@ class CommandStatus(BaseModel):
     value: str | None = None
     requested_by: str | None = Field(default=None, description="Role that asked.")
     requested_at: datetime | None = None
+    deadline: datetime | None = Field(default=None, description="Not executed after this instant.")
     finished_at: datetime | None = Field(default=None, description="When the outcome was recorded.")
     readback: str | None = Field(default=None, description="Value read back after the write (completed).")
-    error: str | None = Field(default=None, description="One line naming the problem (failed).")
+    error: str | None = Field(default=None, description="One line naming the problem (failed, expired).")
 
 
 def record_key(site: str, command_id: str) -> str:
@@ -85,23 +108,33 @@ async def _save(redis: Any, site: str, status: CommandStatus) -> None:
     await redis.set(record_key(site, status.id), status.model_dump_json(), ex=RECORD_TTL)
 
 
-async def apply_outcome(redis: Any, site: str, outcome: CommandCompleted | CommandFailed) -> CommandStatus:
+Outcome = CommandCompleted | CommandFailed | CommandExpired
+OUTCOMES: dict[Kind, type[Outcome]] = {
+    Kind.COMMAND_COMPLETED: CommandCompleted,
+    Kind.COMMAND_FAILED: CommandFailed,
+    Kind.COMMAND_EXPIRED: CommandExpired,
+}
+_STATUS = {CommandCompleted: "completed", CommandFailed: "failed", CommandExpired: "expired"}
+
+
+async def apply_outcome(redis: Any, site: str, outcome: Outcome) -> CommandStatus:
     """Record an outcome. Idempotent: a redelivered outcome leaves a finished record as it is."""
     existing = _decode(await redis.get(record_key(site, outcome.command_id)))
-    if existing is not None and existing.get("status") in ("completed", "failed"):
+    if existing is not None and existing.get("status") in ("completed", "failed", "expired"):
         return CommandStatus.model_validate(existing)
     base = existing or {}
     status = CommandStatus(
         id=outcome.command_id,
-        status="completed" if isinstance(outcome, CommandCompleted) else "failed",
+        status=_STATUS[type(outcome)],
         device=outcome.device,
         action=outcome.action,
         value=outcome.value if outcome.value is not None else base.get("value"),
         requested_by=base.get("requested_by"),
         requested_at=base.get("requested_at"),
+        deadline=outcome.deadline if isinstance(outcome, CommandExpired) else base.get("deadline"),
         finished_at=outcome.occurred_at,
         readback=outcome.readback if isinstance(outcome, CommandCompleted) else None,
-        error=outcome.error if isinstance(outcome, CommandFailed) else None,
+        error=None if isinstance(outcome, CommandCompleted) else outcome.error,
     )
     await _save(redis, site, status)
     return status
@@ -116,19 +149,69 @@ async def apply_outcome(redis: Any, site: str, outcome: CommandCompleted | Comma
     operation_id="requestCommand",
     summary="Send a command to a device",
     description="Checks the device, action and value against the site and the device profile (404 unknown "
-    "device, 400 otherwise), publishes CommandRequested and returns 202 with the command id; poll "
-    "GET /api/v1/commands/{id} for the outcome.",
+    "device, 400 otherwise), publishes CommandRequested and returns 202 with the command id and its "
+    "deadline; poll GET /api/v1/commands/{id} for the outcome. 202 whenever the request may reach the bus "
+    "(it then ends completed, failed or expired, never executed twice). With an `Idempotency-Key` header "
+    "a retried POST (same key, same role) answers the first command instead of sending a second; the "
+    "same key with a different command is 409. 503 only when the request certainly went nowhere.",
     status_code=202,
     tags=["commands"],
 )
-async def request_command(request: Request[Any, Any, State], data: CommandBody) -> CommandStatus:
-    return await submit_command(request.app.state, current_role(request) or "", data)
+async def request_command(
+    request: Request[Any, Any, State],
+    data: CommandBody,
+    idempotency_key: Annotated[
+        str | None,
+        Parameter(
+            header="Idempotency-Key",
+            required=False,
+            min_length=1,
+            max_length=255,
+            description="Any unique string (e.g. a UUID) chosen by the client for this command; kept 3 days.",
+        ),
+    ] = None,
+) -> CommandStatus:
+    return await submit_command(request.app.state, current_role(request) or "", data, idempotency_key)
 
 
-async def submit_command(state: State, role: str, data: CommandBody) -> CommandStatus:
+def _idempotency_key(site: str, role: str, key: str) -> str:
+    digest = hashlib.sha256(role.encode() + b"\n" + key.encode()).hexdigest()
+    return f"ews:{site}:command-key:{digest}"
+
+
+async def _earlier(state: State, role: str, key: str, data: CommandBody, command_id: str) -> CommandStatus | None:
+    """Claim ``key`` for ``command_id``; when a command already holds it, that command's status (409 when
+    the key was used for a different command)."""
+    fingerprint = data.model_dump_json()
+    claim = json.dumps({"command": command_id, "request": fingerprint})
+    redis_key = _idempotency_key(state.site.site, role, key)
+    for _ in range(3):
+        if await state.redis.set(redis_key, claim, nx=True, ex=RECORD_TTL):
+            return None
+        held = _decode(await state.redis.get(redis_key))
+        if held is None:  # expired between the two calls: claim again
+            continue
+        if held.get("request") != fingerprint:
+            raise ApiError(
+                409,
+                "idempotency-key-reused",
+                N_("this Idempotency-Key was already used for a different command"),
+            )
+        for _ in range(20):  # the first request is still recording its command
+            try:
+                return await command_status(state, str(held.get("command")))
+            except ApiError:
+                await asyncio.sleep(0.05)
+        return await command_status(state, str(held.get("command")))
+    return None
+
+
+async def submit_command(
+    state: State, role: str, data: CommandBody, idempotency_key: str | None = None
+) -> CommandStatus:
     """Check a command against the site and the device profile, record it and publish CommandRequested
     (the API's and the pages' way to command a device). 404 unknown device, 400 a command or value the
-    profile does not declare, 503 when the event bus does not take it."""
+    profile does not declare, 503 when the event bus certainly did not take it."""
     site = state.site
     try:
         plan = plan_command(site, state.profiles, data.device, data.action, data.value)
@@ -136,9 +219,21 @@ async def submit_command(state: State, role: str, data: CommandBody) -> CommandS
         if exc.not_found:
             raise NotFoundException(str(exc)) from None
         raise HTTPException(status_code=400, detail=str(exc)) from None
+    now = utcnow()
+    seconds = data.deadline_seconds or state.settings.command_deadline
     event = CommandRequested(
-        site=site.site, device=plan.device.id, action=plan.command.action, value=plan.value, requested_by=role
+        site=site.site,
+        occurred_at=now,
+        device=plan.device.id,
+        action=plan.command.action,
+        value=plan.value,
+        requested_by=role,
+        deadline=now + timedelta(seconds=seconds),
     )
+    if idempotency_key is not None:
+        earlier = await _earlier(state, role, idempotency_key, data, event.command_id)
+        if earlier is not None:
+            return earlier
     status = CommandStatus(
         id=event.command_id,
         status="requested",
@@ -147,26 +242,60 @@ async def submit_command(state: State, role: str, data: CommandBody) -> CommandS
         value=event.value,
         requested_by=role,
         requested_at=event.occurred_at,
+        deadline=event.deadline,
     )
     # The record exists before the request is published, so an outcome can never arrive before it.
     await _save(state.redis, site.site, status)
     try:
         await publish_event(state.broker, event)
-    except Exception as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        log.warning("command %s: cannot publish CommandRequested: %s", event.command_id, reason)
-        failed = status.model_copy(
-            update={"status": "failed", "error": f"not sent: {reason}", "finished_at": utcnow()}
+    except NoRespondersError:  # nothing stores this subject: it went nowhere
+        log.warning("command %s: no stream takes CommandRequested", event.command_id)
+        await _save(
+            state.redis,
+            site.site,
+            status.model_copy(
+                update={"status": "failed", "error": "not sent: no stream takes it", "finished_at": utcnow()}
+            ),
         )
-        await _save(state.redis, site.site, failed)
         raise ApiError(
             503, "bus-unavailable", N_("the command could not be sent (event bus unavailable); try again")
         ) from None
+    except Exception as exc:  # not confirmed, yet it may have reached the bus: it ends by its deadline
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        log.warning(
+            "command %s: CommandRequested not confirmed (%s); sending it again in the background",
+            event.command_id,
+            reason,
+        )
+        _republish_later(state, event)
     return status
 
 
+def _republish_later(state: State, event: CommandRequested) -> None:
+    """Send an unconfirmed request again (same Nats-Msg-Id: stored once) until JetStream confirms it."""
+
+    async def again() -> None:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + REPUBLISH_FOR
+        while loop.time() < until:
+            await asyncio.sleep(1.0)
+            try:
+                await publish_event(state.broker, event)
+            except Exception:  # noqa: S112 - still away; its deadline settles it in the end
+                continue
+            log.info("command %s: CommandRequested confirmed", event.command_id)
+            return
+        log.warning("command %s: CommandRequested never confirmed; it will read expired", event.command_id)
+
+    tasks: set[asyncio.Task[None]] = state.setdefault("command_retries", set())  # type: ignore[assignment]
+    task = asyncio.get_running_loop().create_task(again())
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
 async def command_status(state: State, command_id: str) -> CommandStatus:
-    """A command's record; 404 when unknown or older than the records are kept."""
+    """A command's record; 404 when unknown or older than the records are kept. A command still
+    requested ``EXPIRY_GRACE`` seconds after its deadline reads expired: nothing executes it any more."""
     record = _decode(await state.redis.get(record_key(state.site.site, command_id)))
     if record is None:
         raise ApiError(
@@ -176,7 +305,19 @@ async def command_status(state: State, command_id: str) -> CommandStatus:
             command=repr(command_id),
             days=RECORD_TTL // 86_400,
         )
-    return CommandStatus.model_validate(record)
+    status = CommandStatus.model_validate(record)
+    if (
+        status.status == "requested"
+        and status.deadline is not None
+        and utcnow() > status.deadline + timedelta(seconds=EXPIRY_GRACE)
+    ):
+        return status.model_copy(
+            update={
+                "status": "expired",
+                "error": "no outcome by its deadline: the command never reached the bus owner",
+            }
+        )
+    return status
 
 
 @get(
@@ -185,7 +326,8 @@ async def command_status(state: State, command_id: str) -> CommandStatus:
     operation_id="getCommand",
     summary="A command's status",
     description="requested until the commands service records its outcome, then completed (with the "
-    "read-back value) or failed (with the error). Records are kept three days.",
+    "read-back value), failed (with the device's reason) or expired (not executed before its deadline; "
+    "never executed afterwards). Records are kept three days.",
     tags=["commands"],
 )
 async def get_command(request: Request[Any, Any, State], command_id: str) -> CommandStatus:
@@ -206,7 +348,7 @@ def outcome_broker(app: Litestar) -> NatsBroker:
 
     async def on_outcome(msg: NatsMessage) -> None:
         subject = msg.raw_message.subject
-        model = CommandCompleted if f".{Kind.COMMAND_COMPLETED}." in subject else CommandFailed
+        model = OUTCOMES[Kind(subject.split(".")[2])]
         try:
             outcome = model.model_validate_json(msg.body)
         except ValidationError as exc:  # acked and dropped: a bad event must not block the consumer
@@ -224,7 +366,7 @@ def outcome_broker(app: Litestar) -> NatsBroker:
             return
         await apply_outcome(state.redis, site, outcome)  # a Redis error nacks: redelivered later
 
-    for kind in (Kind.COMMAND_COMPLETED, Kind.COMMAND_FAILED):
+    for kind in OUTCOMES:
         broker.subscriber(
             pattern(site, kind),
             stream=jstream(COMMANDS),
