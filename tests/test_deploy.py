@@ -54,6 +54,15 @@ def test_urls_point_at_compose_services_and_their_ports():
     )
 
 
+def test_redis_requires_the_password_every_service_uses():
+    command = SERVICES["redis"]["command"]
+    required = command[command.index("--requirepass") + 1]
+    assert required.startswith("${EWS_REDIS_PASSWORD:?"), required  # compose refuses to start without it
+    for name, svc in ews_services().items():
+        url = urlparse(svc["environment"]["REDIS_URL"])
+        assert url.password == "${EWS_REDIS_PASSWORD}", name
+
+
 def test_gateway_api_port_and_bind():
     api = SERVICES["gateway-api"]
     port = api["environment"]["EWS_HTTP_PORT"]
