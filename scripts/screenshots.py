@@ -75,6 +75,7 @@ PAGES: list[tuple[str, str, str | None]] = [
             "database",
             "files",
             "history",
+            "commands",
         )
     ],
     ("configuration-device", f"/configuration/devices/{DEVICE}/edit", "installer"),

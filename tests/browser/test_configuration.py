@@ -55,6 +55,7 @@ SECTIONS = {
     "Database": "Database",
     "Files": "Files",
     "History": "History",
+    "Command log": "Command log",
 }
 SAVED = re.compile(r"Saved: version (\d+)")
 POLLED_TIMEOUT = 45_000  # ms: a new device is polled (state On, values) within this

@@ -104,6 +104,7 @@ async def test_every_page_renders_for_the_roles_that_configure(client: AsyncClie
             "/configuration/database",
             "/configuration/files",
             "/configuration/history",
+            "/configuration/commands",
         ]
         current = re.findall(r'<a href="([^"]+)" aria-current="page">', labels)
         if path == "/configuration":

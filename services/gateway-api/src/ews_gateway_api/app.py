@@ -28,9 +28,9 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 from ews_contracts.bus import ensure_streams, make_broker
-from ews_contracts.siteconfig import LiveSite
 from ews_contracts.profiles import load_profiles
 from ews_contracts.settings import Settings
+from ews_contracts.siteconfig import LiveSite
 from ews_contracts.text import one_line
 from litestar import Litestar, MediaType, Request, Response, Router
 from litestar.config.compression import CompressionConfig
@@ -47,6 +47,7 @@ from . import domain, pages
 from .errors import ApiError, detail_for, error_code, reader_language
 from .guards import public
 from .i18n import N_
+from .openapi import document_errors
 from .pages import _page
 from .security import check_request, security_headers
 from .sessions import SESSION_COOKIE, HashedKeyStore, session_config
@@ -237,7 +238,9 @@ def create_app(settings: Settings) -> Litestar:
             description=(
                 "JSON API of the energy web server. Log in with POST /api/v1/auth/login (PIN, and the PUK "
                 f"when the browser has not done its PUK step); the session lives in the HttpOnly cookie "
-                f"'{SESSION_COOKIE}'. Anonymous calls get 401, a role without the permission 403."
+                f"'{SESSION_COOKIE}'. Anonymous calls get 401, a role without the permission 403. Every error has a "
+                "JSON body: status_code, a stable code, a one-line detail in the reader's language, and extra "
+                "details when there are any."
             ),
             components=Components(
                 security_schemes={
@@ -245,13 +248,14 @@ def create_app(settings: Settings) -> Litestar:
                 }
             ),
             security=[{"session": []}],
-            openapi_router=Router(path=API_DOCS_PATH, route_handlers=[], guards=[public]),
+            openapi_router=Router(path=API_DOCS_PATH, route_handlers=[], guards=[public], include_in_schema=False),
             # the JSON and YAML documents and one viewer, vendored (offline LAN: no CDN)
             render_plugins=[ApiDocs(), JsonRenderPlugin(), YamlRenderPlugin()],
         ),
         state=None,
         debug=False,
     )
+    document_errors(app)  # 401, 403, 404 … of every route, from its guards and parameters (openapi.py)
     app.state.settings = settings
     app.state.site = site
     app.state.profiles = load_profiles(

@@ -42,6 +42,7 @@ from .. import sessions
 from ..errors import ApiError
 from ..guards import SESSION_ROLE, authenticated, current_role, public, requires
 from ..i18n import N_
+from ..openapi import error
 from ..sessions import (
     LOGIN_AT,
     SESSION_COOKIE,
@@ -54,6 +55,7 @@ from ..sessions import (
 from .language import (
     LANGUAGES,
     SESSION_LANGUAGE,
+    Language,
     LanguageBody,
     check_language,
     choose_language,
@@ -108,8 +110,8 @@ class Me(BaseModel):
     role: Role
     pages: list[str]
     permissions: list[str]
-    language: str = Field(description="UI language of this session (the site default until changed).")
-    languages: list[str] = Field(description="Languages the UI offers.")
+    language: Language = Field(description="UI language of this session (the site default until changed).")
+    languages: list[Language] = Field(description="Languages the UI offers.")
     default_codes_in_use: bool = Field(description="This role still uses its factory codes.")
     timezone: str = Field(description="The site's time zone: days, months and years are in it.")
 
@@ -354,6 +356,10 @@ _CODE_ERRORS = {
     "across roles (409 otherwise). Every session and browser unlock of that role is revoked: its next "
     "login needs the new PIN + PUK. 403 for another role without manage-codes or wrong current codes.",
     tags=["auth"],
+    responses={
+        409: error("The new PIN is another role's (pin-in-use)."),
+        429: error("Too many wrong current codes (too-many-attempts): wait Retry-After seconds."),
+    },
 )
 async def change_codes(
     request: Request[Any, Any, State], role: str, data: CodesBody

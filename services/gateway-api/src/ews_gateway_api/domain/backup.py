@@ -41,13 +41,13 @@ from ews_contracts.roles import Permission
 from ews_contracts.text import one_line
 from litestar import Request, Router, get, post
 from litestar.datastructures import State, UploadFile
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Stream
 from pydantic import BaseModel, Field
 
 from ..errors import ApiError
 from ..guards import current_role, requires
 from ..i18n import N_
+from ..openapi import error
 from ..sessions import revoke_role_sessions
 from .auth import client_of
 
@@ -143,7 +143,7 @@ async def _close(chunks: Any, nc: Any) -> None:
     "made while the site runs (a snapshot of the streams at the request). POST it to /api/v1/restore.",
     media_type="application/gzip",
     tags=["administration"],
-    responses={503: ResponseSpec(None, description="NATS or Redis unavailable")},
+    responses={503: error("NATS or Redis unavailable (bus-unavailable, store-unavailable): try again.")},
 )
 async def get_backup(request: Request[Any, Any, State]) -> Stream:
     state = request.app.state
@@ -235,8 +235,8 @@ async def _receive(
     "readings replace the site's, and the aggregator rebuilds the figures (GET /api/v1/restore).",
     tags=["administration"],
     responses={
-        409: ResponseSpec(None, description="another restore is running"),
-        503: ResponseSpec(None, description="NATS or Redis failed; restore the same archive again"),
+        409: error("Another restore is running."),
+        503: error("NATS or Redis failed: restore the same archive again."),
     },
 )
 async def post_restore(request: Request[Any, Any, State]) -> RestoreAnswer:

@@ -12,11 +12,15 @@ request, it may still have reached it, so the answer is 202 ``requested`` and th
 executor refuses it after its deadline. A record still ``requested`` ``EXPIRY_GRACE`` seconds after its
 deadline therefore reads ``expired`` (a late real outcome still replaces it). An ``Idempotency-Key``
 header makes a retried POST answer the first command instead of sending a second one.
+
+``GET /api/v1/commands`` is the command log: the most recent commands and their outcomes, read from the
+tail of EWS_COMMANDS (the audit log, kept longer than the records); see its section at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,8 +33,10 @@ from ews_contracts.bus import ensure_streams, jstream, make_broker, publish_even
 from ews_contracts.commandcheck import CommandRejected, plan_command
 from ews_contracts.events import CommandCompleted, CommandExpired, CommandFailed, CommandRequested, utcnow
 from ews_contracts.roles import Permission
+from ews_contracts.site import ID_PATTERN
+from ews_contracts.streamio import StreamIOError, read_stream
 from ews_contracts.streams import COMMANDS
-from ews_contracts.subjects import Kind, pattern
+from ews_contracts.subjects import PREFIX, Kind, pattern, subject
 from faststream import AckPolicy
 from faststream.nats import NatsBroker, PullSub
 from faststream.nats.annotations import NatsMessage
@@ -38,13 +44,17 @@ from litestar import Litestar, Request, Router, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.params import Parameter
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
+from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError as StreamNotFound
 from pydantic import BaseModel, Field, ValidationError
 
 from ..errors import ApiError
 from ..guards import current_role, requires
 from ..i18n import N_
+from ..openapi import error
 
 log = logging.getLogger("ews.gateway-api.commands")
 
@@ -156,6 +166,10 @@ async def apply_outcome(redis: Any, site: str, outcome: Outcome) -> CommandStatu
     "same key with a different command is 409. 503 only when the request certainly went nowhere.",
     status_code=202,
     tags=["commands"],
+    responses={
+        404: error("No such device (not-found)."),
+        409: error("This Idempotency-Key was already used for a different command (idempotency-key-reused)."),
+    },
 )
 async def request_command(
     request: Request[Any, Any, State],
@@ -391,3 +405,182 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         yield
     finally:
         await broker.stop()
+
+
+# --- the command log -------------------------------------------------------------------------------
+# Read from EWS_COMMANDS, the audit log (the Redis records above are kept three days only): the stream's
+# tail, never the whole stream. Probes (ephemeral consumers: the server counts the requests from a
+# sequence on) find a start from which the stream holds between ``limit`` and ``2 × limit`` requests;
+# the requests and outcomes from there are read (``streamio.read_stream``) and paired by command id.
+
+LOG_LIMIT = 500  # commands one listing may ask for
+LOG_READ_MAX = 4 * LOG_LIMIT + 1_000  # messages read at most per listing (requests and outcomes)
+LOG_PROBES = 64  # start sequences tried at most (bisection: enough for any stream's length)
+DEVICE_PATTERN = ID_PATTERN.replace("^", "^(?:", 1).replace("$", ")?$")  # a device id, or empty (all)
+BUS_UNAVAILABLE = N_("the event bus (NATS) is unavailable; try again")  # the same msgid as backup.py's
+
+
+class CommandLog(BaseModel):
+    """The most recent commands of the site and their outcomes, newest first."""
+
+    commands: list[CommandStatus] = Field(
+        description="Newest first. status: the outcome recorded (completed with its read-back, failed or "
+        "expired with the error), requested while there is none (expired once its deadline is "
+        f"{EXPIRY_GRACE:.0f} s past)."
+    )
+    more: bool = Field(description="Older commands are recorded too (ask for a larger limit, up to 500).")
+
+
+async def _count_from(js: Any, filter_subject: str, start: int) -> int:
+    """How many messages matching ``filter_subject`` EWS_COMMANDS holds from sequence ``start`` on."""
+    config = ConsumerConfig(
+        filter_subject=filter_subject,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=start,
+        ack_policy=JsAckPolicy.NONE,
+        inactive_threshold=10.0,
+        mem_storage=True,
+    )
+    info = await js.add_consumer(COMMANDS.name, config)
+    with contextlib.suppress(Exception):
+        await js.delete_consumer(COMMANDS.name, info.name)
+    return int(info.num_pending or 0)
+
+
+async def _tail_start(js: Any, filter_subject: str, first: int, last: int, total: int, want: int) -> int:
+    """A sequence from which the stream holds at least ``want`` messages matching ``filter_subject`` (of
+    ``total`` in all) and at most about twice as many; ``first`` when it holds few."""
+    most = 2 * want
+    if total <= most:
+        return first
+    below, above = first, last + 1  # from below: ≥ want messages; from above: fewer
+    span, growing = 3 * want, True  # first guess: nearly every message of the tail matches
+    for _ in range(LOG_PROBES):
+        if above - below <= 1:
+            break
+        start = max(below + 1, last + 1 - span) if growing else (below + above) // 2
+        count = await _count_from(js, filter_subject, start)
+        if count < want:
+            above, span = start, span * 4
+        elif count > most:
+            below, growing = start, False
+        else:
+            return start
+    return below
+
+
+def _logged(request: CommandRequested, outcome: Outcome | None, default_deadline: float) -> CommandStatus:
+    deadline = request.deadline_or(default_deadline)
+    status = CommandStatus(
+        id=request.command_id,
+        status="requested",
+        device=request.device,
+        action=request.action,
+        value=request.value,
+        requested_by=request.requested_by or None,
+        requested_at=request.occurred_at,
+        deadline=deadline,
+    )
+    if outcome is not None:
+        return status.model_copy(
+            update={
+                "status": _STATUS[type(outcome)],
+                "value": outcome.value if outcome.value is not None else request.value,
+                "finished_at": outcome.occurred_at,
+                "readback": outcome.readback if isinstance(outcome, CommandCompleted) else None,
+                "error": None if isinstance(outcome, CommandCompleted) else outcome.error,
+            }
+        )
+    if utcnow() > deadline + timedelta(seconds=EXPIRY_GRACE):
+        return status.model_copy(
+            update={
+                "status": "expired",
+                "error": "no outcome by its deadline: the command never reached the bus owner",
+            }
+        )
+    return status
+
+
+async def command_log(state: State, limit: int = 50, device: str | None = None) -> CommandLog:
+    """The ``limit`` most recent commands of the site (of ``device`` only when given), newest first, from
+    the tail of EWS_COMMANDS. 503 when the event bus cannot be read."""
+    site = state.site.site
+    token = device or "*"
+    requests_subject = subject(site, Kind.COMMAND_REQUESTED, token)
+    nc = getattr(state.broker, "connection", None)
+    if nc is None:
+        raise ApiError(503, "bus-unavailable", BUS_UNAVAILABLE)
+    js = nc.jetstream()
+    requests: dict[str, CommandRequested] = {}
+    outcomes: dict[str, Outcome] = {}
+    try:
+        info = await js.stream_info(COMMANDS.name, subjects_filter=requests_subject)
+        total = sum((info.state.subjects or {}).values())
+        first, last = int(info.state.first_seq or 0), int(info.state.last_seq or 0)
+        if not total or not last:
+            return CommandLog(commands=[], more=False)
+        start = await _tail_start(js, requests_subject, max(first, 1), last, total, limit)
+        read = 0
+        every = f"{PREFIX}.{site}.*.{token}"  # requests and outcomes (the stream holds nothing else)
+        tail = read_stream(nc, COMMANDS.name, every, start=start, upto=last)
+        async with contextlib.aclosing(tail) as batches:
+            async for batch in batches:
+                for msg in batch:
+                    kind = msg.subject.split(".")[2]
+                    try:
+                        if kind == Kind.COMMAND_REQUESTED:
+                            event = CommandRequested.model_validate_json(msg.data)
+                            requests.setdefault(event.command_id, event)
+                        elif kind in OUTCOMES:
+                            outcome = OUTCOMES[Kind(kind)].model_validate_json(msg.data)
+                            outcomes.setdefault(outcome.command_id, outcome)  # the first one stands
+                    except ValidationError:
+                        log.warning("command log: ignoring a malformed event on %s", msg.subject)
+                read += len(batch)
+                if read >= LOG_READ_MAX:  # only a flood of outcomes without requests gets here
+                    break
+    except StreamNotFound:
+        return CommandLog(commands=[], more=False)
+    except (NatsError, StreamIOError, TimeoutError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        log.warning("command log: EWS_COMMANDS not readable (%s)", reason)
+        raise ApiError(503, "bus-unavailable", BUS_UNAVAILABLE) from None
+    newest = list(requests.values())[::-1][:limit]
+    default = state.settings.command_deadline
+    return CommandLog(
+        commands=[_logged(r, outcomes.get(r.command_id), default) for r in newest],
+        more=total > len(newest),
+    )
+
+
+@get(
+    "/commands",
+    guards=[requires(Permission.CONFIGURE_SITE)],
+    operation_id="listCommands",
+    summary="The command log: the most recent commands and their outcomes",
+    description="Every device command is recorded on the EWS_COMMANDS stream (the command audit log) with "
+    "its outcome. This lists the most recent ones, newest first: who asked (role), when, the deadline, and "
+    "the outcome (completed with the read-back value, failed or expired with the error; requested while "
+    "there is none). Read from the stream: commands older than the three days GET /api/v1/commands/{id} "
+    "answers for are listed too. "
+    "For administrator and installer (`configure-site`).",
+    tags=["commands"],
+)
+async def list_commands(
+    request: Request[Any, Any, State],
+    limit: Annotated[
+        int, Parameter(ge=1, le=LOG_LIMIT, description="How many commands, newest first (at most 500).")
+    ] = 50,
+    device: Annotated[
+        str | None,
+        Parameter(
+            pattern=DEVICE_PATTERN,
+            max_length=32,
+            description="Only the commands of this device (its id); empty or absent: every device.",
+        ),
+    ] = None,
+) -> CommandLog:
+    return await command_log(request.app.state, limit, device or None)
+
+
+router.register(list_commands)

@@ -24,28 +24,30 @@ import re
 from datetime import datetime
 from typing import Any
 
-from ews_contracts.events import SiteConfigured, ProbeReply, ProbeRequest
+from ews_contracts.events import ProbeReply, ProbeRequest, SiteConfigured
 from ews_contracts.roles import Permission
+from ews_contracts.site import Site
 from ews_contracts.siteconfig import (
     ConfigInvalid,
     ConfigStore,
     VersionConflict,
     check_tariff_changes,
-    retire_removed,
     document_of,
     parse_text,
+    retire_removed,
     to_yaml,
     validate_document,
 )
-from ews_contracts.site import Site
 from ews_contracts.subjects import poller_rpc
 from litestar import Request, Response, Router, get, post, put
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 from pydantic import BaseModel, Field
 
 from ..errors import ApiError
 from ..guards import current_role, requires
 from ..i18n import N_
+from ..openapi import error
 
 log = logging.getLogger("ews.gateway-api")
 MAX_BODY = 2 * 1024 * 1024  # a 255-device site is ~60 kB of YAML
@@ -152,13 +154,13 @@ def revived(document: dict[str, Any]) -> dict[str, Any]:
     return {**document, "retired_devices": [r for r in retired if not (isinstance(r, dict) and r.get("id") in ids)]}
 
 
-async def _caught_up(state: State, version: int, timeout: float = 2.0) -> None:
+async def _caught_up(state: State, version: int, timeout: float = 2.0) -> None:  # noqa: ASYNC109
     """Wait (briefly) until this process follows the version it just stored, so the next page shows it."""
     import asyncio
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while state.live.version < version and loop.time() < deadline:
+    while state.live.version < version and loop.time() < deadline:  # noqa: ASYNC110 - no event for it
         await asyncio.sleep(0.02)
 
 
@@ -229,6 +231,9 @@ async def _body(request: Request) -> Any:
 
 
 _configure = [requires(Permission.CONFIGURE_SITE)]
+_CONFLICT = error(
+    "The configuration changed since the version read (version-conflict): `extra.version` is the current one."
+)
 
 
 @get("/site/config", guards=_configure, summary="The configuration in force, with its version")
@@ -244,6 +249,7 @@ async def get_config(request: Request) -> Response[dict[str, Any]]:
     status_code=200,
     opt={"content_types": ("application/json", "application/yaml", "application/x-yaml", "text/yaml")},
     request_max_body_size=MAX_BODY,
+    responses={409: _CONFLICT},
 )
 async def put_config(request: Request) -> Response[Applied]:
     document = await _body(request)
@@ -254,7 +260,21 @@ async def put_config(request: Request) -> Response[Applied]:
     )
 
 
-@get("/site/config.yaml", guards=_configure, summary="The configuration in force as a YAML site file")
+@get(
+    "/site/config.yaml",
+    guards=_configure,
+    summary="The configuration in force as a YAML site file",
+    media_type="application/yaml",
+    # the body is YAML text, but what it holds is the site document (the same as GET /site/config's)
+    responses={
+        200: ResponseSpec(
+            dict[str, Any],
+            media_type="application/yaml",
+            description="The site document as YAML (an attachment named <site>-config-v<version>.yaml).",
+            generate_examples=False,
+        )
+    },
+)
 async def get_config_yaml(request: Request) -> Response[str]:
     live = request.app.state.live
     text = f"# site configuration version {live.version} ({live.event.occurred_at:%Y-%m-%d %H:%M} UTC)\n"
@@ -306,7 +326,13 @@ async def post_test_device(request: Request, data: TestDeviceBody) -> ProbeReply
     return await test_device(request.app.state, data.device, data.gateway)
 
 
-@put("/devices/{device_id:str}/enabled", guards=_configure, summary="A device On (polled) or Off", status_code=200)
+@put(
+    "/devices/{device_id:str}/enabled",
+    guards=_configure,
+    summary="A device On (polled) or Off",
+    status_code=200,
+    responses={409: _CONFLICT},
+)
 async def put_enabled(request: Request, device_id: str, data: EnabledBody) -> EnabledView:
     return await set_device_enabled(request.app.state, device_id, data.enabled, current_role(request) or "unknown")
 

@@ -7,8 +7,8 @@ import asyncio
 from typing import Any, Literal
 
 from litestar import Request, Response, Router, get
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 from pydantic import BaseModel, Field
 
 from ..guards import public

@@ -13,7 +13,7 @@ default reaches every session that did not choose).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ews_contracts.roles import Permission
 from litestar import Request, Response, Router, get, put
@@ -22,25 +22,33 @@ from pydantic import BaseModel, Field
 
 from ..guards import SESSION_ROLE, current_role, public, requires
 from ..i18n import N_
+from ..openapi import error
 from ..sessions import browser_cookie
 
 # L1: the 13 UI languages (BCP 47 tags)
-LANGUAGES: tuple[str, ...] = (
-    "zh", "de", "en", "es", "fr", "fr-BE", "el", "it", "nl-BE", "nl", "pl", "pt", "ru",
-)  # fmt: skip
+Language = Literal["zh", "de", "en", "es", "fr", "fr-BE", "el", "it", "nl-BE", "nl", "pl", "pt", "ru"]
+LANGUAGES: tuple[str, ...] = get_args(Language)
 LANGUAGE_COOKIE = "ews_lang"
 LANGUAGE_COOKIE_MAX_AGE = 400 * 86_400
 SESSION_LANGUAGE = "language"
 
 
+def language_enum() -> dict[str, Any]:
+    """``json_schema_extra`` of a request's language: the OpenAPI document lists the 13, while the handler
+    still reads any string, so that another one gets the 400 ``unknown-language`` naming them."""
+    return {"enum": list(LANGUAGES)}
+
+
 class LanguageBody(BaseModel):
-    language: str = Field(examples=["fr"], description="One of the 13 UI languages (BCP 47 tag).")
+    language: str = Field(
+        examples=["fr"], description="One of the 13 UI languages (BCP 47 tag).", json_schema_extra=language_enum()
+    )
 
 
 class LanguageInfo(BaseModel):
-    language: str = Field(description="This browser's language (its choice, else the site default).")
-    default: str = Field(description="The site's default language.")
-    languages: list[str] = Field(description="Languages the UI offers.")
+    language: Language = Field(description="This browser's language (its choice, else the site default).")
+    default: Language = Field(description="The site's default language.")
+    languages: list[Language] = Field(description="Languages the UI offers.")
 
 
 def check_language(value: str) -> str:
@@ -126,6 +134,7 @@ async def put_language(request: Request[Any, Any, State], data: LanguageBody) ->
     operation_id="setSiteLanguage",
     summary="Set the site's default UI language (overrides the site file's)",
     tags=["language"],
+    responses={409: error("The configuration changed meanwhile (version-conflict): try again.")},
 )
 async def put_site_language(request: Request[Any, Any, State], data: LanguageBody) -> LanguageInfo:
     from .configuration import apply_document, config_document

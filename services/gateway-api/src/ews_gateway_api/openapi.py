@@ -1,0 +1,117 @@
+"""The error answers of the API in its OpenAPI document, decided once for every operation.
+
+Litestar documents a route's success answer and, for a route with parameters or a body, its 400. The other
+errors come from layers every route shares — the guards (401, 403), the cross-site and content-type checks
+(``security.py``: 403, 415), the body limit (413), the stores behind the sessions and the data (503) — so
+they are added here from what each route handler declares, rather than repeated on ~30 routes:
+
+========  ==========================================================================================
+status    documented on
+========  ==========================================================================================
+400       a route with parameters or a body, and every state-changing route (its body is read)
+401       every route that is not ``public`` (guards.py)
+403       every route guarded by a permission (``requires``), and every state-changing route (cross-origin)
+404       every route with a path parameter (an unknown id, or a value the path cannot hold)
+413, 415  every state-changing route (the body's size and Content-Type are checked before the handler)
+503       every route: Redis (the sessions), the bus, the analytics database or the auth service may be
+          unavailable; the answer says which, and when to try again (``Retry-After``)
+========  ==========================================================================================
+
+Every error body is :class:`ErrorBody` (``app.http_error``); a route documents its own special answers
+(409, 429, a different body) with ``responses={...}``, which win over these defaults. 500 is never
+documented: it is a bug.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from litestar import Litestar
+from litestar.constants import RESERVED_KWARGS
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.routes import HTTPRoute
+from pydantic import BaseModel, Field
+
+from .guards import authenticated
+from .security import STATE_CHANGING
+
+
+class ErrorBody(BaseModel):
+    """The JSON body of every error the API answers (``app.http_error``, ``errors.ApiError``)."""
+
+    status_code: int = Field(description="The HTTP status, repeated.")
+    code: str = Field(
+        description="Stable, for programs: e.g. invalid-request, login-required, forbidden, cross-origin, "
+        "unknown-device, too-large, unsupported-media-type, store-unavailable."
+    )
+    detail: str = Field(description="One line for a person, in the reader's language.")
+    extra: dict[str, Any] | list[Any] | None = Field(
+        default=None,
+        description="Details when there are any: the invalid fields (invalid-request), the current version "
+        "(version-conflict) …",
+    )
+
+
+def error(description: str) -> ResponseSpec:
+    """An error answer with the :class:`ErrorBody` body, for a route's ``responses``."""
+    return ResponseSpec(ErrorBody, description=description, generate_examples=False)
+
+
+DEFAULTS: dict[int, str] = {
+    400: "The request is invalid: `code` says why (invalid-request names the field), `detail` in words.",
+    401: "Not logged in (login-required): log in with POST /api/v1/auth/login first.",
+    403: "The session's role lacks the permission (forbidden), or the request comes from a page of another "
+    "site (cross-origin).",
+    404: "Nothing with this identifier (e.g. unknown-device), or no such address.",
+    413: "The body is larger than this route accepts (too-large).",
+    415: "The body's Content-Type is not one this route reads (unsupported-media-type).",
+    503: "A service this request needs is unavailable — Redis (the sessions), the bus, the analytics database "
+    "or the auth service: `code` says which; try again (Retry-After).",
+}
+
+
+def access_of(handler: HTTPRouteHandler) -> str:
+    """``public``, ``authenticated`` or ``permission``: the handler's access decision (its guards)."""
+    guards = [g for layer in handler.ownership_layers for g in (getattr(layer, "guards", None) or [])]
+    if any(getattr(g, "permission", None) is not None for g in guards):
+        return "permission"
+    if authenticated in guards:
+        return "authenticated"
+    return "public"
+
+
+def takes_input(handler: HTTPRouteHandler, path: str) -> bool:
+    names = set(handler.parsed_fn_signature.parameters) - (RESERVED_KWARGS - {"data"})
+    return bool(names) or "{" in path
+
+
+def error_statuses(handler: HTTPRouteHandler, path: str) -> list[int]:
+    access = access_of(handler)
+    changing = bool(handler.http_methods & STATE_CHANGING)
+    statuses = [503]
+    if changing or takes_input(handler, path):
+        statuses.append(400)
+    if access != "public":
+        statuses.append(401)
+    if access == "permission" or changing:
+        statuses.append(403)
+    if re.search(r"\{\w+", path):
+        statuses.append(404)
+    if changing:
+        statuses += [413, 415]
+    return sorted(statuses)
+
+
+def document_errors(app: Litestar) -> None:
+    """Add the shared error answers to every documented route handler (before the schema is built)."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            if not handler.resolve_include_in_schema():
+                continue
+            own = dict(handler.responses or {})
+            defaults = {status: error(DEFAULTS[status]) for status in error_statuses(handler, route.path)}
+            handler.responses = {**defaults, **own}
