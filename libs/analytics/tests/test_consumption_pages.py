@@ -157,10 +157,14 @@ async def test_dst_day_no_data_previous_buckets_and_split(site: Site, store_db):
 async def test_spring_day_and_month_split(site: Site, store_db):
     store, db = store_db
     await _hours(store, db, [("e2", EA, utc(2026, 3, 29, 1), 5.0), ("rest", EA, utc(2026, 3, 29, 1), 99.0)])
-    spring = await consumption(store, db, site, "circuit:offices", "day", date(2026, 3, 29), split="circuit")
+    spring = await consumption(store, db, site, "device:e2", "day", date(2026, 3, 29), split="circuit")
     assert len(spring.buckets) == 23 and [b.value for b in spring.buckets if not b.no_data] == [5.0]
     assert spring.buckets[2].start.isoformat() == "2026-03-29T03:00:00+02:00"
-    assert [s.key for s in spring.series] == ["circuit:offices"]  # water is not summed with Wh
+    assert [s.key for s in spring.series] == ["circuit:offices"]
+    # the offices circuit also holds the water meter: water is not summed with Wh, the circuit is in money
+    offices = await consumption(store, db, site, "circuit:offices", "day", date(2026, 3, 29), split="medium")
+    assert offices.unit == "EUR" and [p.medium for p in offices.parts] == ["electricity", "water"]
+    assert [s.key for s in offices.series] == ["medium:electricity"]  # no water that day
 
     # month: the previous month has its own length; month buckets split exactly too
     month = await consumption(

@@ -70,7 +70,10 @@ def test_scopes(site: Site):
     sel = resolve_scope(site, "total-global")
     assert (sel.unit, sel.in_currency) == ("EUR", True)
     assert sel.groups == {EA: one("m1", "e2", "ev1", "pv"), WATER: one("water"), GAS: one("gas")}
-    assert resolve_scope(site, "zone:building").groups == {EA: one("m1", "e2", "sub1")}
+    building = resolve_scope(site, "zone:building")  # electricity, water and gas: in money, like total-global
+    assert (building.unit, building.in_currency, building.standing) == ("EUR", True, ())
+    assert building.groups == {EA: one("m1", "e2", "sub1"), WATER: one("water"), GAS: one("gas")}
+    assert resolve_scope(site, "zone:parking").groups == {EA: one("ev1")}
     assert resolve_scope(site, "circuit:offices").groups == {EA: one("e2", "sub1")}
     utilities = resolve_scope(site, "circuit:utilities")  # water + gas only: in money
     assert (utilities.unit, utilities.in_currency) == ("EUR", True)

@@ -230,8 +230,8 @@ async def test_consumption_of_an_empty_database(
     assert resp.headers["content-type"].startswith("text/csv")
     assert "attachment" in resp.headers["content-disposition"]
     rows = list(csv.reader(io.StringIO(resp.text)))
-    assert rows[0] == ["start", "quantity", "unit", "value", "cost", "currency"]
-    assert rows[1] == [first, "energy_active_import", "Wh", "0.0", "0.0", "EUR"]
+    assert rows[0] == ["start", "quantity", "unit", "value", "cost", "currency", "unpriced"]
+    assert rows[1] == [first, "energy_active_import", "Wh", "0.0", "0.0", "EUR", "false"]
     assert len(rows) == hours + 1
 
 

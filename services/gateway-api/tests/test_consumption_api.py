@@ -54,8 +54,20 @@ async def test_consumption_compare_and_csv(client: AsyncClient, settings: Settin
         "cost": 0.2,
         "estimated": 200.0,  # only where part of the value was spread over a gap
     }
+    # the main board holds electricity, water and gas meters: in money, per medium, like total-global
     resp = await client.get("/api/v1/consumption", params={**params, "scope": "panel:main"})
-    assert resp.status_code == 200 and resp.json()["total"]["value"] >= 2000.0
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    # (e2, m1 and the virtual hvac-rest = m1 − gen1 are on the board: m1 counts twice, as in Wh)
+    assert (body["unit"], body["total"]["value"], body["total"]["cost"]) == ("EUR", 2.7, 2.7)
+    assert [(p["medium"], p["value"], p["unit"], p["cost"]) for p in body["parts"]] == [
+        ("electricity", 2800.0, "Wh", 0.7),
+        ("gas", 0.0, "dm³", 0.0),
+        ("water", 500.0, "dm³", 2.0),
+    ]
+    assert body["parts"][1]["wh_equivalent"] == 0.0 and body["priced_from"] == "2020-01-01"
+    resp = await client.get("/api/v1/consumption", params={**params, "scope": "zone:parking"})
+    assert resp.json()["unit"] == "Wh" and resp.json()["parts"] == []  # one medium keeps its unit
 
     resp = await client.get(
         "/api/v1/consumption/compare", params={**params, "a": "device:e2", "b": "device:m1"}
@@ -86,13 +98,69 @@ async def test_consumption_compare_and_csv(client: AsyncClient, settings: Settin
 
     resp = await client.get("/api/v1/consumption/datalogger.csv", params={**params, "scope": "device:water"})
     rows = list(csv.reader(io.StringIO(resp.text)))
-    assert rows[0] == ["start", "quantity", "unit", "value", "cost", "currency"]
-    assert rows[11] == ["2025-06-01T10:00:00+02:00", "water_volume", "dm³", "500.0", "2.0", "EUR"]
+    assert rows[0] == ["start", "quantity", "unit", "value", "cost", "currency", "unpriced"]
+    assert rows[11] == ["2025-06-01T10:00:00+02:00", "water_volume", "dm³", "500.0", "2.0", "EUR", "false"]
+    resp = await client.get("/api/v1/consumption/datalogger.csv", params={**params, "scope": "panel:main"})
+    rows = list(csv.reader(io.StringIO(resp.text)))
+    assert rows[11] == ["2025-06-01T10:00:00+02:00", "cost", "EUR", "2.7", "2.7", "EUR", "false"]
     resp = await client.get(
         "/api/v1/consumption/datalogger.csv", params={"scope": "total-global", "period": "decade"}
     )
     rows = list(csv.reader(io.StringIO(resp.text)))
     assert len(rows) == 11 and rows[1][1:3] == ["cost", "EUR"]
+
+
+async def test_consumption_before_the_first_tariff_is_unpriced(
+    client: AsyncClient, settings: Settings
+) -> None:
+    """The demo site's first tariff starts on 2020-01-01: the aggregator stored the hours before it with
+    cost 0, and the API, the comparison and datalogger.csv say they are unpriced."""
+    before = datetime(2019, 12, 31, 22, tzinfo=UTC)  # 23:00 on Dec 31st in Paris: the last unpriced hour
+    after = datetime(2019, 12, 31, 23, tzinfo=UTC)  # 00:00 on Jan 1st: the first priced hour
+    await hour_rows(settings, [("m1", EA, before, 300.0, 0.0, 0.0), ("m1", EA, after, 100.0, 0.025, 0.0)])
+    await client.post("/api/v1/auth/login", json=CODES["user"])
+    resp = await client.get("/api/v1/consumption", params={"scope": "device:m1", "date": "2019-12-31"})
+    body = resp.json()
+    assert body["buckets"][23] == {
+        "start": "2019-12-31T23:00:00+01:00",
+        "value": 300.0,
+        "unit": "Wh",
+        "cost": 0.0,
+        "unpriced": True,
+    }
+    assert "unpriced" not in body["buckets"][22] and body["total"]["unpriced"] is True
+    assert body["priced_from"] == "2020-01-01"
+    resp = await client.get("/api/v1/consumption", params={"scope": "total-global", "date": "2020-01-01"})
+    body = resp.json()
+    assert "unpriced" not in body["total"] and body["previous"]["total"]["unpriced"] is True
+    assert body["previous"]["total"]["cost"] == 0.0  # no standing charge before the first tariff either
+    resp = await client.get(
+        "/api/v1/consumption", params={"scope": "total-electricity", "period": "decade", "date": "2025-01-01"}
+    )
+    body = resp.json()
+    assert [b.get("unpriced") for b in body["buckets"][3:5]] == [True, None]  # 2019, 2020
+    assert body["total"]["unpriced"] is True and body["total"]["value"] == 400.0
+    resp = await client.get(
+        "/api/v1/consumption/compare",
+        params={"a": "device:m1", "b": "device:water", "period": "year", "date": "2019-06-01"},
+    )
+    body = resp.json()
+    assert body["a"]["total"]["unpriced"] is True and "unpriced" not in body["b"]["total"]
+    resp = await client.get(
+        "/api/v1/consumption/datalogger.csv",
+        params={"scope": "device:m1", "period": "month", "date": "2019-12-01"},
+    )
+    rows = list(csv.reader(io.StringIO(resp.text)))
+    assert rows[31] == [
+        "2019-12-31T00:00:00+01:00",
+        "energy_active_import",
+        "Wh",
+        "300.0",
+        "0.0",
+        "EUR",
+        "true",
+    ]
+    assert rows[30][-1] == "false"
 
 
 async def test_compare_needs_the_consumption_permission(client: AsyncClient) -> None:

@@ -18,7 +18,7 @@ redelivery and replays cannot change it:
   the two new ones. Integers make the sums exact and order-independent (to the milli-unit). Each row
   carries the hour's site-local ``day``; ``estimated_milli`` is the part spread over a gap; ``cost`` is
   priced with the tariff of the hour's local date and time-of-use window (a later price change never
-  rewrites it).
+  rewrites it), 0 before the first tariff's ``effective_from`` (no price in force: ``unpriced``).
 - ``consumption_daily`` / ``consumption_monthly`` — local-date rollups maintained by materialized
   views on every insert into the hourly table: month, year and decade queries read a few thousand
   rows whatever the history length.
@@ -31,7 +31,16 @@ number of hours (DST days have 23 or 25 hourly buckets). In half-hour zones an h
 local day where it starts.
 """
 
-from .costs import MEDIUM_QUANTITY, PRICE_FIELD, PriceBook, cost_of, medium_of, standing_charges
+from .costs import (
+    MEDIUM_QUANTITY,
+    PRICE_FIELD,
+    PriceBook,
+    cost_of,
+    medium_of,
+    priced_from,
+    standing_charges,
+    tariff_in_force,
+)
 from .queries import (
     MAX_DATE,
     MIN_DATE,
@@ -129,11 +138,13 @@ __all__ = [
     "migrations",
     "period_range",
     "previous_day",
+    "priced_from",
     "quantity_series",
     "resolve_scope",
     "scope_kind",
     "standing_charges",
     "summary",
     "table",
+    "tariff_in_force",
     "truncate_projections",
 ]

@@ -4,6 +4,11 @@ Canonical units are Wh and dm³; prices are per kWh and per m³, so the money fo
 units is ``value / 1000 × price``. A tariff applies from its ``effective_from`` local date; an hour is
 priced by the tariff in force on its local date and by the time-of-use window containing its local
 start time (hours are the storage grain, so windows are whole hours).
+
+One rule for the hours before the first tariff (``tariff_in_force``): no price is in force before its
+``effective_from``, so those hours cost 0 (the queries mark them ``unpriced``) and carry no standing
+charge. The aggregator prices hours with it at ingest (``PriceBook``), the queries add the standing
+charges with it (``standing_charges``): ``ews replay`` rebuilds the same costs.
 """
 
 from __future__ import annotations
@@ -44,6 +49,18 @@ def cost_of(quantity: str, value: float, tariff: Tariff, weekday: int = 0, hour:
     return value / 1000.0 * tariff.price(field, weekday, hour)
 
 
+def priced_from(site: Site) -> date:
+    """The first local date with a price: the first tariff's ``effective_from``."""
+    return site.tariffs[0].effective_from
+
+
+def tariff_in_force(site: Site, day: date) -> Tariff | None:
+    """The tariff in force on a local date; None before the first tariff (nothing is priced then)."""
+    if day < priced_from(site):
+        return None
+    return site.tariff_on(day)
+
+
 def medium_of(device: Device) -> str:
     """electricity, water or gas: pulse meters declare it, every other device meters electricity."""
     return device.medium or "electricity"
@@ -66,8 +83,8 @@ class PriceBook:
                 price = 0.0
             else:
                 local = datetime.fromtimestamp(hour_epoch, UTC).astimezone(self.site.tz)
-                tariff = self.site.tariff_on(local.date())
-                price = tariff.price(field, local.weekday(), local.hour) / 1000.0
+                tariff = tariff_in_force(self.site, local.date())
+                price = 0.0 if tariff is None else tariff.price(field, local.weekday(), local.hour) / 1000.0
             if len(self._cache) > 200_000:
                 self._cache.clear()
             self._cache[key] = price
@@ -78,15 +95,15 @@ def standing_charges(
     site: Site, media: tuple[str, ...], start: date, end: date, today: date
 ) -> dict[date, float]:
     """Daily standing charges of ``media`` for each local date in ``[start, end)``, counted from the
-    first tariff's date up to ``today`` (never for future days)."""
+    first tariff's date (``tariff_in_force``) up to ``today`` (never for future days)."""
     out: dict[date, float] = {}
     if not media:
         return out
-    day = max(start, site.tariffs[0].effective_from)
+    day = max(start, priced_from(site))
     stop = min(end, today + timedelta(days=1))
     while day < stop:
-        tariff = site.tariff_on(day)
-        charge = sum(float(getattr(tariff, STANDING_FIELD[m])) for m in media)
+        tariff = tariff_in_force(site, day)
+        charge = sum(float(getattr(tariff, STANDING_FIELD[m])) for m in media) if tariff else 0.0
         if charge:
             out[day] = charge
         day += timedelta(days=1)

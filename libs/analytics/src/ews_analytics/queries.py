@@ -11,9 +11,10 @@ Scopes (a scope is a linear combination of real devices: virtual devices are mas
   ``exclude_from_total``, plus the electricity standing charge in the cost.
 - ``total-global``: electricity + gas + water in money (``value`` and ``unit`` are the currency),
   standing charges included; ``parts`` breaks it down per medium (the pie chart is on the money).
-- ``zone:<id>`` / ``circuit:<id>`` / ``panel:<id>`` / ``gateway:<id>``: Ea+ (Wh) of the electricity
-  devices in it (a device is in a zone directly or through its circuit); without electricity devices,
-  dm³ of its one medium (water or gas), or money when it mixes water and gas.
+- ``zone:<id>`` / ``circuit:<id>`` / ``panel:<id>`` / ``gateway:<id>``: the devices in it (a device is
+  in a zone directly or through its circuit). One medium keeps its unit: Ea+ (Wh) for electricity, dm³
+  for water or gas. Several media answer like ``total-global`` (without its standing charges): money,
+  with ``parts`` per medium of the scope (its units, its money, the gas Wh equivalent).
 - ``device:<id>``: Ea+ (Wh) for an electricity device, dm³ for a water or gas meter; a virtual
   device's id works too.
 
@@ -23,6 +24,10 @@ Pages: a bucket no rollup row covers has ``no_data: true`` (say "no data", do no
 ``summary()`` gives today … last year from three queries; ``quantity_series()`` averages a real
 device's raw ``readings`` (power, voltage …) per bucket. Dates must lie in MIN_DATE … MAX_DATE
 (``check_day``); bounds beyond what the store's Date/DateTime columns hold are clamped (no rows there).
+
+Unpriced: no price is in force before the first tariff's ``effective_from`` (``priced_from``): those
+hours cost 0 (the aggregator prices them so at ingest, ``costs.tariff_in_force``) and carry no standing
+charge; a bucket holding such consumption has ``unpriced: true``, and so has a total with such a bucket.
 
 Values are exact: the store keeps integer milli-units. ``estimated`` (only when non-zero) is the part
 of a value spread pro rata over a gap in the readings; ``wh_equivalent`` (gas only) is the volume ×
@@ -41,7 +46,7 @@ from ews_contracts.site import Site
 from ews_contracts.store import Store
 from pydantic import BaseModel, Field, model_serializer
 
-from .costs import MEDIUM_QUANTITY, QUANTITY_MEDIUM, medium_of, standing_charges
+from .costs import MEDIUM_QUANTITY, QUANTITY_MEDIUM, medium_of, priced_from, standing_charges
 from .schema import DAILY, HOURLY, MONTHLY, READINGS, table
 
 
@@ -93,6 +98,11 @@ class Bucket(_Compact):
         description="True when no reading covered the bucket (future, before the first reading, meter "
         "down): show 'no data', not zero. value is then 0 (plus standing charges for money scopes).",
     )
+    unpriced: bool | None = Field(
+        default=None,
+        description="True when some of the bucket's consumption is from before the first tariff's "
+        "effective_from (priced_from): no price was in force, that part costs 0 (no standing charge).",
+    )
 
 
 class Total(_Compact):
@@ -106,6 +116,9 @@ class Total(_Compact):
         default=None, description="Daily standing charges included in cost (site totals only)."
     )
     no_data: bool | None = Field(default=None, description="True when no bucket of the period has data.")
+    unpriced: bool | None = Field(
+        default=None, description="True when a bucket of the period is unpriced (before the first tariff)."
+    )
 
 
 class PreviousTotal(BaseModel):
@@ -127,7 +140,7 @@ class Series(BaseModel):
 
 
 class Part(_Compact):
-    """One medium of total-global: its own units and its money."""
+    """One medium of a money scope (total-global, a scope mixing media): its own units and its money."""
 
     medium: Literal["electricity", "water", "gas"]
     value: float
@@ -139,12 +152,20 @@ class Part(_Compact):
 class Consumption(BaseModel):
     scope: str = Field(examples=["total-electricity", "zone:building", "device:m1"])
     period: Period
-    unit: str = Field(description="Unit of every value: Wh, dm³, or the currency for total-global.")
+    unit: str = Field(
+        description="Unit of every value: Wh, dm³, or the currency for total-global and scopes mixing media."
+    )
     currency: str
     buckets: list[Bucket]
     total: Total
     previous: PreviousTotal = Field(description="Total of the preceding period (yesterday, last month ...).")
-    parts: list[Part] = Field(default_factory=list, description="total-global: per medium (pie chart).")
+    parts: list[Part] = Field(
+        default_factory=list,
+        description="Money scopes (total-global, a zone, circuit, panel or gateway mixing media): per medium.",
+    )
+    priced_from: date = Field(
+        description="The first tariff's effective_from: consumption before it is unpriced (cost 0)."
+    )
     has_data: bool = Field(description="False when no bucket of the period has data.")
     series: list[Series] = Field(
         default_factory=list, description="split=circuit: the buckets split by circuit (stacked histogram)."
@@ -158,7 +179,8 @@ class Consumption(BaseModel):
 class Selection:
     """What a scope sums: counter quantity -> {real device id: coefficient}; in money when ``in_currency``.
 
-    ``standing`` lists the media whose daily standing charges the scope carries (site totals only).
+    ``standing`` lists the media whose daily standing charges the scope carries (site totals only);
+    ``media`` the media a money scope breaks down into (its ``parts``).
     """
 
     unit: str
@@ -166,6 +188,7 @@ class Selection:
     groups: dict[str, dict[str, int]] = field(default_factory=dict)
     standing: tuple[str, ...] = ()
     members: tuple[Member, ...] = ()
+    media: tuple[str, ...] = ()
 
     @property
     def devices(self) -> dict[str, dict[str, int]]:
@@ -227,14 +250,17 @@ def _group(items: list[Member], keep_zero: bool = False) -> dict[str, dict[str, 
     return {q: {d: c for d, c in g.items() if c or keep_zero} for q, g in groups.items()}
 
 
+MEDIA: tuple[str, ...] = ("electricity", "gas", "water")  # the order of parts and medium series
+
+
 def _partial(items: list[Member], currency: str) -> Selection:
-    electric = [m for m in items if m.medium == "electricity"]
-    if electric or not items:
-        return Selection("Wh", False, _group(electric), members=tuple(electric))
-    groups = _group(items)
-    if len(groups) == 1:
-        return Selection(unit_of(next(iter(groups))), False, groups, members=tuple(items))
-    return Selection(currency, True, groups, members=tuple(items))
+    """A zone, circuit, panel or gateway: one medium in its unit (Wh without devices), several in money
+    with their parts, like total-global (standing charges stay with the site totals)."""
+    media = tuple(m for m in MEDIA if any(i.medium == m for i in items))
+    if len(media) > 1:
+        return Selection(currency, True, _group(items), members=tuple(items), media=media)
+    quantity = MEDIUM_QUANTITY[media[0] if media else "electricity"]
+    return Selection(unit_of(quantity), False, _group(items), members=tuple(items))
 
 
 _UNKNOWN_IN_SCOPE = {
@@ -263,7 +289,7 @@ def resolve_scope(site: Site, scope: str) -> Selection:
         return Selection("Wh", False, _group(electric), ("electricity",), tuple(electric))
     if scope == "total-global":
         return Selection(
-            site.currency, True, _group(counted), ("electricity", "water", "gas"), tuple(counted)
+            site.currency, True, _group(counted), ("electricity", "water", "gas"), tuple(counted), MEDIA
         )
     kind, sep, ident = scope.partition(":")
     if not sep or kind not in ("zone", "circuit", "panel", "gateway", "device") or not ident:
@@ -415,12 +441,12 @@ def bucket_of(period: str, d: date, site: Site) -> Hashable:
     return date(d.year, 1, 1)
 
 
-# period -> (table, time column, SQL bucket key, SQL type of the bounds)
-_GRAIN: dict[str, tuple[str, str, str, str]] = {
-    "day": (HOURLY, "hour", "toUnixTimestamp(hour)", "DateTime('UTC')"),
-    "month": (DAILY, "day", "day", "Date"),
-    "year": (MONTHLY, "month", "month", "Date"),
-    "decade": (MONTHLY, "month", "toStartOfYear(month)", "Date"),
+# period -> (table, time column, SQL bucket key, SQL type of the bounds, local date column)
+_GRAIN: dict[str, tuple[str, str, str, str, str]] = {
+    "day": (HOURLY, "hour", "toUnixTimestamp(hour)", "DateTime('UTC')", "day"),
+    "month": (DAILY, "day", "day", "Date", "day"),
+    "year": (MONTHLY, "month", "month", "Date", "month"),
+    "decade": (MONTHLY, "month", "toStartOfYear(month)", "Date", "month"),
 }
 
 
@@ -466,6 +492,7 @@ class _Rows:
     quantities: dict[str, _Acc] = field(default_factory=dict)  # current period, per quantity
     series: dict[tuple[str, Hashable], _Acc] = field(default_factory=dict)  # split: (series key, key)
     per_quantity: dict[tuple[str, Hashable], _Acc] = field(default_factory=dict)  # current: (quantity, key)
+    unpriced: set[tuple[bool, Hashable]] = field(default_factory=set)  # (current?, key) with unpriced rows
 
 
 def _series_key(m: Member) -> str:
@@ -490,9 +517,10 @@ async def _rows(
     the current period per device (no coefficients) spread over the members' circuits here."""
     out = _Rows()
     devices = selection.devices
-    name, column, key, kind = _GRAIN[period]
+    name, column, key, kind, local_date = _GRAIN[period]
     start, end = period_range(period, day)
     prev_start, _ = period_range(period, previous_day(period, day))
+    priced = priced_from(site)
     params: dict[str, Any] = {
         "site": site.site,
         "from": _bounds(period, prev_start, site),
@@ -534,15 +562,20 @@ async def _rows(
         factor, select, group_by = coef, "", ""
     sql = (
         f"SELECT {column} >= {{start:{kind}}} AS cur, {key} AS b, quantity, {select}"
-        f"sum(value_milli * {factor}), sum(estimated_milli * {factor}), sum(cost * {factor}) "
+        f"sum(value_milli * {factor}), sum(estimated_milli * {factor}), sum(cost * {factor}), "
+        f"min({local_date}) "
         f"FROM {table(database, name)} "
         f"WHERE site = {{site:String}} AND {column} >= {{from:{kind}}} AND {column} < {{end:{kind}}} "
         f"AND ({' OR '.join(ors)}) GROUP BY cur, b, quantity{group_by}"
     )
     result = await store.query(sql, params)
+    # rows dated before the first tariff are unpriced; a month row is wholly so before its month
+    unpriced_before = priced if local_date == "day" else priced.replace(day=1)
     for row in result:
         cur, b, quantity = bool(row[0]), _key(period, row[1]), str(row[2])
-        value, estimated, cost = int(row[-3]), int(row[-2]), float(row[-1])
+        value, estimated, cost = int(row[-4]), int(row[-3]), float(row[-2])
+        if _as_date(row[-1]) < unpriced_before:
+            out.unpriced.add((cur, b))
         if split and cur and str(row[3]).startswith("s:"):  # a circuit's simple devices, summed by ClickHouse
             out.series.setdefault((str(row[3])[2:], b), _Acc()).add(value, estimated, cost)
         elif split and cur:
@@ -555,7 +588,42 @@ async def _rows(
         if cur:
             out.quantities.setdefault(quantity, _Acc()).add(value, estimated, cost)
             out.per_quantity.setdefault((quantity, b), _Acc()).add(value, estimated, cost)
+    if local_date == "month" and priced.day != 1:
+        await _unpriced_days(store, database, site, period, (prev_start, start, end), ors, params, out)
     return out
+
+
+def _as_date(raw: Any) -> date:
+    return raw.date() if isinstance(raw, datetime) else raw
+
+
+async def _unpriced_days(
+    store: Store,
+    database: str,
+    site: Site,
+    period: str,
+    span: tuple[date, date, date],
+    ors: list[str],
+    params: dict[str, Any],
+    out: _Rows,
+) -> None:
+    """Month rows cannot tell whether the month of the first tariff has consumption before it (the
+    tariff starts mid-month): the daily rows of its first days can, for the selection's devices."""
+    priced = priced_from(site)
+    month = priced.replace(day=1)
+    prev_start, start, end = span
+    if not prev_start <= month < end:
+        return
+    sql = (
+        f"SELECT count() FROM {table(database, DAILY)} "
+        "WHERE site = {site:String} AND day >= {month:Date} AND day < {priced:Date} "
+        f"AND ({' OR '.join(ors)})"
+    )
+    wanted = {k: v for k, v in params.items() if k == "site" or (k[:1] in "qd" and k[1:].isdigit())}
+    rows = await store.query(sql, {**wanted, "month": month, "priced": priced})
+    if rows and int(rows[0][0]):
+        key = month if period == "year" else date(month.year, 1, 1)
+        out.unpriced.add((month >= start, key))
 
 
 def _r(x: float) -> float:
@@ -582,7 +650,9 @@ def _standing(
     return per_bucket, sum(charges.values())
 
 
-def _make_total(site: Site, selection: Selection, acc: _Acc, standing: float, no_data: bool) -> Total:
+def _make_total(
+    site: Site, selection: Selection, acc: _Acc, standing: float, no_data: bool, unpriced: bool = False
+) -> Total:
     value = acc.cost + standing if selection.in_currency else acc.value / MILLI
     gas = selection.quantity == MEDIUM_QUANTITY["gas"]
     return Total(
@@ -594,6 +664,7 @@ def _make_total(site: Site, selection: Selection, acc: _Acc, standing: float, no
         wh_equivalent=_r(acc.value / MILLI * site.gas_wh_per_dm3) if gas else None,
         standing_charge=_r(standing) if standing else None,
         no_data=True if no_data else None,
+        unpriced=True if unpriced else None,
     )
 
 
@@ -619,10 +690,12 @@ def _period(
                 estimated=_r(acc.estimated / MILLI) if acc.estimated and not selection.in_currency else None,
                 wh_equivalent=_r(acc.value / MILLI * site.gas_wh_per_dm3) if gas else None,
                 no_data=None if found else True,
+                unpriced=True if (current, key) in rows.unpriced else None,
             )
         )
     no_data = all(b.no_data for b in buckets)
-    return buckets, _make_total(site, selection, total, standing_total, no_data)
+    unpriced = any(b.unpriced for b in buckets)
+    return buckets, _make_total(site, selection, total, standing_total, no_data, unpriced)
 
 
 def check_split(site: Site, scope: str, split: str | None) -> None:
@@ -742,8 +815,8 @@ async def consumption(
     prev_buckets, prev_total = _period(site, selection, period, previous_day(period, day), rows, False, today)
 
     result_parts: list[Part] = []
-    if scope == "total-global":
-        for medium in ("electricity", "gas", "water"):
+    if selection.in_currency:  # total-global, or a scope mixing media: per medium
+        for medium in selection.media:
             quantity = MEDIUM_QUANTITY[medium]
             acc = rows.quantities.get(quantity, _Acc())
             result_parts.append(
@@ -764,6 +837,7 @@ async def consumption(
         total=total,
         previous=PreviousTotal(total=prev_total, buckets=prev_buckets),
         parts=result_parts,
+        priced_from=priced_from(site),
         has_data=not total.no_data,
         series=(
             _series(site, selection, period, day, rows, buckets)
@@ -944,13 +1018,17 @@ class Side(BaseModel):
 class Comparison(BaseModel):
     period: Period
     mode: Literal["units", "currency"] = Field(
-        description="units when both scopes meter the same thing, else currency (values are money)."
+        description="units when both scopes meter the same medium, else currency (values are money): "
+        "different media, or a money scope (total-global, a scope mixing media) on either side."
     )
     unit: str
     currency: str
     detail: Literal["total", "detailed"]
     a: Side
     b: Side
+    priced_from: date = Field(
+        description="The first tariff's effective_from: consumption before it is unpriced (cost 0)."
+    )
 
 
 def _in_currency(c: Consumption) -> Consumption:
@@ -982,7 +1060,8 @@ async def compare(
     detail: str = "detailed",
     today: date | None = None,
 ) -> Comparison:
-    """Two scopes side by side (C4): in units when they meter the same thing, else in money only."""
+    """Two scopes side by side (C4): in units when they meter the same medium, else in money only (a
+    money scope on either side: in money)."""
     if detail not in ("total", "detailed"):
         raise Problem(
             "unknown-detail",
@@ -992,7 +1071,7 @@ async def compare(
         )
     kinds = (scope_kind(resolve_scope(site, a)), scope_kind(resolve_scope(site, b)))
     sides = [await consumption(store, database, site, s, period, day, today) for s in (a, b)]
-    same = kinds[0] == kinds[1]
+    same = kinds[0] == kinds[1] and kinds[0] != "money"
     if not same:
         sides = [_in_currency(s) for s in sides]
     out = [
@@ -1013,6 +1092,7 @@ async def compare(
         detail=detail,  # type: ignore[arg-type]
         a=out[0],
         b=out[1],
+        priced_from=priced_from(site),
     )
 
 

@@ -441,7 +441,8 @@ class Site(_Strict):
         return next(g for g in self.gateways if g.id == gateway_id)
 
     def tariff_on(self, day: date) -> Tariff:
-        """The tariff in force on a local date (the first one also covers earlier dates)."""
+        """The tariff of a local date (the first one also for earlier dates). Pricing goes through
+        ``ews_analytics.costs.tariff_in_force``: nothing is priced before the first tariff."""
         current = self.tariffs[0]
         for t in self.tariffs:
             if t.effective_from <= day:

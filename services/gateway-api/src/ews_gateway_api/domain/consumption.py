@@ -9,10 +9,13 @@ period) within 1970-01-01 … 2200-12-31. ``GET /api/v1/consumption/compare?a=�
 by side (C4: units when they meter the same thing, money otherwise). ``/api/v1/consumption/summary``
 gives today, yesterday, this/last month and this/last year. ``/api/v1/consumption/quantities`` averages a
 real device's raw readings (power, voltage …) per bucket. ``/api/v1/consumption/datalogger.csv`` gives
-the buckets as CSV (C5), columns ``start,quantity,unit,value,cost,currency``: ``start`` is the bucket's
-local start with its UTC offset (ISO 8601), ``quantity`` the counter summed (``energy_active_import``,
-``water_volume``, ``gas_volume``) or ``cost`` for money scopes, ``value`` in ``unit``, ``cost`` in
-``currency``. Bad parameters: 400 with one line; database not reachable or not created yet: 503.
+the buckets as CSV (C5), columns ``start,quantity,unit,value,cost,currency,unpriced``: ``start`` is the
+bucket's local start with its UTC offset (ISO 8601), ``quantity`` the counter summed
+(``energy_active_import``, ``water_volume``, ``gas_volume``) or ``cost`` for money scopes (total-global,
+a zone, circuit, panel or gateway mixing media), ``value`` in ``unit``, ``cost`` in ``currency``,
+``unpriced`` ``true`` when some of the bucket's consumption is from before the first tariff (no price in
+force: it costs 0), else ``false``. Bad parameters: 400 with one line; database not reachable or not
+created yet: 503.
 
 Pages call the ``load_*`` functions with ``request.app.state``: they validate and raise the same
 400/503 ``HTTPException`` as the routes.
@@ -58,7 +61,7 @@ from ..storage import require_store, store_error
 
 T = TypeVar("T")
 
-CSV_HEADER = ("start", "quantity", "unit", "value", "cost", "currency")
+CSV_HEADER = ("start", "quantity", "unit", "value", "cost", "currency", "unpriced")
 
 SCOPE_TEXT = SCOPE_HELP
 SCOPE = Parameter(str, query="scope", default="total-electricity", description=SCOPE_TEXT)
@@ -205,7 +208,9 @@ async def load_quantity_series(
     description="Buckets: hours of a local day (23 or 25 on DST days), days of a month, months of a year, "
     "years of the decade ending with the date's year; no_data: true on buckets no reading covered; "
     "previous: the preceding period's total and buckets; split=circuit adds series (one per circuit, "
-    "values aligned with buckets, summing to them).",
+    "values aligned with buckets, summing to them). A zone, circuit, panel or gateway holding one medium "
+    "answers in its unit (Wh, dm³); holding several, in money with parts per medium, like total-global. "
+    "Consumption before the first tariff (priced_from) costs 0 and its buckets and totals say unpriced: true.",
     tags=["consumption"],
 )
 async def get_consumption(
@@ -266,7 +271,8 @@ def quantity_of(site: Site, scope: str) -> str:
     operation_id="compareConsumption",
     summary="Two scopes side by side (devices, zones, circuits …)",
     description="Same kind of meter (e.g. two electricity scopes): values in their unit and cost; different "
-    "kinds (electricity vs gas): values in the site's currency only. detail=total gives the totals only.",
+    "kinds (electricity vs gas), or a scope in money (total-global, one mixing media) on either side: values "
+    "in the site's currency only. detail=total gives the totals only.",
     tags=["consumption"],
 )
 async def get_comparison(
@@ -285,7 +291,10 @@ def to_csv(result: Consumption, quantity: str) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     for b in result.buckets:
-        writer.writerow((b.start.isoformat(), quantity, b.unit, repr(b.value), repr(b.cost), result.currency))
+        unpriced = "true" if b.unpriced else "false"
+        writer.writerow(
+            (b.start.isoformat(), quantity, b.unit, repr(b.value), repr(b.cost), result.currency, unpriced)
+        )
     return out.getvalue()
 
 
@@ -294,7 +303,8 @@ def to_csv(result: Consumption, quantity: str) -> str:
     guards=[requires(Permission.VIEW_CONSUMPTION)],
     operation_id="getConsumptionCsv",
     summary="datalogger.csv: the buckets of the same query as CSV",
-    description="Columns start (local time with UTC offset), quantity, unit, value, cost, currency.",
+    description="Columns start (local time with UTC offset), quantity, unit, value, cost, currency, "
+    "unpriced (true when some of the bucket's consumption is from before the first tariff: cost 0).",
     media_type="text/csv",
     tags=["consumption"],
 )

@@ -3,10 +3,12 @@
 ``/consumption/<mode>?period=day|month|year|decade&date=YYYY-MM-DD`` with the modes
 ``total-electricity`` (stacked by circuit, with the Data table of today … last year),
 ``total-global`` (electricity, gas, water in units and money; pie on money), ``partial`` (circuits by
-zone: ``zone=``, ``circuit=``), ``comparison`` (``a=``, ``b=``, ``detail=total|detailed``) and
-``details`` (``by=zones|circuits|all``, ``device=``: energy and the other measured quantities).
+zone: ``zone=``, ``circuit=``; a circuit mixing media is shown like total-global: money stacked by
+medium, with each medium's units and money), ``comparison`` (``a=``, ``b=``, ``detail=total|detailed``)
+and ``details`` (``by=zones|circuits|all``, ``device=``: energy and the other measured quantities).
 Every chart draws the previous period beside the current one; a bucket no reading covered is a gap,
 and a period without data says so. ``view=data`` shows the figures as a table instead of the chart.
+Figures with consumption from before the first tariff say in a short note that it is not priced.
 
 The figures come from ``domain.consumption`` (the functions behind ``/api/v1/consumption``), so the
 page, the JSON and ``datalogger.csv`` (the download link) always agree.
@@ -21,7 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from ews_analytics import Bucket, Consumption
+from ews_analytics import Bucket, Consumption, resolve_scope
 from ews_contracts.roles import Permission
 from ews_contracts.site import Site
 from litestar import Request, Router, get
@@ -293,6 +295,14 @@ async def total_global(ask: Ask) -> Shown:
     )
 
 
+def in_money(site: Site, scope: str) -> bool:
+    """Whether a scope is summed in money (it mixes media); False for a scope the load will refuse."""
+    try:
+        return resolve_scope(site, scope).in_currency
+    except ValueError:
+        return False
+
+
 async def partial(ask: Ask) -> Shown:
     zone, circuit = ask.args["zone"], ask.args["circuit"]
     zones = ask.site.zones
@@ -306,12 +316,13 @@ async def partial(ask: Ask) -> Shown:
     shown = Shown(extra={"zones": zones, "circuits": circuits, "zone": zone, "circuit": circuit})
     if circuit is not None:  # an unknown circuit: the analytics name it (400)
         shown.scope = f"circuit:{circuit}"
-        shown.result = await load_consumption(ask.state, shown.scope, ask.period, ask.day)
+        money = in_money(ask.site, shown.scope)  # several media: like total-global, stacked by medium
+        split = "medium" if money else None
+        shown.result = await load_consumption(ask.state, shown.scope, ask.period, ask.day, split=split)
         name = next(c.name for c in ask.site.circuits if c.id == circuit)
-        shown.chart = history_chart(
-            ask.fmt, ask.t, ask.period, shown.result, name, MEDIUM_COLORS["electricity"]
-        )
-        shown.extra["scope_name"] = name
+        color = "#34495e" if money else MEDIUM_COLORS["electricity"]
+        shown.chart = history_chart(ask.fmt, ask.t, ask.period, shown.result, name, color, series=money)
+        shown.extra.update(scope_name=name, parts=shown.result.parts)
     return shown
 
 
@@ -432,6 +443,19 @@ MODE_VIEWS = {
 }
 
 
+def unpriced_from(shown: Shown) -> date | None:
+    """The first tariff's date when the figures shown hold consumption from before it (not priced)."""
+    compared = shown.extra.get("comparison")
+    if compared is not None:
+        sides = (compared.a, compared.b)
+        totals = [t for side in sides for t in (side.total, side.previous.total)]
+        return compared.priced_from if any(t.unpriced for t in totals) else None
+    result = shown.result
+    if result is not None and (result.total.unpriced or result.previous.total.unpriced):
+        return result.priced_from
+    return None
+
+
 @get("/consumption", guards=VIEW, operation_id="pageConsumptionHome", include_in_schema=False, tags=["pages"])
 async def consumption_home() -> Any:
     return redirect("/consumption/total-electricity")
@@ -501,6 +525,7 @@ async def consumption_page(
     }
     if shown.result is not None:
         context.update(result=shown.result, has_data=shown.result.has_data)
+    context["unpriced_from"] = unpriced_from(shown)
     if shown.chart is not None:
         context.update(chart_json=shown.chart.json(), chart_unit=shown.chart.spec["unit"])
     context.update(shown.extra)
