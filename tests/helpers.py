@@ -81,3 +81,26 @@ def wait_until(check: Callable[[], T | None], timeout: float, what: str, interva
             last_error = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error!r})")
+
+
+def supervised(up_pid: int) -> dict[str, int]:
+    """The processes an `ews up` (process ``up_pid``) runs now, from /proc: ``nats-server``, ``redis-server``
+    and every target group (``poller``, ``aggregator,gateway-api`` …) -> pid. A child that died and is not
+    reaped yet (a zombie) is left out."""
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            words = [w.decode() for w in (entry / "cmdline").read_bytes().split(b"\0") if w]
+        except OSError:  # gone meanwhile
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) != up_pid or state == "Z" or not words:
+            continue
+        if "ews_runtime.cli" in words and "run" in words[:-1]:
+            found[words[words.index("run") + 1]] = int(entry.name)
+        else:  # redis-server rewrites its command line to "redis-server host:port"
+            found[Path(words[0].split()[0]).name] = int(entry.name)
+    return found
