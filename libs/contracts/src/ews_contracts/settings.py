@@ -97,6 +97,21 @@ class Settings(BaseSettings):
         description="Comma-separated IP addresses or networks (CIDR) of reverse proxies whose "
         "X-Forwarded-For and X-Forwarded-Proto are believed; from any other peer they are ignored.",
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        alias="EWS_METRICS_PORT",
+        description="Serve this process's Prometheus metrics on http://EWS_METRICS_HOST:<port>/metrics (a "
+        "split deployment; under `ews up` the gateway-api's /metrics serves every process's).",
+    )
+    metrics_host: str = Field(default="127.0.0.1", alias="EWS_METRICS_HOST")
+    metrics_from: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("127.0.0.1", "::1"),
+        alias="EWS_METRICS_FROM",
+        description="Comma-separated addresses or networks allowed to read GET /metrics without a session "
+        "(a Prometheus server); an administrator's or installer's session may always read it.",
+    )
     log_level: str = Field(default="INFO", alias="EWS_LOG_LEVEL")
 
     @field_validator("allowed_origins", mode="before")
@@ -114,6 +129,11 @@ class Settings(BaseSettings):
                 )
             origins.append(origin)
         return tuple(dict.fromkeys(origins))
+
+    @field_validator("metrics_from", mode="before")
+    @classmethod
+    def _metrics_from(cls, value: object) -> tuple[str, ...]:
+        return cls._proxies(value)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

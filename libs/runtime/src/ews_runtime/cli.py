@@ -21,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from ews_contracts.metrics import serve_own as serve_metrics
 from ews_contracts.settings import Settings
 from ews_contracts.yamlfile import ConfigFileError
 from pydantic import ValidationError
@@ -46,6 +47,22 @@ def _configure_logging(level: str, prefix: str) -> None:
     # at DEBUG, where its frame traces are the point.
     quiet = logging.DEBUG if numeric <= logging.DEBUG else logging.CRITICAL + 1
     logging.getLogger("pymodbus").setLevel(quiet)
+    if numeric > logging.DEBUG:  # the client libraries' tracebacks only at DEBUG
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_library_errors_on_one_line)
+
+
+def _library_errors_on_one_line(record: logging.LogRecord) -> bool:
+    """nats-py logs every lost connection ("nats: encountered error") with a full traceback, in every
+    service: a restart of nats-server wrote ~14 tracebacks. A library's error becomes one line naming the
+    exception; our own code's tracebacks (unexpected errors) are kept."""
+    if record.exc_info and record.name.split(".", 1)[0] in ("nats", "faststream", "redis"):
+        exc = record.exc_info[1]
+        record.msg = f"{record.getMessage()}: {type(exc).__name__}: {' '.join(str(exc).split())}".rstrip(": ")
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+    return True
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -97,6 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise StartupError(str(exc)) from None
     settings = _settings(args)
     _configure_logging(settings.log_level, "+".join(names))
+    serve_metrics(settings)  # EWS_METRICS_PORT; under `ews up` the gateway-api serves every process's
     try:
         asyncio.run(run_targets(names, settings))
     except TargetFailed as exc:

@@ -46,6 +46,7 @@ async def _connect(settings: Settings):
 
 async def _import(settings: Settings, path: Path) -> str:
     from ews_contracts.profiles import load_profiles
+    from ews_contracts.site import load_site
     from ews_contracts.siteconfig import (
         ConfigInvalid,
         ConfigStore,
@@ -54,7 +55,6 @@ async def _import(settings: Settings, path: Path) -> str:
         document_of,
         validate_document,
     )
-    from ews_contracts.site import load_site
 
     site = load_site(path)  # ConfigFileError: file:line: field: message
     try:
@@ -73,7 +73,7 @@ async def _import(settings: Settings, path: Path) -> str:
             return f"{path}: same as version {last.version} in force; nothing stored"
         try:
             event = await store.put(
-                site, expected=None, changed_by="ews site import", how="import", file_digest=digest(path.read_bytes())
+                site, expected=None, changed_by="ews site import", how="import", file_digest=digest(path.read_bytes())  # noqa: ASYNC240 - a small file, once
             )
         except VersionConflict:  # not with expected=None; kept for completeness
             raise StartupError("the configuration changed during the import: run it again") from None

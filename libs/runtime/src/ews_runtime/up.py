@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
+from ews_contracts.metrics import MULTIPROC_ENV, process_dead
 from ews_contracts.roles import DEFAULT_CODES, format_puk
 from ews_contracts.settings import Settings
 
@@ -138,6 +140,11 @@ def up(settings: Settings) -> int:
 
     servers = []
     env = dict(os.environ, EWS_DATA_DIR=str(data))
+    # every child writes its Prometheus metrics here; the gateway-api's /metrics serves them all
+    metrics = data / "metrics"
+    shutil.rmtree(metrics, ignore_errors=True)
+    metrics.mkdir()
+    env[MULTIPROC_ENV] = str(metrics)
     if settings.site_file:
         env["EWS_SITE_FILE"] = str(settings.site_file.resolve())
     children = [Child(t) for t in target_groups(settings)]
@@ -195,6 +202,7 @@ def up(settings: Settings) -> int:
                         start(child)
                     continue
                 code = child.proc.returncode
+                process_dead(child.proc.pid, str(metrics))
                 child.proc = None
                 if time.monotonic() - child.started_at > 60:
                     child.restarts = 0

@@ -46,6 +46,7 @@ from ews_contracts.settings import Settings
 from ews_contracts.subjects import auth_rpc
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from .clock import Clock
@@ -57,6 +58,25 @@ log = logging.getLogger("ews.auth")
 __all__ = ["FREE_FAILURES", "AuthService", "serve"]
 
 BUSY_REPLY = "another sign-in from this address is in progress; try again in a moment"
+
+
+SIGN_INS = Counter(
+    "ews_auth_sign_ins_total",
+    "Sign-in requests by outcome: succeeded, puk-asked, refused, delayed (guessing limit), unavailable",
+    ["outcome"],
+)
+
+
+def _outcome(reply: LoginReply) -> str:
+    if reply.ok:
+        return "succeeded"
+    if reply.unavailable:
+        return "unavailable"
+    if reply.puk_required:
+        return "puk-asked"
+    if reply.retry_after:
+        return "delayed"
+    return "refused"
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -267,21 +287,24 @@ class AuthService:
         self.broker = broker
 
         async def on_login(msg: NatsMessage) -> dict[str, Any]:
+            reply = await answer_login(msg.body)
+            SIGN_INS.labels(_outcome(reply)).inc()
+            return reply.model_dump()
+
+        async def answer_login(body: bytes) -> LoginReply:
             try:
-                request = LoginRequest.model_validate_json(msg.body)
+                request = LoginRequest.model_validate_json(body)
             except ValidationError as exc:
-                return LoginReply(
-                    ok=False, error=f"malformed login request: {_first_error(exc)}"
-                ).model_dump()
+                return LoginReply(ok=False, error=f"malformed login request: {_first_error(exc)}")
             try:
-                return (await self.login(request)).model_dump()
+                return await self.login(request)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 # the codes cannot be checked: say so (the gateway answers 503 "try again"), never "wrong code"
                 log.warning("login: the code store (Redis) is unavailable: %s", " ".join(str(exc).split()))
-                return LoginReply(ok=False, unavailable=True, error="the code store is unavailable").model_dump()
+                return LoginReply(ok=False, unavailable=True, error="the code store is unavailable")
             except Exception as exc:
                 log.exception("login failed unexpectedly")
-                return LoginReply(ok=False, unavailable=True, error=f"auth error: {type(exc).__name__}").model_dump()
+                return LoginReply(ok=False, unavailable=True, error=f"auth error: {type(exc).__name__}")
 
         async def on_revoke(msg: NatsMessage) -> dict[str, Any]:
             try:

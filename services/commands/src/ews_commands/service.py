@@ -37,12 +37,14 @@ from faststream import AckPolicy
 from faststream.nats import NatsBroker, NatsMessage, PullSub
 from faststream.nats.annotations import NatsMessage as NatsMessageParam
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from .executor import Executor, NoResponders, Outcome, failed
 
 log = logging.getLogger("ews.commands")
 
+OUTCOMES = Counter("ews_commands_outcomes_total", "Command outcomes recorded: completed, failed, expired", ["outcome"])
 DURABLE = "commands"  # + "-<site>": one durable consumer per site on a shared (hub) stream
 _REMEMBERED = 1024  # outcomes kept to answer redeliveries without writing again
 
@@ -173,6 +175,8 @@ class CommandsService:
 
     async def _finish(self, msg: NatsMessage, request: CommandRequested, outcome: Outcome) -> None:
         """Publish the outcome, then ack; when publishing fails, nack (redelivery republishes it)."""
+        if request.command_id not in self._done:  # counted once, not again for a redelivery
+            OUTCOMES.labels(outcome.KIND.removeprefix("command-")).inc()
         self._remember(request.command_id, outcome)
         try:
             await publish_event(self.broker, outcome)

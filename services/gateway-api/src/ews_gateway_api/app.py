@@ -39,6 +39,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.prometheus import PrometheusConfig
 from litestar.stores.redis import RedisStore
 from litestar.template.config import TemplateConfig
 from litestar.types import ControllerRouterHandler
@@ -210,7 +211,17 @@ def create_app(settings: Settings) -> Litestar:
     app = Litestar(
         route_handlers=handlers,
         lifespan=lifespans,
-        middleware=[session_config(settings.secure_cookies).middleware],
+        middleware=[
+            session_config(settings.secure_cookies).middleware,
+            # requests by route template (not raw path) and status, with a latency histogram (/metrics)
+            PrometheusConfig(
+                app_name="ews",
+                prefix="ews_gateway_api",
+                group_path=True,
+                exclude=["^/metrics$", "^/static/"],
+                buckets=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+            ).middleware,
+        ],
         # security.py: cross-site requests and the API's content types refused (after the guards, before
         # the body is read); the security headers on every response, errors and static files included
         before_request=check_request,

@@ -26,12 +26,16 @@ from ews_contracts.commandcheck import CommandRejected, plan_command
 from ews_contracts.events import ExecuteReply, ExecuteRequest
 from ews_contracts.text import one_line
 from ews_fieldbus import FieldbusError
+from prometheus_client import Counter
 
 if TYPE_CHECKING:
     from .service import Poller
 
 log = logging.getLogger("ews.poller.commands")
 
+EXECUTED = Counter(
+    "ews_poller_commands_total", "Commands the bus owner answered, by answer", ["gateway", "status"]
+)
 REMEMBERED = 4096  # answers kept for repeated requests (a command id is retried within its deadline)
 
 
@@ -53,13 +57,16 @@ class CommandRunner:
         if task is None:
             task = asyncio.create_task(self._execute(request), name=f"command-{request.command_id}")
             self._running[request.command_id] = task
-            task.add_done_callback(lambda t, cid=request.command_id: self._finished(cid, t))
+            device = self.poller.site.device(request.device)
+            gateway = device.gateway if device is not None else ""
+            task.add_done_callback(lambda t, cid=request.command_id: self._finished(cid, t, gateway))
         return await asyncio.shield(task)
 
-    def _finished(self, command_id: str, task: asyncio.Task[ExecuteReply]) -> None:
+    def _finished(self, command_id: str, task: asyncio.Task[ExecuteReply], gateway: str) -> None:
         self._running.pop(command_id, None)
         if task.cancelled() or task.exception() is not None:
             return
+        EXECUTED.labels(gateway, task.result().status).inc()
         self._answers[command_id] = task.result()
         while len(self._answers) > REMEMBERED:
             self._answers.popitem(last=False)

@@ -33,6 +33,7 @@ from ews_contracts.site import Device, Gateway, Site
 from ews_contracts.siteconfig import follow_configuration
 from ews_contracts.text import one_line
 from ews_fieldbus import FaultLog, FieldbusError, ModbusGateway
+from prometheus_client import Counter, Gauge, Histogram
 
 from .decode import RegisterImage, decode_device, fault_states
 from .execute import CommandRunner
@@ -41,6 +42,26 @@ from .rpc import serve_requests
 from .status import FAILURE_THRESHOLD, StatusTracker, Transition
 
 log = logging.getLogger("ews.poller")
+
+# Prometheus (served by the gateway-api's /metrics under `ews up`, see ews_contracts.metrics)
+TRANSACTIONS = Counter(
+    "ews_poller_transactions_total",
+    "Modbus transactions on a bus (polls, commands and test reads), by outcome",
+    ["gateway", "outcome"],
+)
+CYCLE = Histogram(
+    "ews_poller_cycle_seconds",
+    "Wall time of one poll round of a bus",
+    ["gateway"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)
+LAST_CYCLE = Gauge(
+    "ews_poller_last_cycle_seconds", "The last poll round's wall time", ["gateway"], multiprocess_mode="mostrecent"
+)
+PUBLISHED = Counter("ews_poller_events_published_total", "Events (readings, status changes) stored by JetStream")
+OUTBOX = Gauge(
+    "ews_poller_outbox_events", "Events waiting to be published (NATS away)", multiprocess_mode="mostrecent"
+)
 
 OUTBOX_LIMIT = 50_000
 NATS_CONNECT_TIMEOUT = 5.0
@@ -295,6 +316,7 @@ class Poller:
         period = {"fast": fast, "counter": counter}
         due_at = {"fast": loop.time(), "counter": loop.time()}
         self.rounds[gateway.id] = 0
+        counted = (client.transactions, client.failures)
         while True:
             now = loop.time()
             tiers = frozenset(t for t, at in due_at.items() if at <= now + 0.001)
@@ -303,6 +325,14 @@ class Poller:
             except Exception as exc:  # a bug in one round must not stop the gateway's polling
                 log.error("poller: gateway %s: poll round failed: %s", gateway.id, one_line(exc))
             self.rounds[gateway.id] += 1
+            took = loop.time() - now
+            CYCLE.labels(gateway.id).observe(took)
+            LAST_CYCLE.labels(gateway.id).set(took)
+            failures = client.failures - counted[1]
+            TRANSACTIONS.labels(gateway.id, "ok").inc(client.transactions - counted[0] - failures)
+            TRANSACTIONS.labels(gateway.id, "failed").inc(failures)
+            counted = (client.transactions, client.failures)
+            OUTBOX.set(self._outbox.qsize())
             now = loop.time()
             for tier in tiers:
                 due_at[tier] += period[tier]
@@ -454,6 +484,7 @@ class Poller:
                     continue
                 self.complaints.clear("nats", "publishing again")
                 self.published += 1
+                PUBLISHED.inc()
                 self._outbox.task_done()
                 delay = 0.2
                 break
