@@ -30,7 +30,7 @@ def _boom() -> None:
     raise ConnectionResetError("connection reset by peer")
 
 
-@pytest.mark.parametrize("name", ["nats.aio.client", "faststream", "redis.asyncio"])
+@pytest.mark.parametrize("name", ["nats.aio.client", "redis.asyncio"])
 def test_library_errors_are_one_line(captured, name: str) -> None:
     out = captured("INFO")
     try:

@@ -109,7 +109,7 @@ async def test_readings_become_exact_energy_and_cost(
                 reading("gas", T, pulse_count=40.0),
             ],
         )
-        # a bad message on the readings subject is logged and dropped, never stops the consumer
+        # a bad message on the readings subject is dead-lettered and logged, never stops the consumer
         await broker.publish(b"{not json", subject="ews.acct.reading.m1", stream="EWS_READINGS")
         await broker.publish(
             {"site": SITE, "device": "m1"}, subject="ews.acct.reading.m1", stream="EWS_READINGS"
@@ -154,8 +154,10 @@ async def test_readings_become_exact_energy_and_cost(
 
         await eventually(task, other_site_dropped)
 
-    dropped = [r.getMessage() for r in caplog.records if "dropped bad reading" in r.getMessage()]
-    assert len(dropped) == 3 and all("\n" not in m for m in dropped), dropped
+    dropped = [r.getMessage() for r in caplog.records if "rejected a message on" in r.getMessage()]
+    assert len(dropped) == 3 and all("\n" not in m for m in dropped), dropped  # one line per cause
+    causes = [m.split("(")[1].split(")")[0] for m in dropped]
+    assert causes == ["malformed", "missing-field", "subject-mismatch"]
     assert result.unit == "Wh" and result.currency == "EUR" and len(result.buckets) == 24
     # D12: total = lighting + sockets + rest (= main − lighting − sockets) = main; main itself is excluded
     total = await query(settings, "total-electricity", "day", DAY)
@@ -186,10 +188,17 @@ async def test_readings_become_exact_energy_and_cost(
     circuit = await query(settings, "circuit:lighting", "day", DAY)
     assert (circuit.unit, circuit.total.value) == ("Wh", 1500.0)
     assert (await query(settings, "zone:parking", "day", DAY)).total.value == 0.0
-    assert (await query(settings, "gateway:gw1", "day", DAY)).total.value == 3300.0  # main + m1
+    gw1 = await query(settings, "gateway:gw1", "day", DAY)  # main + m1, water and gas: in money
+    assert (gw1.unit, {p.medium: p.value for p in gw1.parts}) == (
+        "EUR",
+        {"electricity": 3300.0, "gas": 200.0, "water": 500.0},
+    )
+    assert gw1.total.value == pytest.approx(3.3 * PRICE_KWH + 0.5 * PRICE_WATER_M3 + 0.2 * PRICE_GAS_M3)
     assert (await query(settings, "gateway:gw2", "day", DAY)).total.value == 0.0  # e2
     assert (await query(settings, "panel:sub", "day", DAY)).total.value == 1500.0  # m1 + e2
-    assert (await query(settings, "zone:building", "day", DAY)).total.value == 1800.0  # m1 + e2 + rest
+    building = await query(settings, "zone:building", "day", DAY)  # m1 + e2 + rest, water and gas
+    assert building.unit == "EUR" and building.parts[0].value == 1800.0
+    assert building.total.value == pytest.approx(expected)  # the site's total-global (no standing charge)
 
     month = await query(settings, "total-electricity", "month", DAY)
     assert len(month.buckets) == 31 and month.buckets[3].value == 1800.0 and month.total.value == 1800.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -95,8 +96,10 @@ def test_plan_and_costs_use_the_tariff_and_time_of_use_of_the_local_hour(site: S
 
 
 class FakeMsg:
-    def __init__(self, data: bytes, subject: str = "ews.demo.reading.e2") -> None:
-        self.data, self.subject, self.done = data, subject, None
+    def __init__(self, data: bytes, subject: str = "ews.demo.reading.e2", seq: int = 1) -> None:
+        self.data, self.subject, self.done, self.seq = data, subject, None, seq
+        self.headers: dict[str, str] | None = None
+        self.reply = f"$JS.ACK.EWS_READINGS.aggregator.1.{seq}.{seq}.1777777777000000000.0"
 
     async def ack(self):
         self.done = "ack"
@@ -129,29 +132,79 @@ class FlakyAggregator:
         return Plan()
 
 
-async def test_handle_batch_acks_after_write_and_naks_when_storage_fails(site: Site, monkeypatch):
-    from ews_aggregator import service
+class FlakyJetStream:
+    """Stands in for the JetStream context of the dead-letter publishes: the first ``failures`` fail."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures, self.published = failures, []
+
+    async def publish(self, subject, data, stream=None, headers=None, **_):
+        if self.failures:
+            self.failures -= 1
+            raise TimeoutError("nats: timeout")
+        self.published.append((subject, json.loads(data), headers, stream))
+
+
+def good_reading(site: Site, device: str, ts: datetime, value: float) -> ReadingTaken:
+    return ReadingTaken(
+        event_id=ReadingTaken.id_for("demo", device, ts),
+        site="demo",
+        device=device,
+        profile=site.device(device).profile,
+        occurred_at=ts,
+        values={"energy_active_import": value},
+    )
+
+
+async def test_handle_batch_dead_letters_then_stores_then_acks_and_retries_what_fails(
+    site: Site, monkeypatch
+):
+    from ews_aggregator import deadletter, service
 
     monkeypatch.setattr(service, "RETRY_DELAY", 0.0)
+    monkeypatch.setattr(deadletter, "RETRY_DELAY", 0.0)
     t = datetime(2026, 5, 4, tzinfo=UTC)
     good = [
         FakeMsg(
-            reading("e2", t + timedelta(minutes=i), energy_active_import=float(i)).model_dump_json().encode()
+            good_reading(site, "e2", t + timedelta(minutes=i), float(i)).model_dump_json().encode(), seq=i
         )
-        for i in range(2)
+        for i in (1, 3)
     ]
-    bad = FakeMsg(b"\xff not json")
+    bad = FakeMsg(b"\xff not json", seq=2)
     other = FakeMsg(
-        reading("e2", t, energy_active_import=1.0).model_copy(update={"site": "x"}).model_dump_json().encode()
+        good_reading(site, "e2", t, 1.0).model_copy(update={"site": "x"}).model_dump_json().encode(), seq=4
     )
 
-    down = FlakyAggregator(site, failures=10)  # ClickHouse down for 10 attempts: retried, never skipped
-    await service.handle_batch(down, [good[0], bad, good[1], other])  # type: ignore[arg-type]
-    # AckPolicy.ALL: one ack of the last good message acks the batch
-    assert [m.done for m in good] == [None, "ack"] and bad.done == "term" and other.done == "term"
-    assert down.stored == [2] and good[1].kept == 10  # kept in progress while ClickHouse was down
-    good = [FakeMsg(m.data) for m in good]
+    # ClickHouse down for 10 attempts, JetStream for 2 dead-letter publishes: retried, never skipped
+    js = FlakyJetStream(failures=2)
+    gate = deadletter.Gate(js, site)
+    down = FlakyAggregator(site, failures=10)
+    await service.handle_batch(down, [good[0], bad, good[1], other], gate)  # type: ignore[arg-type]
+    # AckPolicy.ALL: one ack of the batch's last message acks the batch, the rejected ones included
+    assert [m.done for m in (*good, bad)] == [None, None, None] and other.done == "ack"
+    assert (
+        down.stored == [2] and good[1].kept == 10 + 1
+    )  # kept in progress while NATS, then ClickHouse failed
+    records = {
+        r["stream_sequence"]: (subject, r, headers, stream) for subject, r, headers, stream in js.published
+    }
+    assert sorted(records) == [2, 4]
+    subject, record, headers, stream = records[2]
+    assert (subject, stream, headers["Nats-Msg-Id"]) == (
+        "ews.demo.dead-letter.reading",
+        "EWS_DEAD_LETTER",
+        "demo.rejected.EWS_READINGS.2",
+    )
+    assert record["cause"] == "malformed" and record["payload_encoding"] == "base64"
+    assert record["original_subject"] == "ews.demo.reading.e2" and record["original_size"] == 10
+    assert records[4][1]["cause"] == "subject-mismatch" and "payload site 'x'" in records[4][1]["reason"]
 
+    good = [FakeMsg(m.data, seq=m.seq) for m in good]
     flaky = FlakyAggregator(site, failures=1)
-    await service.handle_batch(flaky, good)  # type: ignore[arg-type]
+    await service.handle_batch(flaky, good, gate)  # type: ignore[arg-type]
     assert [m.done for m in good] == [None, "ack"] and flaky.stored == [2]
+
+    # a batch of rejected messages only is acked once each is dead-lettered
+    only_bad = [FakeMsg(b"{}", seq=9), FakeMsg(b"[]", seq=10)]
+    await service.handle_batch(flaky, only_bad, gate)  # type: ignore[arg-type]
+    assert [m.done for m in only_bad] == [None, "ack"] and len(js.published) == 4

@@ -238,7 +238,8 @@ async def test_tiers_read_counters_at_their_own_period(tmp_path):
         counted.append(tiers)
 
     poller.poll_round = record  # type: ignore[method-assign]
-    task = asyncio.create_task(poller._poll_gateway(s.gateways[0], None, poller.targets["gw1"]))  # type: ignore[arg-type]
+    idle = ModbusGateway.for_gateway(s.gateways[0])  # never connected: poll_round is replaced
+    task = asyncio.create_task(poller._poll_gateway(s.gateways[0], idle, poller.targets["gw1"]))
     await asyncio.sleep(1.3)
     task.cancel()
     await poller.stop()

@@ -13,6 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .subjects import Kind, subject
+from .tokens import TOKEN_OPERATIONS
 
 
 def _utc(value: datetime) -> datetime:
@@ -84,9 +85,13 @@ class ReadingTaken(Event):
 
 DeviceState = Literal["on", "off", "comm-error", "fault"]
 
+PRODUCER_HEADER = "Ews-Producer"  # header naming the product service that produced an event (status: poller)
+POLLER = "poller"
+
 
 class DeviceStatusChanged(Event):
-    """A device's communication state or a named state (breaker, charger) changed."""
+    """A device's communication state or a named state (breaker, charger) changed. Produced by the poller
+    only (header ``Ews-Producer: poller``): one published by anyone else is dead-lettered."""
 
     KIND: ClassVar[Kind] = Kind.STATUS
 
@@ -95,6 +100,9 @@ class DeviceStatusChanged(Event):
     previous: DeviceState | None = Field(default=None, examples=["comm-error"])
     states: dict[str, str] = Field(default_factory=dict, examples=[{"breaker": "closed"}])
     reason: str = Field(default="", description="Human-readable cause (e.g. the last Modbus error).")
+
+    def headers(self) -> dict[str, str]:
+        return {"Nats-Msg-Id": self.event_id, PRODUCER_HEADER: POLLER}
 
 
 class CommandRequested(Event):
@@ -168,12 +176,16 @@ AuditAction = Literal[
     "backup",
     "restore",
     "readings-imported",
+    "token-created",
+    "token-revoked",
+    "token-refused",
 ]
 
 
 class AuditRecorded(Event):
     """A security-relevant action (login, failure, lockout, Logout, Lock, code change, backup, restore,
-    readings imported; configuration changes are ``SiteConfigured`` events)."""
+    readings imported, a machine token created, revoked or refused; configuration changes are
+    ``SiteConfigured`` events)."""
 
     KIND: ClassVar[Kind] = Kind.AUDIT
 
@@ -208,6 +220,58 @@ class SiteConfigured(Event):
     @property
     def subject_key(self) -> str:
         return "config"
+
+
+RejectCause = Literal[
+    "malformed",
+    "missing-field",
+    "invalid-field",
+    "unsupported-schema-version",
+    "subject-mismatch",
+    "unknown-device",
+    "wrong-profile",
+    "unknown-quantity",
+    "not-accepted",
+]
+
+
+class MessageRejected(Event):
+    """A message the product did not accept (see ``ews_contracts.intake``): nothing of it was stored. Kept
+    on ``ews.<site>.dead-letter.<kind>`` (stream EWS_DEAD_LETTER, 30 days) with the reason and the
+    original subject, headers and payload; its ``event_id`` is ``<site>.rejected.<stream>.<sequence>`` of
+    the original, so a redelivered message is recorded once."""
+
+    KIND: ClassVar[Kind] = Kind.DEAD_LETTER
+
+    kind: str = Field(description="Kind token of the original subject.", examples=["reading"])
+    cause: RejectCause = Field(description="Why, as a stable identifier.", examples=["unknown-device"])
+    reason: str = Field(
+        description="Why, in one line naming the field or the value at fault.",
+        examples=["device 'ghost' is not declared in the configuration of site 'demo'"],
+    )
+    rejected_by: str = Field(description="The product service that rejected it.", examples=["aggregator"])
+    original_subject: str = Field(examples=["ews.demo.reading.ghost"])
+    original_headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="The original NATS headers.",
+        examples=[{"Nats-Msg-Id": "demo.ghost.1"}],
+    )
+    original_payload: str = Field(description="The original payload, as ``payload_encoding`` says.")
+    payload_encoding: Literal["utf-8", "base64"] = Field(
+        default="utf-8", description="utf-8: the payload as text; base64: bytes that were not UTF-8."
+    )
+    original_size: int = Field(description="Size of the original payload in bytes.")
+    truncated: bool = Field(
+        default=False, description="The payload was cut to its first 64 KiB (bytes) in this record."
+    )
+    stream: str | None = Field(
+        default=None, description="Stream holding the original.", examples=["EWS_READINGS"]
+    )
+    stream_sequence: int | None = Field(default=None, description="The original's sequence in that stream.")
+
+    @property
+    def subject_key(self) -> str:
+        return self.kind
 
 
 # --- auth request/reply (core NATS, see subjects.auth_rpc) ---------------------------------------
@@ -264,6 +328,16 @@ class ChangeCodesReply(BaseModel):
     retry_after: float | None = None
 
 
+class RevokeUnlockReply(BaseModel):
+    ok: bool
+    revoked: bool = Field(default=False, description="An unlock was found and revoked.")
+    error: str | None = None
+
+
+class CodesStatusRequest(BaseModel):
+    """No field: ``{}``."""
+
+
 class CodesStatusReply(BaseModel):
     default_codes: dict[str, bool] = Field(description="Per role: still the factory codes.")
 
@@ -315,3 +389,21 @@ class ExecuteReply(BaseModel):
     readback: int | None = Field(default=None, description="Raw register value read back after the write.")
     error: str = Field(default="", description="One line naming the problem (failed, expired).")
     queued_ms: float = Field(default=0.0, description="Time spent waiting for the bus, milliseconds.")
+
+
+# --- request/reply operations (core NATS, not persisted): operation -> (request, reply) ----------------
+
+AUTH_OPERATIONS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
+    "login": (LoginRequest, LoginReply),
+    "revoke-unlock": (RevokeUnlockRequest, RevokeUnlockReply),
+    "change-codes": (ChangeCodesRequest, ChangeCodesReply),
+    "codes-status": (CodesStatusRequest, CodesStatusReply),
+    **TOKEN_OPERATIONS,  # machine tokens (ews_contracts.tokens)
+}
+"""Answered by the auth service on ``subjects.auth_rpc(site, operation)`` (queue group ``auth``)."""
+
+POLLER_OPERATIONS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
+    "test-device": (ProbeRequest, ProbeReply),
+    "execute": (ExecuteRequest, ExecuteReply),
+}
+"""Answered by the bus owner (the poller) on ``subjects.poller_rpc(site, operation)``."""

@@ -287,12 +287,18 @@ class ConfigStore:
 
     async def history(self) -> list[SiteConfigured]:
         """Every version, oldest first."""
+        return [event for _, event in await self.timeline()]
+
+    async def timeline(self) -> list[tuple[int, SiteConfigured]]:
+        """Every version with the time it was stored in the stream (ns since the epoch), oldest first."""
         sub = await self.js.pull_subscribe(
             self.subject,
             stream=CONFIG.name,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0),
         )
-        out: list[SiteConfigured] = []
+        from .intake import delivery
+
+        out: list[tuple[int, SiteConfigured]] = []
         try:
             while True:
                 try:
@@ -300,7 +306,9 @@ class ConfigStore:
                 except TimeoutError:
                     break
                 for msg in msgs:
-                    out.append(SiteConfigured.model_validate_json(msg.data))
+                    where = delivery(msg.reply)
+                    ns = where.stored_ns if where else int(msg.metadata.timestamp.timestamp() * 1e9)
+                    out.append((ns, SiteConfigured.model_validate_json(msg.data)))
                     await msg.ack()
                 if msgs and msgs[-1].metadata.num_pending == 0:
                     break

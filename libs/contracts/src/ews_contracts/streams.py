@@ -46,7 +46,17 @@ CONFIG = StreamSpec(
     description="Every version of each site's configuration (SiteConfigured events; the last one is in force).",
 )
 
-ALL_STREAMS: tuple[StreamSpec, ...] = (READINGS, COMMANDS, AUDIT, CONFIG)
+DEAD_LETTER = StreamSpec(
+    name="EWS_DEAD_LETTER",
+    kinds=(Kind.DEAD_LETTER,),
+    description="Messages the product did not accept (MessageRejected: the reason and the original subject, "
+    "headers and payload), on ews.<site>.dead-letter.<kind>.",
+    max_age=30 * DAY,
+    max_bytes=256 * 1024 * 1024,  # the oldest records go first when a flood of bad messages fills it
+    duplicate_window=600.0,  # a redelivered bad message is recorded once (its id is its stream sequence)
+)
+
+ALL_STREAMS: tuple[StreamSpec, ...] = (READINGS, COMMANDS, AUDIT, CONFIG, DEAD_LETTER)
 
 
 def stream_for(kind: Kind | str) -> StreamSpec:

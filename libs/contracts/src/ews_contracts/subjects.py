@@ -16,6 +16,7 @@ class Kind(StrEnum):
     COMMAND_EXPIRED = "command-expired"
     AUDIT = "audit"
     SITE_CONFIGURED = "site-configured"
+    DEAD_LETTER = "dead-letter"
 
 
 def subject(site: str, kind: Kind | str, device: str) -> str:

@@ -8,8 +8,9 @@ The service (``service.AggregatorService``) calls :func:`rebuild` when the resto
 2. empty the derived tables (the materialized views stay), and start a fresh ``Aggregator`` on the
    configuration in force (the restored one: tariffs, pulse weights, time zone make the figures);
 3. account every reading of the site in the stream, up to its last sequence now, through an ephemeral
-   consumer (``streamio.read_stream``): the same ``Aggregator.store_batch`` as the live path, so the
-   figures are those of ``ews replay`` and of the original. Readings taken after the restore began
+   consumer (``streamio.read_stream``): the same rules (``ews_contracts.intake``, with the restored
+   configuration history) and the same ``Aggregator.store_batch`` as the live path, so the figures are
+   those of ``ews replay`` and of the original. Readings taken after the restore began
    (``cut``: live polls published while it republished, interleaved in the stream with a year of restored
    ones) are held back and accounted last: accounted first, they would make every restored reading of
    their counter an out-of-order one (slow, and the in-memory window would have to hold them all). If
@@ -31,6 +32,7 @@ from datetime import datetime
 
 from ews_analytics import truncate_projections
 from ews_contracts.events import ReadingTaken
+from ews_contracts.intake import Declarations, Intake, Rejected
 from ews_contracts.site import Site
 from ews_contracts.siteconfig import ConfigStore, site_of
 from ews_contracts.streamio import ack_tokens, last_sequence, read_stream
@@ -38,7 +40,6 @@ from ews_contracts.streams import READINGS
 from ews_contracts.subjects import Kind, pattern
 from ews_contracts.text import one_line
 from nats.aio.client import Client
-from pydantic import ValidationError
 
 from .aggregator import Aggregator
 
@@ -70,11 +71,12 @@ class Replayed:
     last_seq: int
 
 
-def _parse(data: bytes, site: str) -> ReadingTaken:
-    reading = ReadingTaken.model_validate_json(data)
-    if reading.site != site:
-        raise ValueError(f"reading of site {reading.site!r}")
-    return reading
+def _parse(intake: Intake, msg) -> ReadingTaken:  # noqa: ANN001
+    """The reading of a message the live consumer accepted; ``Rejected`` for the others (skipped)."""
+    event = intake.check(msg.subject, msg.data, msg.headers, msg.reply)
+    if not isinstance(event, ReadingTaken):  # (the filter reads readings only)
+        raise Rejected("not-accepted", "not a reading")
+    return event
 
 
 class _Writer:
@@ -118,9 +120,13 @@ async def replay(
     batch_size: int,
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] = lambda: False,
+    intake: Intake | None = None,
 ) -> Replayed:
-    """Account every reading of the site up to the stream's last sequence now (step 3 of the module doc)."""
+    """Account every reading of the site up to the stream's last sequence now (step 3 of the module doc),
+    skipping what ``intake`` (default: the rules with the aggregator's configuration) rejects."""
     site = aggregator.site.site
+    if intake is None:
+        intake = Intake(site, Declarations.of(aggregator.site))
     subject = pattern(site, Kind.READING)
     upto = await last_sequence(nc, READINGS.name)
     total: list[int] = []
@@ -135,10 +141,10 @@ async def replay(
                 raise RebuildCancelled
             for msg in msgs:
                 try:
-                    reading = _parse(msg.data, site)
-                except (ValidationError, ValueError) as exc:
+                    reading = _parse(intake, msg)
+                except Rejected as exc:
                     skipped += 1
-                    log.debug("skipped a bad message on %s: %s", msg.subject, one_line(exc))
+                    log.debug("skipped a rejected message on %s: %s", msg.subject, one_line(exc))
                     continue
                 if reading.occurred_at > cut:
                     held_count += 1
@@ -159,8 +165,8 @@ async def replay(
             async for msgs in read_stream(nc, READINGS.name, subject, upto=upto, start=first_held):
                 for msg in msgs:
                     try:
-                        reading = _parse(msg.data, site)
-                    except (ValidationError, ValueError):
+                        reading = _parse(intake, msg)
+                    except Rejected:
                         continue
                     if reading.occurred_at > cut:
                         await writer.add(reading)

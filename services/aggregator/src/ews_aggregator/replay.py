@@ -3,10 +3,11 @@ consumption, checkpoints) from the readings stream ``EWS_READINGS``.
 
 The derived tables of the database are emptied (the materialized views stay), then every reading of
 the site is read again from the stream's first message through an ephemeral pull consumer and stored
-by the same ``Aggregator`` code the live service uses. Consumption is a function of the set of
-readings, so the result equals the live one. Stop the aggregator first (with chDB, ``ews up`` holds the
-database folder). The live durable consumer is untouched: when it resumes, what it re-reads is a
-duplicate and changes nothing.
+by the same ``Aggregator`` code the live service uses, after the same checks (``ews_contracts.intake``,
+with the configuration history of EWS_CONFIG): what the live consumer dead-lettered is skipped again.
+Consumption is a function of the set of readings accepted, so the result equals the live one. Stop the
+aggregator first (with chDB, ``ews up`` holds the database folder). The live durable consumer is
+untouched: when it resumes, what it re-reads is a duplicate and changes nothing.
 
 Registered as the ``replay`` command (entry point group ``ews.commands``): the ``ews`` CLI finds it
 without importing this service.
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import nats
 from ews_analytics import migrate, truncate_projections
 from ews_contracts.events import ReadingTaken
+from ews_contracts.intake import Intake, Rejected
 from ews_contracts.settings import Settings
 from ews_contracts.siteconfig import ConfigStore, site_of
 from ews_contracts.store import get_store
@@ -31,9 +33,9 @@ from ews_contracts.streams import READINGS
 from ews_contracts.subjects import Kind, pattern
 from ews_contracts.text import one_line
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from pydantic import ValidationError
 
 from .aggregator import Aggregator
+from .deadletter import load_declarations
 from .service import load_profiles_or_none
 
 log = logging.getLogger("ews.aggregator.replay")
@@ -48,6 +50,7 @@ class ReplayResult:
     readings: int
     skipped: int
     seconds: float
+    causes: dict[str, int] | None = None  # skipped messages by the cause the rules reject them for
 
 
 async def _quiet(exc: Exception) -> None:
@@ -95,9 +98,11 @@ async def replay(
             raise RuntimeError(
                 f"stream {READINGS.name} not found on {settings.nats_url} ({one_line(exc)}): nothing to replay"
             ) from None
-        stored = await ConfigStore(js, site.site).latest()
+        config = ConfigStore(js, site.site)
+        stored = await config.latest()
         if stored is not None:  # the configuration in force (tariffs, devices), not the file's first version
             site = site_of(stored)
+        intake = Intake(site.site, await load_declarations(config, site))
         await truncate_projections(store, db)
         aggregator = Aggregator(store, db, site, load_profiles_or_none(settings))
         await aggregator.start()
@@ -113,6 +118,7 @@ async def replay(
         info = await sub.consumer_info()
         total = int(info.num_pending or 0)
         done = skipped = 0
+        causes: dict[str, int] = {}
         if progress:
             progress(done, total, started)
         while done < total:
@@ -123,13 +129,13 @@ async def replay(
             readings: list[ReadingTaken] = []
             for msg in msgs:
                 try:
-                    reading = ReadingTaken.model_validate_json(msg.data)
-                    if reading.site != site.site:
-                        raise ValueError(f"reading of site {reading.site!r}")
-                    readings.append(reading)
-                except (ValidationError, ValueError) as exc:
+                    event = intake.check(msg.subject, msg.data, msg.headers, msg.reply)
+                    assert isinstance(event, ReadingTaken)  # (the filter reads readings only)
+                    readings.append(event)
+                except Rejected as exc:
                     skipped += 1
-                    log.debug("skipped a bad message on %s: %s", msg.subject, one_line(exc))
+                    causes[exc.cause] = causes.get(exc.cause, 0) + 1
+                    log.debug("skipped a rejected message on %s: %s", msg.subject, one_line(exc))
             if readings:
                 await aggregator.store_batch(readings)
             done += len(msgs)
@@ -138,7 +144,7 @@ async def replay(
         await sub.unsubscribe()
         if progress:
             sys.stderr.write("\n")
-        return ReplayResult(db, done - skipped, skipped, time.monotonic() - started)
+        return ReplayResult(db, done - skipped, skipped, time.monotonic() - started, causes)
     finally:
         await nc.close()
 
@@ -159,6 +165,12 @@ def command(settings: Settings, database: str | None = None, batch_size: int = B
         return 2
     print(
         f"replayed {result.readings:,} readings into {result.database} in {result.seconds:.1f} s"
-        + (f" ({result.skipped} bad messages skipped)" if result.skipped else "")
+        + (
+            f" ({result.skipped} rejected messages skipped, as live: "
+            + ", ".join(f"{n} {cause}" for cause, n in sorted((result.causes or {}).items()))
+            + ")"
+            if result.skipped
+            else ""
+        )
     )
     return 0

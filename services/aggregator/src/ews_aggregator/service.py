@@ -5,8 +5,10 @@ connection that parses headers fast (``ews_contracts.natsclient``): FastStream's
 costs a Python ``wait_for`` per message and one ack publish per message, and nats-py's e-mail header parser
 ~15 µs per message; together they capped ingest at ~16,000 readings/s (benchmarks/bench_aggregator.py). Messages are collected into batches of up
 to ``EWS_AGGREGATOR_BATCH`` (or what arrived within ``BATCH_TIMEOUT``); each batch is written to ClickHouse and only
-then acked, with one ack of its last message (``ALL`` acks everything delivered before it). A message that
-is not a valid ``ReadingTaken`` of this site is logged on one line and terminated (never redelivered); a
+then acked, with one ack of its last message (``ALL`` acks everything delivered before it). Every reading
+and status event is checked by the contract's rules (``ews_contracts.intake``, ``deadletter.Gate``): a
+message they reject is not stored, but published with the reason to the dead-letter stream
+(EWS_DEAD_LETTER) before the batch is acked, and logged once per cause (a summary a minute); a
 ClickHouse failure is retried (with a growing delay, messages kept in progress) until it succeeds: the
 consumer pauses rather than skipping a batch. ``max_ack_pending`` (below the subscription's pending limit)
 keeps a slow aggregator from being flooded.
@@ -29,7 +31,8 @@ import time
 from dataclasses import replace
 
 from ews_contracts.bus import ensure_streams_with
-from ews_contracts.events import ReadingTaken, SiteConfigured, utcnow
+from ews_contracts.events import SiteConfigured, utcnow
+from ews_contracts.intake import CONSUMED
 from ews_contracts.natsclient import connect_fast
 from ews_contracts.rebuild import (
     AGGREGATOR_DURABLE,
@@ -44,15 +47,16 @@ from ews_contracts.site import Site
 from ews_contracts.siteconfig import LiveSite
 from ews_contracts.store import get_store
 from ews_contracts.streams import READINGS
-from ews_contracts.subjects import Kind, pattern
+from ews_contracts.subjects import PREFIX
 from ews_contracts.text import one_line
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
-from pydantic import ValidationError
+from prometheus_client import Counter, Gauge, Histogram
 
 from .aggregator import Aggregator
+from .deadletter import Gate
 from .rebuild import RebuildCancelled, empty_projections, replay, site_in_force
 
 log = logging.getLogger("ews.aggregator")
@@ -69,25 +73,33 @@ WATCH_INTERVAL = 15.0  # seconds between two looks at the durable consumer (a du
 REBUILD_RETRY = 30.0  # seconds before a failed rebuild is tried again
 
 
-def parse(msg: Msg, site: str) -> ReadingTaken:
-    reading = ReadingTaken.model_validate_json(msg.data)
-    if reading.site != site:
-        raise ValueError(f"reading of site {reading.site!r} on this site's subject (expected {site!r})")
-    return reading
+# Prometheus (served by the gateway-api's /metrics under `ews up`, see ews_contracts.metrics)
+READINGS_IN = Counter(
+    "ews_aggregator_readings_total", "Readings and status events taken in, by outcome (stored, rejected)", ["outcome"]
+)
+BATCHES = Counter("ews_aggregator_batches_total", "Batches written to ClickHouse (one insert each)")
+STORE_TIME = Histogram(
+    "ews_aggregator_store_seconds",
+    "Time to write one batch to ClickHouse",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+LAG = Gauge(
+    "ews_aggregator_lag_messages",
+    "Readings in the stream not yet stored by the aggregator (its consumer's pending + unacknowledged)",
+    multiprocess_mode="mostrecent",
+)
 
 
-async def handle_batch(aggregator: Aggregator, messages: list[Msg]) -> None:
-    """Store a batch, then ack it; bad messages are logged and terminated."""
-    good: list[Msg] = []
-    readings: list[ReadingTaken] = []
-    for msg in messages:
-        try:
-            readings.append(parse(msg, aggregator.site.site))
-            good.append(msg)
-        except (ValidationError, ValueError) as exc:
-            log.warning("dropped bad reading on %s: %s", msg.subject, one_line(exc))
-            await msg.term()
+async def handle_batch(aggregator: Aggregator, messages: list[Msg], gate: Gate) -> None:
+    """Check a batch, dead-letter what the rules reject, store the readings, then ack the batch."""
+    if not messages:
+        return
+    readings, rejected = await gate.sort(messages)
+    if rejected:
+        await gate.dead_letter(rejected, messages)
+        READINGS_IN.labels("rejected").inc(len(rejected))
     if not readings:
+        await messages[-1].ack()
         return
     # Retried until it is stored: with AckPolicy.ALL a later batch's ack would also ack this one, so the
     # consumer must not move past an unstored batch (ClickHouse down = consumption pauses, nothing is lost).
@@ -95,19 +107,23 @@ async def handle_batch(aggregator: Aggregator, messages: list[Msg]) -> None:
     while True:
         attempt += 1
         try:
+            started = time.perf_counter()
             plan = await aggregator.store_batch(readings)
+            STORE_TIME.observe(time.perf_counter() - started)
+            BATCHES.inc()
+            READINGS_IN.labels("stored").inc(len(readings))
             break
         except Exception as exc:  # ClickHouse down, disk full ...: keep the consumer alive
             if attempt <= WRITE_ATTEMPTS or attempt % 30 == 0:
                 log.error(
                     "writing %d readings failed (attempt %d): %s", len(readings), attempt, one_line(exc)
                 )
-            for msg in good:  # keep them from being redelivered while we retry
+            for msg in messages:  # keep them from being redelivered while we retry
                 with contextlib.suppress(Exception):
                     await msg.in_progress()
             await asyncio.sleep(min(RETRY_DELAY * attempt, MAX_RETRY_DELAY))
     # AckPolicy.ALL: acking the last message acks every message delivered before it
-    await good[-1].ack()
+    await messages[-1].ack()
     log.debug("stored %d readings: %s", len(readings), plan.outcomes)
 
 
@@ -135,6 +151,14 @@ def deliver_subject(site: str) -> str:
     return f"_ews.deliver.{site}.{DURABLE}"
 
 
+def consumer_filter(site: str) -> str:
+    """What the aggregator consumes of EWS_READINGS: every subject of the site there, i.e. its readings and
+    status events (``intake.CONSUMED``; both checked). One wildcard, not one filter per kind: nats-server
+    delivers a consumer with several filters about 3× slower."""
+    assert {s.split(".")[2] for s in READINGS.subjects} == set(CONSUMED)  # (the stream holds those only)
+    return f"{PREFIX}.{site}.>"
+
+
 def consumer_config(
     site: str, ack_wait: float = ACK_WAIT, batch_size: int = BATCH_SIZE, start_seq: int | None = None
 ) -> ConsumerConfig:
@@ -142,7 +166,7 @@ def consumer_config(
     return ConsumerConfig(
         name=DURABLE,
         durable_name=DURABLE,
-        filter_subject=pattern(site, Kind.READING),
+        filter_subject=consumer_filter(site),
         deliver_subject=deliver_subject(site),
         ack_policy=JsAckPolicy.ALL,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq else DeliverPolicy.ALL,
@@ -177,6 +201,14 @@ async def ensure_consumer(js, site: str, batch_size: int = BATCH_SIZE) -> Consum
             await js.add_consumer(READINGS.name, config=consumer_config(site, batch_size=batch_size))
         ).config
     wanted = IN_FLIGHT_BATCHES * batch_size
+    wanted_filter = consumer_filter(site)
+    if config.filter_subject != wanted_filter or config.filter_subjects:
+        # an older version consumed readings only: status events are checked too (from where it was)
+        log.info("the %s consumer of %s now takes %s", DURABLE, READINGS.name, wanted_filter)
+        config = replace(config, filter_subject=wanted_filter, filter_subjects=None)
+        if (config.max_ack_pending or 0) < wanted:
+            config = replace(config, max_ack_pending=wanted)
+        return (await js.add_consumer(READINGS.name, config=config)).config
     if (config.max_ack_pending or 0) < wanted:  # made by an older version or a smaller batch: raise it
         config = replace(config, max_ack_pending=wanted)
         return (await js.add_consumer(READINGS.name, config=config)).config
@@ -190,8 +222,9 @@ class Batcher:
     worker thread); batches are stored one at a time, in delivery order.
     """
 
-    def __init__(self, aggregator: Aggregator, batch_size: int = BATCH_SIZE) -> None:
+    def __init__(self, aggregator: Aggregator, gate: Gate, batch_size: int = BATCH_SIZE) -> None:
         self.aggregator = aggregator
+        self.gate = gate
         self.batch_size = batch_size
         self.pending: list[Msg] = []
         self.first_at = 0.0
@@ -219,7 +252,7 @@ class Batcher:
 
     async def _store(self, batch: list[Msg]) -> None:
         try:
-            await handle_batch(self.aggregator, batch)
+            await handle_batch(self.aggregator, batch, self.gate)
         except Exception as exc:  # never let a batch kill the consumer: it is redelivered
             log.error("batch of %d readings not stored: %s", len(batch), one_line(exc))
 
@@ -229,6 +262,7 @@ class Batcher:
             await asyncio.sleep(BATCH_TIMEOUT / 2)
             if self.pending and time.monotonic() - self.first_at >= BATCH_TIMEOUT:
                 await self.flush()
+            self.gate.log.flush()  # the rejections' summary lines, once a minute per cause
 
 
 GC_THRESHOLD = (50_000, 20, 100)
@@ -257,6 +291,7 @@ class AggregatorService:
         self.sub = None
         self.aggregator: Aggregator | None = None
         self.batcher: Batcher | None = None
+        self.gate: Gate | None = None
         self.status = RebuildStatus(state="idle")
         self.wanted: RebuildMarker | None = None  # the rebuild to do (a newer request replaces it)
         self.rebuilding: asyncio.Task | None = None
@@ -276,10 +311,14 @@ class AggregatorService:
         await ensure_streams_with(self.js)
         self.aggregator = make_aggregator(self.settings, self.live.site)
         await self.aggregator.start()  # migrate + load state before the first message
+        # the contract's rules check devices against every configuration version (with its stream time)
+        self.gate = Gate(self.js, self.live.site, self.live.store)
+        await self.gate.load()
         self.live.on_change(self._apply_site)
+        self.live.on_change(self._follow_declarations)
         await self.live.follow()
         tune_gc()
-        self.batcher = Batcher(self.aggregator, self.batch_size)
+        self.batcher = Batcher(self.aggregator, self.gate, self.batch_size)
         self.tasks.append(asyncio.create_task(self.batcher.tick(), name="aggregator-batches"))
         await self.nc.subscribe(aggregator_rpc(self.site_id, "*"), queue=RPC_QUEUE, cb=self.on_request)
         marker = await current_marker(self.js)
@@ -287,7 +326,7 @@ class AggregatorService:
             await self.consume(await ensure_consumer(self.js, self.site_id, self.batch_size))
             log.info(
                 "aggregator consuming %s into %s",
-                pattern(self.site_id, Kind.READING),
+                consumer_filter(self.site_id),
                 self.settings.clickhouse_database,
             )
         else:
@@ -323,6 +362,14 @@ class AggregatorService:
             if self.batcher.inflight is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.batcher.inflight)
+
+    def _follow_declarations(self, site: Site, event: SiteConfigured) -> None:  # noqa: ARG002
+        """A new version: the rules read the history again (in a task: a reading of a device added by it
+        that comes first is checked again once the version is known, see ``Gate.sort``)."""
+        if self.gate is not None:
+            task = asyncio.create_task(self.gate.load(site), name="aggregator-declarations")
+            self.tasks.append(task)
+            task.add_done_callback(lambda t: self.tasks.remove(t) if t in self.tasks else None)
 
     def _apply_site(self, site: Site, event: SiteConfigured) -> None:
         """A new configuration version, live. A restore republishes the configuration history before
@@ -369,6 +416,8 @@ class AggregatorService:
         await self.stop_consuming()
         assert self.live is not None
         site, self.pinned = await site_in_force(self.live.store, self.live.site)
+        assert self.gate is not None
+        await self.gate.load(site)  # the restored configuration history
         aggregator = make_aggregator(self.settings, site)
         await empty_projections(aggregator)
         await aggregator.start()
@@ -384,6 +433,7 @@ class AggregatorService:
             self.batch_size,
             progress,
             cancelled=lambda: self.wanted is not marker,
+            intake=self.gate.intake,
         )
         now = await current_marker(self.js)
         if now is not None and now.restore != marker.restore:  # another restore began meanwhile
@@ -437,6 +487,9 @@ class AggregatorService:
             await asyncio.sleep(WATCH_INTERVAL)
             if self.rebuilding is not None and not self.rebuilding.done():
                 continue
+            with contextlib.suppress(Exception):
+                info = await self.js.consumer_info(READINGS.name, DURABLE)
+                LAG.set((info.num_pending or 0) + (info.num_ack_pending or 0))
             try:
                 marker = await current_marker(self.js)
                 if marker is not None:
