@@ -80,6 +80,7 @@ PAGES: list[tuple[str, str, str | None]] = [
     ],
     ("configuration-device", f"/configuration/devices/{DEVICE}/edit", "installer"),
     ("configuration-tariff-new", "/configuration/tariffs?edit=new", "administrator"),
+    ("configuration-tokens", "/configuration/tokens", "administrator"),
 ]
 
 

@@ -224,6 +224,16 @@ async def test_a_tcp_gateway_never_sees_a_second_connection(settings: Settings) 
 # --- through the whole product --------------------------------------------------------------------------
 
 
+def metric_values(text: str) -> dict[str, float]:
+    """Prometheus text -> {'name{labels}': value} (labels as written)."""
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            values[key] = values.get(key, 0.0) + float(value)
+    return values
+
+
 def _login(client: httpx.Client) -> None:
     resp = client.post("/api/v1/auth/login", json={"pin": "55555", "puk": "00000 5555 00000"})
     assert resp.status_code == 200, resp.text
@@ -313,5 +323,17 @@ def test_commands_across_a_nats_stall_and_a_stalled_bus_owner(tmp_path: Path) ->
             )
             assert _final(client, resp.json()["id"], 30)["status"] == "completed"
             assert datetime.now(UTC) - deadline < timedelta(minutes=3)
+
+            # 3. every service's metrics in one scrape of the box (GET /metrics from this machine)
+            text = httpx.get(f"{base}/metrics", timeout=10).text
+            values = metric_values(text)
+            assert values['ews_commands_outcomes_total{outcome="completed"}'] >= 2
+            assert values['ews_commands_outcomes_total{outcome="expired"}'] >= 1
+            assert values['ews_poller_commands_total{gateway="gw1",status="written"}'] >= 2
+            assert values['ews_poller_transactions_total{gateway="gw1",outcome="ok"}'] > 10
+            assert values['ews_auth_sign_ins_total{outcome="succeeded"}'] >= 1
+            assert values['ews_poller_cycle_seconds_count{gateway="gw1"}'] > 5
+            assert any(k.startswith("ews_gateway_api_requests_total{") for k in values)
+            assert any(k.startswith("ews_aggregator_") for k in values), sorted(values)[:40]
     finally:
         stop(proc)

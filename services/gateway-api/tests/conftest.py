@@ -7,6 +7,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,6 +17,7 @@ from ews_auth import codes as auth_codes
 from ews_auth.service import serve as auth_serve
 from ews_contracts.settings import Settings
 from ews_contracts.store import get_store
+from ews_contracts.tokens import TokenRecord, new_token, token_digest, tokens_key
 from ews_gateway_api.app import create_app
 from ews_gateway_api.sessions import SESSION_COOKIE
 from ews_gateway_api.testing import app_client
@@ -79,6 +81,22 @@ async def client(app: Litestar, auth_service: None, migrated: None) -> AsyncIter
         for key in await r.keys("ews:demo:auth:limits:*"):
             await r.delete(key)
         yield c
+
+
+async def token_for(app: Litestar, role: str, name: str | None = None) -> dict[str, str]:
+    """An ``Authorization: Bearer`` header with a machine token of ``role``, its record put straight into
+    Redis (as the auth service stores it)."""
+    token_id, token = new_token()
+    record = TokenRecord(
+        id=token_id,
+        name=name or f"{role} {token_id}",
+        role=role,
+        created_at=datetime.now(UTC),
+        created_by="administrator",
+        digest=token_digest(token),
+    )
+    await app.state.redis.hset(tokens_key("demo"), token_id, record.model_dump_json())
+    return {"Authorization": f"Bearer {token}"}
 
 
 async def session_for(app: Litestar, role: str) -> dict[str, str]:

@@ -6,10 +6,14 @@ documented content type, the documented headers, a body of the documented schema
 
 The real server (``service.serve``: uvicorn, the app, the sessions in Redis, NATS, chDB) and the real
 auth service run in a thread of their own with their own event loop; schemathesis sends real HTTP
-requests to it. Two runs: anonymous (401 from every guarded route, random codes to the login) and as the
-administrator, with a fresh session for every request (so a Logout or a change of language by one request
-does not change what the next one sees); then the login's guessing limit (429), which random codes seldom
-reach. The one 5xx allowed: ``POST /api/v1/site/config/test-device``'s documented 503 poller-unavailable,
+requests to it. Three runs: anonymous (401 from every guarded route, random codes to the login, random
+session cookies and bearer tokens from the document's security schemes), as the administrator, with a
+fresh session for every request (so a Logout or a change of language by one request does not change what
+the next one sees; a generated ``Authorization`` header is left out, so the session decides), and with an
+administrator's machine token (``Authorization: Bearer``: the role's routes, 403 on codes, tokens and the
+session's own routes); then the login's guessing limit (429), which random codes seldom reach. The
+per-address limit of wrong bearer tokens is lifted here (each random token is a documented 401; the limit's
+429 is tested in test_tokens.py). The one 5xx allowed: ``POST /api/v1/site/config/test-device``'s documented 503 poller-unavailable,
 since no poller runs here.
 
 Left out, in both runs: ``PUT /api/v1/auth/codes/{role}`` (changes the roles' codes: the next login of
@@ -43,7 +47,7 @@ from ews_auth import codes as auth_codes
 from ews_auth.limits import FREE_FAILURES
 from ews_auth.service import serve as auth_serve
 from ews_contracts.settings import Settings
-from ews_gateway_api import service
+from ews_gateway_api import bearer, service
 from ews_runtime.servers import free_port
 from litestar import Litestar
 from schemathesis.checks import not_a_server_error
@@ -55,7 +59,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from .conftest import session_for
+from .conftest import session_for, token_for
 
 pytestmark = pytest.mark.integration
 
@@ -86,9 +90,17 @@ class LiveServer:
     def session(self, role: str) -> dict[str, str]:
         return self.run(session_for(self.app, role))
 
-    def check(self, case: Any, cookies: dict[str, str] | None = None) -> None:
-        """Send the case, count it, and run the checks on the answer."""
-        response = case.call(base_url=self.base_url, cookies=cookies, timeout=30)
+    def token(self, role: str) -> dict[str, str]:
+        return self.run(token_for(self.app, role))
+
+    def check(
+        self, case: Any, cookies: dict[str, str] | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        """Send the case, count it, and run the checks on the answer. With ``cookies`` (a session), a
+        generated ``Authorization`` header is left out: it would decide instead of the session."""
+        if cookies and case.headers:
+            case.headers = {k: v for k, v in case.headers.items() if k.lower() != "authorization"}
+        response = case.call(base_url=self.base_url, cookies=cookies, headers=headers, timeout=30)
         self.requests += 1
         self.by_operation[case.operation.label] = self.by_operation.get(case.operation.label, 0) + 1
         self.by_status[response.status_code] = self.by_status.get(response.status_code, 0) + 1
@@ -111,6 +123,8 @@ def live_server(
         return apps[-1]
 
     monkeypatch.setattr(service, "create_app", capture)
+    # every generated bearer token is wrong: a documented 401 each, rather than the per-address limit's 429
+    monkeypatch.setattr(bearer, "FAILURE_LIMIT", 10**9)
     port = free_port()
     served = settings.model_copy(update={"http_host": "127.0.0.1", "http_port": port})
     loop = asyncio.new_event_loop()
@@ -226,6 +240,12 @@ def test_the_api_as_documented_anonymous(case: Any, live_server: LiveServer) -> 
 @SETTINGS
 def test_the_api_as_documented_administrator(case: Any, live_server: LiveServer) -> None:
     live_server.check(case, cookies=live_server.session("administrator"))
+
+
+@schema.parametrize()
+@SETTINGS
+def test_the_api_as_documented_with_an_administrator_token(case: Any, live_server: LiveServer) -> None:
+    live_server.check(case, headers=live_server.token("administrator"))
 
 
 def test_the_login_limit_answers_as_documented(api_schema: Any, live_server: LiveServer) -> None:

@@ -43,7 +43,7 @@ async def test_site_structure(client: AsyncClient, app: Litestar) -> None:
     body = resp.json()
     assert set(body) == {
         "site", "name", "timezone", "currency", "language",
-        "gateways", "panels", "zones", "circuits", "virtual_devices",
+        "gateways", "panels", "zones", "circuits", "virtual_devices", "devices",
     }  # fmt: skip
     assert body["gateways"] == [
         {

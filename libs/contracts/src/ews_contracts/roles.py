@@ -54,6 +54,7 @@ class Permission(StrEnum):
     COMMAND_DEVICES = "command-devices"
     CONFIGURE_SITE = "configure-site"
     MANAGE_CODES = "manage-codes"
+    MANAGE_TOKENS = "manage-tokens"  # machine tokens of the JSON API (ews_contracts.tokens)
     BACKUP_RESTORE = "backup-restore"
 
 
@@ -61,7 +62,12 @@ _ALL = frozenset(Permission)
 PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMINISTRATOR: _ALL - {Permission.GREENUP_DETAILS, Permission.GREENUP_MANAGEMENT},
     Role.INSTALLER: _ALL
-    - {Permission.GREENUP_DETAILS, Permission.GREENUP_MANAGEMENT, Permission.MANAGE_CODES},
+    - {
+        Permission.GREENUP_DETAILS,
+        Permission.GREENUP_MANAGEMENT,
+        Permission.MANAGE_CODES,
+        Permission.MANAGE_TOKENS,
+    },
     Role.GREENUP: frozenset(
         {
             Permission.VIEW_CONSUMPTION,

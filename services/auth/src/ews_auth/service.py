@@ -6,6 +6,8 @@ Subjects (core NATS, queue group ``auth`` so several instances share the work):
 - ``ews.<site>.rpc-auth.revoke-unlock`` — ``RevokeUnlockRequest`` -> ``{"ok": bool, "revoked": bool}``.
 - ``ews.<site>.rpc-auth.change-codes`` — ``ChangeCodesRequest`` -> ``ChangeCodesReply``.
 - ``ews.<site>.rpc-auth.codes-status`` — ``{}`` -> ``CodesStatusReply``.
+- ``ews.<site>.rpc-auth.token-create`` / ``token-list`` / ``token-revoke`` — the JSON API's machine tokens
+  (``ews_contracts.tokens``; stored as SHA-256 in Redis by :mod:`ews_auth.tokens`, the secret returned once).
 
 Login model (requirements A1–A4), two levels:
 
@@ -18,7 +20,8 @@ Login model (requirements A1–A4), two levels:
 A browser without a valid unlock gets ``puk_required`` for *any* well-formed PIN: the PIN is only checked
 together with the PUK, and a wrong pair is "wrong PIN or PUK" — so the answer (and its timing) never
 tells a guesser that a PIN is right. Guessing limits: see :mod:`ews_auth.limits`. Every login, failure,
-lockout, Logout, Lock and code change is published as ``AuditRecorded`` on JetStream.
+lockout, Logout, Lock, code change and token creation or revocation is published as ``AuditRecorded`` on
+JetStream.
 """
 
 from __future__ import annotations
@@ -44,6 +47,13 @@ from ews_contracts.events import (
 from ews_contracts.roles import Permission, Role, allowed
 from ews_contracts.settings import Settings
 from ews_contracts.subjects import auth_rpc
+from ews_contracts.tokens import (
+    TokenCreateReply,
+    TokenCreateRequest,
+    TokenListReply,
+    TokenRevokeReply,
+    TokenRevokeRequest,
+)
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
 from prometheus_client import Counter
@@ -52,6 +62,7 @@ from pydantic import ValidationError
 from .clock import Clock
 from .codes import CodeFormatError, CodeStore, PinInUseError, check_pin, check_puk, token_digest
 from .limits import FREE_FAILURES, ROLE_PIN_LIMIT, TOKEN_PIN_LIMIT, Limits
+from .tokens import TokenError, TokenStore
 
 log = logging.getLogger("ews.auth")
 
@@ -107,6 +118,7 @@ class AuthService:
         self._own_redis = redis is None
         self.codes = CodeStore(self.redis, self.site, hasher)
         self.limits = Limits(self.redis, self.site, clock)
+        self.tokens = TokenStore(self.redis, self.site)
         self.broker = broker  # None: audit events are only logged (unit tests)
 
     # --- audit -----------------------------------------------------------------------------------------
@@ -280,6 +292,46 @@ class AuthService:
     async def codes_status(self) -> CodesStatusReply:
         return CodesStatusReply(default_codes={str(r.role): r.default for r in await self.codes.load()})
 
+    # --- machine tokens ----------------------------------------------------------------------------------
+
+    def _may_manage_tokens(self, by_role: str) -> str | None:
+        if allowed(by_role, Permission.MANAGE_TOKENS):
+            return None
+        return f"the {by_role or 'anonymous'} role may not manage machine tokens"
+
+    async def create_token(self, request: TokenCreateRequest) -> TokenCreateReply:
+        if refusal := self._may_manage_tokens(request.by_role):
+            return TokenCreateReply(ok=False, reason="forbidden", error=refusal)
+        try:
+            record, secret = await self.tokens.create(request.name, request.role, request.by_role)
+        except TokenError as exc:
+            return TokenCreateReply(ok=False, reason=exc.reason, error=str(exc))  # type: ignore[arg-type]
+        await self.audit(
+            "token-created",
+            request.by_role,
+            request.client,
+            f"token {record.id} {record.name!r} with the {record.role} role",
+        )
+        return TokenCreateReply(ok=True, token=record.info(), secret=secret)
+
+    async def list_tokens(self) -> TokenListReply:
+        return TokenListReply(tokens=await self.tokens.list())
+
+    async def revoke_token(self, request: TokenRevokeRequest) -> TokenRevokeReply:
+        if refusal := self._may_manage_tokens(request.by_role):
+            return TokenRevokeReply(ok=False, reason="forbidden", error=refusal)
+        try:
+            record = await self.tokens.revoke(request.id)
+        except TokenError as exc:
+            return TokenRevokeReply(ok=False, reason=exc.reason, error=str(exc))  # type: ignore[arg-type]
+        await self.audit(
+            "token-revoked",
+            request.by_role,
+            request.client,
+            f"token {record.id} {record.name!r} with the {record.role} role",
+        )
+        return TokenRevokeReply(ok=True, token=record.info())
+
     # --- NATS ------------------------------------------------------------------------------------------
 
     def attach(self, broker: NatsBroker) -> None:
@@ -333,11 +385,43 @@ class AuthService:
         async def on_codes_status(msg: NatsMessage) -> dict[str, Any]:
             return (await self.codes_status()).model_dump()
 
+        async def on_token_create(msg: NatsMessage) -> dict[str, Any]:
+            try:
+                request = TokenCreateRequest.model_validate_json(msg.body)
+            except ValidationError as exc:
+                return TokenCreateReply(
+                    ok=False, reason="bad-request", error=f"malformed request: {_first_error(exc)}"
+                ).model_dump(mode="json")
+            try:
+                return (await self.create_token(request)).model_dump(mode="json")
+            except Exception as exc:
+                log.exception("token-create failed unexpectedly")
+                return TokenCreateReply(ok=False, error=f"auth error: {type(exc).__name__}").model_dump()
+
+        async def on_token_list(msg: NatsMessage) -> dict[str, Any]:
+            return (await self.list_tokens()).model_dump(mode="json")
+
+        async def on_token_revoke(msg: NatsMessage) -> dict[str, Any]:
+            try:
+                request = TokenRevokeRequest.model_validate_json(msg.body)
+            except ValidationError as exc:
+                return TokenRevokeReply(
+                    ok=False, reason="bad-request", error=f"malformed request: {_first_error(exc)}"
+                ).model_dump(mode="json")
+            try:
+                return (await self.revoke_token(request)).model_dump(mode="json")
+            except Exception as exc:
+                log.exception("token-revoke failed unexpectedly")
+                return TokenRevokeReply(ok=False, error=f"auth error: {type(exc).__name__}").model_dump()
+
         for operation, handler, description in (
             ("login", on_login, "LoginRequest -> LoginReply"),
             ("revoke-unlock", on_revoke, "RevokeUnlockRequest (Logout / Lock) -> {ok, revoked}"),
             ("change-codes", on_change_codes, "ChangeCodesRequest -> ChangeCodesReply"),
             ("codes-status", on_codes_status, "{} -> CodesStatusReply"),
+            ("token-create", on_token_create, "TokenCreateRequest -> TokenCreateReply (the secret, once)"),
+            ("token-list", on_token_list, "{} -> TokenListReply"),
+            ("token-revoke", on_token_revoke, "TokenRevokeRequest -> TokenRevokeReply"),
         ):
             broker.subscriber(
                 auth_rpc(self.site, operation),

@@ -45,6 +45,7 @@ from litestar.template.config import TemplateConfig
 from litestar.types import ControllerRouterHandler
 
 from . import domain, pages
+from .bearer import bearer_middleware
 from .errors import ApiError, detail_for, error_code, reader_language
 from .guards import public
 from .i18n import N_
@@ -213,6 +214,8 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=lifespans,
         middleware=[
             session_config(settings.secure_cookies).middleware,
+            # Authorization: Bearer <machine token> on /api/v1 (never the pages): bearer.py, guards.py
+            bearer_middleware,
             # requests by route template (not raw path) and status, with a latency histogram (/metrics)
             PrometheusConfig(
                 app_name="ews",
@@ -249,17 +252,31 @@ def create_app(settings: Settings) -> Litestar:
             description=(
                 "JSON API of the energy web server. Log in with POST /api/v1/auth/login (PIN, and the PUK "
                 f"when the browser has not done its PUK step); the session lives in the HttpOnly cookie "
-                f"'{SESSION_COOKIE}'. Anonymous calls get 401, a role without the permission 403. Every error has a "
-                "JSON body: status_code, a stable code, a one-line detail in the reader's language, and extra "
-                "details when there are any."
+                f"'{SESSION_COOKIE}'. Programs use a machine token instead (created by the administrator: "
+                "POST /api/v1/tokens, or Configuration → Machine tokens), sent as 'Authorization: Bearer "
+                "ews_…' to /api/v1 only; it has its role's permissions except managing codes and tokens, and "
+                "no session (Logout, the session's language and code changes answer 403). Anonymous calls "
+                "and invalid tokens get 401, a role without the permission 403. Every error has a JSON body: "
+                "status_code, a stable code, a one-line detail in the reader's language, and extra details "
+                "when there are any."
             ),
             components=Components(
                 security_schemes={
-                    "session": SecurityScheme(type="apiKey", name=SESSION_COOKIE, security_scheme_in="cookie")
+                    "session": SecurityScheme(
+                        type="apiKey", name=SESSION_COOKIE, security_scheme_in="cookie"
+                    ),
+                    "bearer": SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        bearer_format="ews_<id>_<secret>",
+                        description="A machine token (Configuration → Machine tokens, POST /api/v1/tokens).",
+                    ),
                 }
             ),
-            security=[{"session": []}],
-            openapi_router=Router(path=API_DOCS_PATH, route_handlers=[], guards=[public], include_in_schema=False),
+            security=[{"session": []}, {"bearer": []}],
+            openapi_router=Router(
+                path=API_DOCS_PATH, route_handlers=[], guards=[public], include_in_schema=False
+            ),
             # the JSON and YAML documents and one viewer, vendored (offline LAN: no CDN)
             render_plugins=[ApiDocs(), JsonRenderPlugin(), YamlRenderPlugin()],
         ),
@@ -273,6 +290,7 @@ def create_app(settings: Settings) -> Litestar:
         settings.profiles_dir
     )  # once: devices and commands read them per request
     app.state.redis = redis_client
+    app.state.token_use_noted = {}  # bearer.py: token id -> when its use was last noted (monotonic)
     app.state.broker = None
     app.state.live = None
     app.state.store = None

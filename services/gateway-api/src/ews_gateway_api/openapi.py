@@ -9,10 +9,12 @@ they are added here from what each route handler declares, rather than repeated 
 status    documented on
 ========  ==========================================================================================
 400       a route with parameters or a body, and every state-changing route (its body is read)
-401       every route that is not ``public`` (guards.py)
-403       every route guarded by a permission (``requires``), and every state-changing route (cross-origin)
+401       every route that is not ``public`` (guards.py): no session or token, or an invalid machine token
+403       every route guarded by a permission (``requires``) or ``session_only``, and every state-changing
+          route (cross-origin)
 404       every route with a path parameter (an unknown id, or a value the path cannot hold)
 413, 415  every state-changing route (the body's size and Content-Type are checked before the handler)
+429       every route that is not ``public``: repeated wrong machine tokens from one address (bearer.py)
 503       every route: Redis (the sessions), the bus, the analytics database or the auth service may be
           unavailable; the answer says which, and when to try again (``Retry-After``)
 ========  ==========================================================================================
@@ -20,6 +22,10 @@ status    documented on
 Every error body is :class:`ErrorBody` (``app.http_error``); a route documents its own special answers
 (409, 429, a different body) with ``responses={...}``, which win over these defaults. 500 is never
 documented: it is a bug.
+
+Credentials: the document's ``security`` accepts the session cookie or a machine token (``bearer``); the
+routes a token may never use (``session_only``, and the permissions of ``tokens.TOKEN_EXCLUDED``) say
+``session`` only.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ews_contracts.tokens import TOKEN_EXCLUDED
 from litestar import Litestar
 from litestar.constants import RESERVED_KWARGS
 from litestar.handlers import HTTPRouteHandler
@@ -34,7 +41,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.routes import HTTPRoute
 from pydantic import BaseModel, Field
 
-from .guards import authenticated
+from .guards import authenticated, session_only
 from .security import STATE_CHANGING
 
 
@@ -61,25 +68,40 @@ def error(description: str) -> ResponseSpec:
 
 DEFAULTS: dict[int, str] = {
     400: "The request is invalid: `code` says why (invalid-request names the field), `detail` in words.",
-    401: "Not logged in (login-required): log in with POST /api/v1/auth/login first.",
-    403: "The session's role lacks the permission (forbidden), or the request comes from a page of another "
-    "site (cross-origin).",
+    401: "Not logged in (login-required): log in with POST /api/v1/auth/login first; or the machine token "
+    "(Authorization: Bearer) is malformed, unknown or revoked (invalid-token).",
+    403: "The role lacks the permission (forbidden), a machine token may not do this (token-forbidden, "
+    "session-only), or the request comes from a page of another site (cross-origin).",
     404: "Nothing with this identifier (e.g. unknown-device), or no such address.",
     413: "The body is larger than this route accepts (too-large).",
     415: "The body's Content-Type is not one this route reads (unsupported-media-type).",
+    429: "Too many requests with a wrong machine token from this address (too-many-attempts): wait "
+    "Retry-After seconds.",
     503: "A service this request needs is unavailable — Redis (the sessions), the bus, the analytics database "
     "or the auth service: `code` says which; try again (Retry-After).",
 }
 
 
+def _guards(handler: HTTPRouteHandler) -> list[Any]:
+    return [g for layer in handler.ownership_layers for g in (getattr(layer, "guards", None) or [])]
+
+
 def access_of(handler: HTTPRouteHandler) -> str:
-    """``public``, ``authenticated`` or ``permission``: the handler's access decision (its guards)."""
-    guards = [g for layer in handler.ownership_layers for g in (getattr(layer, "guards", None) or [])]
+    """``public``, ``authenticated``, ``session`` or ``permission``: the handler's access decision."""
+    guards = _guards(handler)
     if any(getattr(g, "permission", None) is not None for g in guards):
         return "permission"
+    if session_only in guards:
+        return "session"
     if authenticated in guards:
         return "authenticated"
     return "public"
+
+
+def session_required(handler: HTTPRouteHandler) -> bool:
+    """A route no machine token may use: ``session_only``, or a permission a token never has."""
+    guards = _guards(handler)
+    return session_only in guards or any(getattr(g, "permission", None) in TOKEN_EXCLUDED for g in guards)
 
 
 def takes_input(handler: HTTPRouteHandler, path: str) -> bool:
@@ -94,8 +116,8 @@ def error_statuses(handler: HTTPRouteHandler, path: str) -> list[int]:
     if changing or takes_input(handler, path):
         statuses.append(400)
     if access != "public":
-        statuses.append(401)
-    if access == "permission" or changing:
+        statuses += [401, 429]
+    if access in ("permission", "session") or changing:
         statuses.append(403)
     if re.search(r"\{\w+", path):
         statuses.append(404)
@@ -115,3 +137,5 @@ def document_errors(app: Litestar) -> None:
             own = dict(handler.responses or {})
             defaults = {status: error(DEFAULTS[status]) for status in error_statuses(handler, route.path)}
             handler.responses = {**defaults, **own}
+            if handler.security is None and session_required(handler):
+                handler.security = [{"session": []}]

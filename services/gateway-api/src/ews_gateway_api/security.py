@@ -8,7 +8,11 @@ security headers of every response.
   of ``EWS_ALLOWED_ORIGINS`` is refused with 403 ``cross-origin`` (a page for the pages); ``Origin: null``
   too. Browsers send ``Origin`` with every POST, so a page of another site — or of another port of this
   host, which SameSite=Strict counts as the same site — cannot act with a person's session. A request
-  with neither header (curl, scripts) carries no browser's cookies by accident and passes.
+  with neither header (curl, scripts) carries no browser's cookies by accident and passes. A request
+  authenticated by a machine token (``Authorization: Bearer``, ``bearer.py``) and carrying no cookie is
+  not checked either: a browser never adds that header by itself (another site's page cannot send it
+  without a CORS preflight, which this server never grants), so it is no ambient credential; with a
+  cookie as well, the check applies as to any browser request.
 - **Content types**: under ``/api/`` a state-changing request with a body must be ``application/json``
   (else 415 ``unsupported-media-type`` naming the accepted types): a JSON body sent as text/plain or as a
   form — what another site's page can send without asking — never reaches a handler. A handler that
@@ -29,6 +33,7 @@ from litestar import Request
 from litestar.datastructures import MutableScopeHeaders
 from litestar.types import Message, Scope
 
+from .bearer import token_of
 from .errors import ApiError
 from .i18n import N_
 from .web import CONTENT_SECURITY_POLICY, SECURITY_HEADERS
@@ -54,6 +59,8 @@ def own_origin(request: Request[Any, Any, Any]) -> str | None:
 
 def check_origin(request: Request[Any, Any, Any]) -> None:
     """403 ``cross-origin`` when ``Origin`` (else ``Referer``) names another site."""
+    if token_of(request) is not None and "cookie" not in request.headers:
+        return  # a machine token without cookies: nothing a browser sends on its own
     origin = request.headers.get("origin")
     if origin is None:
         referer = request.headers.get("referer")

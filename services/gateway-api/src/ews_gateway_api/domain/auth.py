@@ -30,6 +30,7 @@ from ews_contracts.events import (
 )
 from ews_contracts.roles import PAGES, PERMISSIONS, Permission, Role, allowed
 from ews_contracts.subjects import auth_rpc
+from ews_contracts.tokens import TOKEN_EXCLUDED
 from litestar import Request, Response, Router, get, post, put
 from litestar.datastructures import Cookie, State
 from litestar.exceptions import (
@@ -39,8 +40,9 @@ from litestar.openapi.datastructures import ResponseSpec
 from pydantic import BaseModel, Field
 
 from .. import sessions
+from ..bearer import token_of
 from ..errors import ApiError
-from ..guards import SESSION_ROLE, authenticated, current_role, public, requires
+from ..guards import SESSION_ROLE, authenticated, current_role, public, requires, session_only
 from ..i18n import N_
 from ..openapi import error
 from ..sessions import (
@@ -106,14 +108,22 @@ class LogoutResult(BaseModel):
     puk_required_next: bool = Field(description="Whether the next login on this browser needs the PUK.")
 
 
+class TokenRef(BaseModel):
+    id: str = Field(examples=["3f9a1c07b2e4"])
+    name: str = Field(examples=["Grafana"])
+
+
 class Me(BaseModel):
     role: Role
-    pages: list[str]
+    pages: list[str] = Field(description="Pages of the role (none for a machine token: pages take no token).")
     permissions: list[str]
     language: Language = Field(description="UI language of this session (the site default until changed).")
     languages: list[Language] = Field(description="Languages the UI offers.")
     default_codes_in_use: bool = Field(description="This role still uses its factory codes.")
     timezone: str = Field(description="The site's time zone: days, months and years are in it.")
+    token: TokenRef | None = Field(
+        default=None, description="The machine token this request was made with (None: a session)."
+    )
 
 
 class CodesBody(BaseModel):
@@ -256,7 +266,7 @@ async def sign_in(
 
 @post(
     "/auth/logout",
-    guards=[authenticated],
+    guards=[session_only],
     operation_id="logout",
     summary="Logout (PIN only next time) or Lock (PIN + PUK next time)",
     status_code=200,
@@ -305,20 +315,23 @@ async def me(request: Request[Any, Any, State]) -> Me:
 
 async def _me(request: Request[Any, Any, State], language: str | None = None) -> Me:
     role = Role(current_role(request))
+    token = token_of(request)
+    permissions = PERMISSIONS[role] - TOKEN_EXCLUDED if token else PERMISSIONS[role]
     return Me(
         role=role,
-        pages=[str(p) for p in PAGES[role]],
-        permissions=sorted(str(p) for p in PERMISSIONS[role]),
+        pages=[] if token else [str(p) for p in PAGES[role]],
+        permissions=sorted(str(p) for p in permissions),
         language=language or await language_of(request),
         languages=list(LANGUAGES),
-        default_codes_in_use=bool(request.session.get(DEFAULT_CODES)),
+        default_codes_in_use=False if token else bool(request.session.get(DEFAULT_CODES)),
         timezone=request.app.state.site.timezone,
+        token=TokenRef(id=token.id, name=token.name) if token else None,
     )
 
 
 @put(
     "/me/language",
-    guards=[authenticated],
+    guards=[session_only],
     operation_id="setLanguage",
     summary="Change this session's UI language (the site's default language is unchanged)",
     tags=["auth"],
@@ -348,7 +361,7 @@ _CODE_ERRORS = {
 
 @put(
     "/auth/codes/{role:str}",
-    guards=[authenticated],  # and, in the handler: one's own role, or any role with manage-codes
+    guards=[session_only],  # and, in the handler: one's own role, or any role with manage-codes
     operation_id="changeCodes",
     summary="Change a role's PIN and PUK",
     description="A role changes its own codes by giving its current PIN and PUK; a role with the "

@@ -2,8 +2,9 @@
 
 ``render(request, template, **context)`` gives the template, besides ``context``: the gettext
 callables of the page's language (``_``, ``{% trans %}``), ``fmt`` (``i18n.Formats``: numbers, units,
-money, dates in that language with the site's currency and time zone), ``role``, ``nav`` (the role's
-main navigation), ``lang``/``languages``, ``site``, ``path`` and ``static_url``.
+money, dates in that language with the site's currency and time zone), ``role``, ``may(permission)``
+(the role has it), ``nav`` (the role's main navigation), ``lang``/``languages``, ``site``, ``path`` and
+``static_url``.
 
 Errors on pages are pages too (``error_page``): a person who follows a bad link, or whose session
 ended, gets a page in their language that names the problem and leads on (to sign in, or home) —
@@ -105,6 +106,7 @@ def _context(request: Request[Any, Any, Any], language: str, context: dict[str, 
         "lang": language,
         "languages": [(code, LANGUAGE_NAMES[code]) for code in LANGUAGES],
         "role": role,
+        "may": lambda permission: allowed(role, Permission(permission)),  # may("manage-tokens")
         "home": home_of(role),
         "nav": _nav(role, request.url.path, callables["_"]),
         "default_codes": bool(session.get("default_codes")) and allowed(role, Permission.MANAGE_CODES),

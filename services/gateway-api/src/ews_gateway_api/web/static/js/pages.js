@@ -89,3 +89,28 @@
     if (button && !window.confirm(button.getAttribute("data-confirm"))) event.preventDefault();
   });
 })();
+
+/* configuration — [data-copy="<id>"]: a button (hidden without scripts) that copies that element's text
+ * (a new machine token) and then says so with its data-copied label; where the clipboard API is not
+ * offered (plain http on the LAN), the text is selected and copied the older way. */
+(function () {
+  "use strict";
+  document.querySelectorAll("[data-copy]").forEach(function (button) { button.hidden = false; });
+  document.addEventListener("click", function (event) {
+    const button = event.target instanceof Element ? event.target.closest("[data-copy]") : null;
+    const source = button ? document.getElementById(button.getAttribute("data-copy")) : null;
+    if (!source) return;
+    const text = source.textContent.trim();
+    function done() { button.textContent = button.getAttribute("data-copied") || button.textContent; }
+    function fallback() {
+      const range = document.createRange();
+      range.selectNodeContents(source);
+      const selection = window.getSelection();
+      selection.removeAllRanges();
+      selection.addRange(range);
+      try { if (document.execCommand("copy")) done(); } catch (e) { /* selected: the person copies it */ }
+    }
+    if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(text).then(done, fallback);
+    else fallback();
+  });
+})();
