@@ -69,11 +69,12 @@ def jstream(spec: StreamSpec) -> JStream:
     )
 
 
-def _config(spec: StreamSpec) -> StreamConfig:
+def _config(spec: StreamSpec, site: str | None = None) -> StreamConfig:
+    """``site``: an edge's streams hold only that site's subjects (``ews_contracts.hub``)."""
     return StreamConfig(
         name=spec.name,
         description=spec.description,
-        subjects=spec.subjects,
+        subjects=spec.subjects_of(site) if site else spec.subjects,
         storage=StorageType.FILE,
         retention=RetentionPolicy.LIMITS,
         max_age=spec.max_age or None,
@@ -87,10 +88,14 @@ async def ensure_streams(broker: NatsBroker) -> None:
     await ensure_streams_with(broker.connection.jetstream())
 
 
-async def ensure_streams_with(js: JetStreamContext) -> None:
-    """``ensure_streams`` on a plain nats-py JetStream context (a service without a FastStream broker)."""
+async def ensure_streams_with(js: JetStreamContext, site: str | None = None) -> None:
+    """``ensure_streams`` on a plain nats-py JetStream context (a service without a FastStream broker).
+    On an edge box (``ews up --edge``) the streams hold only its site's subjects."""
+    from .hub import edge_site
+
+    site = site or edge_site()
     for spec in ALL_STREAMS:
-        config = _config(spec)
+        config = _config(spec, site)
         try:
             await js.stream_info(spec.name)
         except NotFoundError:

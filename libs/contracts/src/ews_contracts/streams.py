@@ -22,6 +22,10 @@ class StreamSpec:
     def subjects(self) -> list[str]:
         return [f"{PREFIX}.*.{kind}.*" for kind in self.kinds]
 
+    def subjects_of(self, site: str) -> list[str]:
+        """One site's subjects (an edge box stores only its own site's)."""
+        return [f"{PREFIX}.{site}.{kind}.*" for kind in self.kinds]
+
 
 READINGS = StreamSpec(
     name="EWS_READINGS",

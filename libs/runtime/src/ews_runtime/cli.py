@@ -123,11 +123,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from .up import up
+    from .up import Mode, up
 
     settings = _settings(args)
     _configure_logging(settings.log_level, "ews")
+    hub = getattr(args, "hub", None)
+    if getattr(args, "edge", False):
+        if not hub:
+            raise StartupError("--edge needs the hub's leaf-node address: --hub nats-leaf://HOST:7422")
+        if not hub.startswith(("nats-leaf://", "nats://", "tls://")):
+            raise StartupError(f"--hub {hub}: write the hub's leaf-node address as nats-leaf://HOST:PORT")
+        return up(settings, Mode("edge", hub_url=hub))
+    if hub is not None:
+        if hub:
+            raise StartupError(
+                "--hub takes no address on the hub itself (an edge: --edge --hub nats-leaf://HOST:PORT)"
+            )
+        return up(settings, Mode("hub", leaf_port=_leaf_port()))
     return up(settings)
+
+
+def _leaf_port() -> int:
+    raw = os.environ.get("EWS_LEAF_PORT", "7422")
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise StartupError(f"EWS_LEAF_PORT={raw!r}: a port number from 1 to 65535")
+    return int(raw)
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
@@ -191,6 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("targets", help="e.g. poller or aggregator,gateway-api (see `ews targets`)")
         p.add_argument("--site", help="site file (default: $EWS_SITE_FILE, else the simulated demo site)")
         p.add_argument("--data", help="data folder (default: $EWS_DATA_DIR, else ./data)")
+        if name == "up":
+            p.add_argument(
+                "--edge", action="store_true", help="this site's box, a leaf node of a hub (needs --hub)"
+            )
+            p.add_argument(
+                "--hub",
+                nargs="?",
+                const="",
+                metavar="nats-leaf://HOST:PORT",
+                help="alone: run the hub (leaf-node port $EWS_LEAF_PORT, 7422); with --edge: the hub's address",
+            )
         p.set_defaults(fn=fn)
     p = sub.add_parser("targets", help="list the installed targets")
     p.set_defaults(fn=cmd_targets)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -11,6 +12,7 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote, urlparse, urlsplit, urlunsplit
 
 
@@ -133,10 +135,28 @@ class ManagedServer(ABC):
 
 
 class NatsServer(ManagedServer):
+    """nats-server with JetStream; for multi-site (``ews_contracts.hub``) a JetStream ``domain`` and either a
+    leaf-node port (the hub) or a leaf-node remote (an edge), written to a config file beside its data."""
+
     name = "nats-server"
     default_port = 4222
 
+    def __init__(
+        self,
+        *args: Any,
+        domain: str | None = None,
+        leaf_port: int | None = None,
+        leaf_remote: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.domain = domain
+        self.leaf_port = leaf_port
+        self.leaf_remote = leaf_remote
+
     def command(self) -> list[str]:
+        if self.domain or self.leaf_port or self.leaf_remote:
+            return [nats_server_binary(), "-c", str(self._config_file())]
         return [
             nats_server_binary(),
             "--jetstream",
@@ -149,6 +169,25 @@ class NatsServer(ManagedServer):
             "--server_name",
             f"ews-{self.port}",
         ]
+
+    def _config_file(self) -> Path:
+        """The server's configuration (JSON is valid NATS configuration syntax)."""
+        jetstream: dict[str, Any] = {"store_dir": str(self.data_dir)}
+        if self.domain:
+            jetstream["domain"] = self.domain
+        config: dict[str, Any] = {
+            "server_name": f"ews-{self.domain or 'nats'}-{self.port}",
+            "listen": f"{self.host}:{self.port}",
+            "jetstream": jetstream,
+        }
+        if self.leaf_port:
+            config["leafnodes"] = {"listen": f"0.0.0.0:{self.leaf_port}"}
+        elif self.leaf_remote:
+            config["leafnodes"] = {"remotes": [{"url": self.leaf_remote}]}
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir.parent / f"{self.data_dir.name}.conf"
+        path.write_text(json.dumps(config, indent=2) + "\n")
+        return path
 
     @property
     def url(self) -> str:

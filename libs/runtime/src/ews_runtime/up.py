@@ -18,6 +18,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
+from ews_contracts.hub import EDGE_SITE_ENV, HUB_DOMAIN, edge_domain
 from ews_contracts.metrics import MULTIPROC_ENV, process_dead
 from ews_contracts.roles import DEFAULT_CODES, format_puk
 from ews_contracts.settings import Settings
@@ -62,8 +63,23 @@ def _simulator_ready(settings: Settings) -> bool:
     return True
 
 
-def target_groups(settings: Settings) -> list[str]:
+@dataclass(frozen=True)
+class Mode:
+    """One box (default), an edge of a hub (``--edge --hub nats-leaf://HOST:PORT``) or the hub (``--hub``)."""
+
+    role: str = "box"  # box | edge | hub
+    hub_url: str | None = None  # an edge's leaf-node remote
+    leaf_port: int = 7422  # the hub's leaf-node port (EWS_LEAF_PORT)
+
+
+def target_groups(settings: Settings, mode: Mode | None = None) -> list[str]:
+    if mode is not None and mode.role == "hub":
+        # the hub's nats-server holds every site's streams (sourced by the edges' hub-link); the hub's
+        # aggregators and a gateway-api for every site are not there yet (issue 14, next steps)
+        return []
     groups = ["simulator"] if settings.runs_simulator else []
+    if mode is not None and mode.role == "edge":
+        groups += ["hub-link"]
     groups += ["poller", "commands", "auth"]
     # chDB is one engine per process: the targets that touch ClickHouse share one.
     groups += ["aggregator,gateway-api"] if settings.uses_chdb else ["aggregator", "gateway-api"]
@@ -118,12 +134,14 @@ def _wait_http(url: str, timeout: float, children: list[Child]) -> None:
     raise StartupError(f"{url} did not answer within {timeout:.0f} s; see the messages above")
 
 
-def up(settings: Settings) -> int:
+def up(settings: Settings, mode: Mode | None = None) -> int:
+    mode = mode or Mode()
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
-    _check_ports(settings)
+    if mode.role != "hub":
+        _check_ports(settings)
     manage_nats = not _reuse(settings.nats_url, 4222, "nats")
-    manage_redis = not _reuse(settings.redis_url, 6379, "redis")
+    manage_redis = mode.role != "hub" and not _reuse(settings.redis_url, 6379, "redis")
     if manage_nats:
         nats_server_binary()  # fail before starting anything
     if manage_redis:
@@ -147,12 +165,46 @@ def up(settings: Settings) -> int:
     env[MULTIPROC_ENV] = str(metrics)
     if settings.site_file:
         env["EWS_SITE_FILE"] = str(settings.site_file.resolve())
-    children = [Child(t) for t in target_groups(settings)]
+    if mode.role == "edge":  # its streams hold its own site only (ews_contracts.hub)
+        env[EDGE_SITE_ENV] = settings.site.site
+    children = [Child(t) for t in target_groups(settings, mode)]
     try:
         if manage_nats:
             host, port = host_port(settings.nats_url, 4222)
-            servers.append(NatsServer(data / "nats", port, host, log=data / "nats-server.log").start())
+            nats_server = NatsServer(
+                data / "nats",
+                port,
+                host,
+                log=data / "nats-server.log",
+                domain=HUB_DOMAIN
+                if mode.role == "hub"
+                else edge_domain(settings.site.site)
+                if mode.role == "edge"
+                else None,
+                leaf_port=mode.leaf_port if mode.role == "hub" else None,
+                leaf_remote=mode.hub_url if mode.role == "edge" else None,
+            )
+            servers.append(nats_server.start())
             log.info("nats-server (JetStream) on %s, data in %s", settings.nats_url, data / "nats")
+            if mode.role == "hub":
+                log.info(
+                    "hub: edges connect as leaf nodes on port %s and source their streams here",
+                    mode.leaf_port,
+                )
+            elif mode.role == "edge":
+                log.info(
+                    "edge of site %s: leaf node of %s (JetStream domain %s)",
+                    settings.site.site,
+                    mode.hub_url,
+                    edge_domain(settings.site.site),
+                )
+        elif mode.role != "box":
+            log.warning(
+                "--%s: nats-server at %s is not started by ews, so its domain and leaf-node link are "
+                "its own configuration's",
+                mode.role,
+                settings.nats_url,
+            )
         if manage_redis:
             # protected by a password: REDIS_URL's, else one made on the first start and kept in the data
             # folder (data/redis/password); the children get REDIS_URL with it. A reused Redis is left as is.
@@ -184,8 +236,9 @@ def up(settings: Settings) -> int:
             else:
                 start(child)
         url = f"http://{settings.http_host}:{settings.http_port}"
-        _wait_http(f"{url}/health", 90, children)
-        _banner(url, settings)
+        if any("gateway-api" in c.targets for c in children):
+            _wait_http(f"{url}/health", 90, children)
+            _banner(url, settings)
 
         watched = [ServerWatch(server) for server in servers]
         while not stopping:
@@ -263,11 +316,15 @@ class ServerWatch:
         except Exception as exc:  # port still held, binary gone …: try again later
             self.restarts += 1
             self.next_start = now + min(30.0, 0.5 * 2**self.restarts)
-            log.error("%s did not start again (%s); next try in %.0f s", self.name, exc, self.next_start - now)
+            log.error(
+                "%s did not start again (%s); next try in %.0f s", self.name, exc, self.next_start - now
+            )
             self.server.proc = None
             return
         self.started_at = time.monotonic()
-        log.info("%s restarted on port %s (data kept in %s)", self.name, self.server.port, self.server.data_dir)
+        log.info(
+            "%s restarted on port %s (data kept in %s)", self.name, self.server.port, self.server.data_dir
+        )
 
 
 def _banner(url: str, settings: Settings) -> None:
