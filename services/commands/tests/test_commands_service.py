@@ -19,6 +19,7 @@ from ews_contracts.events import CommandCompleted, CommandExpired, CommandFailed
 from ews_contracts.settings import Settings
 from ews_contracts.site import Site
 from ews_fieldbus import ModbusGateway
+from ews_poller.execute import CommandJournal
 from ews_poller.rpc import serve_requests
 from ews_poller.service import Poller
 from ews_runtime.servers import free_port
@@ -443,3 +444,53 @@ async def test_serve_target_runs_until_cancelled(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await read_register(modbus.port, 9, 14) == 1
+
+
+def _execute_body(command_id: str, value: str = "start") -> bytes:
+    deadline = (datetime.now(UTC) + timedelta(seconds=20)).isoformat()
+    return json.dumps(
+        {"command_id": command_id, "device": "ev1", "action": "charge", "value": value, "deadline": deadline}
+    ).encode()
+
+
+async def test_a_restarted_bus_owner_never_writes_a_command_twice(
+    nats_url: str, modbus: Bus, tmp_path
+) -> None:
+    """The bus owner keeps its answers on disk: after a restart it answers a known command id without
+    writing; a command it was killed in the middle of (started, never answered) is settled by reading the
+    register back — written if it holds the value, else 'not written' — never by a second write."""
+    settings = Settings(NATS_URL=nats_url, EWS_DATA_DIR=str(tmp_path))
+    site = make_site(modbus.port, DEAD_PORT)
+    journal = tmp_path / "poller" / "commands.jsonl"
+    subject = f"ews.{SITE_ID}.rpc-poller.execute"
+    first = BusOwner(settings, site)
+    await first.start()
+    nc = await nats.connect(nats_url)
+    try:
+        answer = json.loads((await nc.request(subject, _execute_body("c-done"), timeout=10)).data)
+        assert (answer["status"], answer["readback"]) == ("written", 1)
+        await first.stop()
+        assert modbus.writes() == [(8, CHARGE)]
+        # killed between the write and its answer: the journal holds a "started" line only
+        with journal.open("a") as out:
+            out.write(json.dumps({"id": "c-took"}) + "\n")  # its write took effect (the register is 1)
+            out.write(json.dumps({"id": "c-lost"}) + "\n")  # its write did not (wait=0 is not there)
+            out.write('{"id": "c-cut", "ans')  # a line cut by the crash
+        second = BusOwner(settings, site)
+        await second.start()
+        try:
+            again = json.loads((await nc.request(subject, _execute_body("c-done"), timeout=10)).data)
+            assert again == answer
+            took = json.loads((await nc.request(subject, _execute_body("c-took"), timeout=10)).data)
+            assert (took["status"], took["readback"]) == ("written", 1)
+            lost = json.loads((await nc.request(subject, _execute_body("c-lost", "wait"), timeout=10)).data)
+            assert lost["status"] == "failed" and "not written" in lost["error"], lost
+            assert modbus.writes() == [(8, CHARGE)]  # still the one write of c-done
+            assert second.poller.commands.written == 0
+        finally:
+            await second.stop()
+        # and the settled answers are kept too
+        kept = CommandJournal(journal)
+        assert {"c-done", "c-took", "c-lost"} <= set(kept.answers) and not kept.interrupted
+    finally:
+        await nc.close()

@@ -36,7 +36,7 @@ from ews_fieldbus import FaultLog, FieldbusError, ModbusGateway
 from prometheus_client import Counter, Gauge, Histogram
 
 from .decode import RegisterImage, decode_device, fault_states
-from .execute import CommandRunner
+from .execute import CommandJournal, CommandRunner
 from .plan import ALL_TIERS, MAX_GAP, ReadBlock, gap_worth_bridging, plan_reads
 from .rpc import serve_requests
 from .status import FAILURE_THRESHOLD, StatusTracker, Transition
@@ -167,7 +167,7 @@ class Poller:
         self._nats_ready = False
         self.published = 0  # events acknowledged by JetStream (for tests and logs)
         self.rounds: dict[str, int] = {}  # gateway id -> poll rounds done
-        self.commands = CommandRunner(self)
+        self.commands = CommandRunner(self, CommandJournal(settings.data_dir / "poller" / "commands.jsonl"))
 
     # --- life cycle ---------------------------------------------------------------------------------
 
