@@ -62,7 +62,7 @@ def test_first_start_of_the_demo_backfills_once(tmp_path: Path):
         # the web server answers while the history is being published
         wait_until(lambda: httpx.get(f"{base}/health").status_code == 200, 90, "the API to answer")
         answered = time.monotonic() - started
-        found = wait_until(lambda: ACCOUNTED.search(log.read_text()), 240, "the demo history to be accounted")
+        found = wait_until(lambda: ACCOUNTED.search(log.read_text()), 480, "the demo history to be accounted")  # a guard, not a speed goal (see bench figures)
         readings, devices = int(found.group(1)), int(found.group(2))
         assert devices >= 15 and readings > 500_000
         print(
