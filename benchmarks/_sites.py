@@ -72,3 +72,20 @@ def meters_site(devices: int, **extra: object) -> dict:
     }
     data.update(extra)
     return data
+
+
+def simulate(site_file: str, baud: int, delay: float) -> None:
+    """Serve a site's devices from the simulator with RS485 timing (run in a child process)."""
+    import asyncio
+
+    from ews_contracts.site import load_site
+    from ews_fieldbus import BusTiming
+    from ews_simulator import SimulatedSite
+
+    async def main() -> None:
+        site = load_site(Path(site_file))
+        timing = {g.id: BusTiming(baud, delay) for g in site.gateways}
+        async with SimulatedSite(site, load_profiles(), timing=timing):
+            await asyncio.Event().wait()
+
+    asyncio.run(main())

@@ -22,24 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _sites import write_site  # noqa: E402
+from _sites import simulate, write_site  # noqa: E402
 from ews_contracts.profiles import load_profiles  # noqa: E402
 from ews_contracts.settings import Settings  # noqa: E402
 from ews_contracts.site import load_site  # noqa: E402
 from ews_fieldbus import BusTiming, ModbusGateway  # noqa: E402
 from ews_runtime.servers import free_port, wait_for_port  # noqa: E402
-
-
-def simulate(site_file: str, baud: int, delay: float) -> None:
-    from ews_simulator import SimulatedSite
-
-    async def main() -> None:
-        site = load_site(Path(site_file))
-        timing = {g.id: BusTiming(baud, delay) for g in site.gateways}
-        async with SimulatedSite(site, load_profiles(), timing=timing):
-            await asyncio.Event().wait()
-
-    asyncio.run(main())
 
 
 async def bench(site_file: Path, cycles: int, timing: BusTiming) -> list[tuple[int, float, float]]:

@@ -5,11 +5,15 @@
 - Each successful device poll -> one ``ReadingTaken`` (``event_id = ReadingTaken.id_for(site, device,
   occurred_at)``, sent as ``Nats-Msg-Id``) on ``ews.<site>.reading.<device>``; a status change
   (``status.py``) -> one ``DeviceStatusChanged`` on ``ews.<site>.status.<device>``.
-- Events go through an outbox: one publisher task sends them in order and retries the same event (same
+- Events go through an outbox: one publisher task sends them in order and retries the same events (same
   ``Nats-Msg-Id``: JetStream drops a duplicate) while NATS is away, so polling never waits for NATS. The
-  outbox is bounded; when it overflows the oldest events are dropped (logged).
+  events waiting go out together, without waiting for each acknowledgement (``publish.py``; at most
+  ``PUBLISH_WINDOW`` unacknowledged); after a failure the unacknowledged ones are sent again in order, the
+  first alone until JetStream stores it. The outbox is bounded (besides the batch in flight); when it overflows the
+  oldest events are dropped (logged).
 - Live state: ``LiveDevice`` JSON at ``live_key(site, device)`` in Redis, written by its own task from the
-  latest state of each device (a Redis outage delays it, never the polls).
+  latest state of each device: the devices that changed in one command, a write every ``LIVE_EVERY``
+  seconds at most (a Redis outage delays it, never the polls).
 - Nothing stops a loop: Modbus timeouts, exception responses, short or garbled answers, NATS and Redis
   errors never stop polling; they are logged per device and cause (``ews_fieldbus.FaultLog``): one line
   when it starts, a summary a minute while it lasts, one line on recovery — never a line per poll.
@@ -20,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
-from ews_contracts.bus import ensure_streams, make_broker, publish_event
+from ews_contracts.bus import ensure_streams, make_broker
 from ews_contracts.events import DeviceStatusChanged, Event, ReadingTaken
 from ews_contracts.live import LiveDevice, live_key
 from ews_contracts.profiles import Profile, ProfileError, check_device, load_profiles
@@ -35,9 +40,10 @@ from ews_contracts.text import one_line
 from ews_fieldbus import FaultLog, FieldbusError, ModbusGateway
 from prometheus_client import Counter, Gauge, Histogram
 
-from .decode import RegisterImage, decode_device, fault_states
+from .decode import CompiledDecoder, fault_states
 from .execute import CommandJournal, CommandRunner
 from .plan import ALL_TIERS, MAX_GAP, ReadBlock, gap_worth_bridging, plan_reads
+from .publish import ACK_TIMEOUT, AckInbox, NotStored, Sent
 from .rpc import serve_requests
 from .status import FAILURE_THRESHOLD, StatusTracker, Transition
 
@@ -65,6 +71,12 @@ OUTBOX = Gauge(
 
 OUTBOX_LIMIT = 50_000
 NATS_CONNECT_TIMEOUT = 5.0
+PUBLISH_WINDOW = 1000  # events sent and not yet acknowledged, at most
+PUBLISH_LINGER = 0.02  # s between two batches at least: the events of the devices polled meanwhile join
+# s between two writes of the live state at least: every device that changed meanwhile in one MSET (a few
+# writes a second whatever the number of devices; a value reaches the API ≤ 0.1 s later, see
+# bench_poll_to_visible.py)
+LIVE_EVERY = 0.1
 
 
 @dataclass
@@ -78,6 +90,7 @@ class Target:
     max_gap: int = MAX_GAP
     live: LiveDevice = field(init=False)
     _plans: dict[frozenset[str], list[ReadBlock]] = field(default_factory=dict, init=False)
+    _decoders: dict[frozenset[str], CompiledDecoder] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.live = LiveDevice(device=self.device.id, state="comm-error", reason="not polled yet")
@@ -90,6 +103,13 @@ class Target:
                 self.profile, self.device, max_gap=self.max_gap, tiers=tiers
             )
         return plan
+
+    def decoder_for(self, tiers: frozenset[str]) -> CompiledDecoder:
+        decoder = self._decoders.get(tiers)
+        if decoder is None:
+            reads = self.reads_for(tiers)
+            decoder = self._decoders[tiers] = CompiledDecoder(self.profile, self.device, reads, tiers)
+        return decoder
 
 
 def build_targets(
@@ -156,6 +176,8 @@ class Poller:
         self.redis = aioredis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.complaints = FaultLog(log)  # per device and cause: a first line, a summary a minute, recovery
         self._outbox: asyncio.Queue[Event] = asyncio.Queue()
+        self._window: deque[Sent] = deque()  # taken from the outbox, not yet stored by JetStream
+        self._acks: AckInbox | None = None
         self._dropped = 0
         self._dirty: dict[str, LiveDevice] = {}
         self._forget: set[str] = set()  # removed devices whose live state is deleted
@@ -289,11 +311,14 @@ class Poller:
     async def stop(self, drain: float = 2.0) -> None:
         await _cancel(list(self._polls.values()))
         self._polls = {}
-        if self._nats_ready and not self._outbox.empty():  # give queued events a moment to get out
+        if self._nats_ready and (self._window or not self._outbox.empty()):  # a moment to get them out
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._outbox.join(), drain)
         await _cancel(self._workers)
         self._workers = []
+        if self._dirty or self._forget:  # the latest live state
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._write_live(), STOP_TIMEOUT)
         for client in self._gateways.values():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.close(), STOP_TIMEOUT)
@@ -357,11 +382,9 @@ class Poller:
             reads = target.reads_for(tiers)
             if not reads:
                 continue
+            unit = target.device.address
             try:
-                blocks = {
-                    block: await client.read(target.device.address, block.fc, block.address, block.count)
-                    for block in reads
-                }
+                words = [await client.read(unit, block.fc, block.address, block.count) for block in reads]
             except FieldbusError as exc:
                 reason = one_line(exc)
                 self._failed(target, reason)
@@ -371,18 +394,19 @@ class Poller:
             except Exception as exc:  # anything pymodbus lets through (garbled frame, …)
                 self._failed(target, f"{type(exc).__name__}: {one_line(exc)}")
                 continue
-            self._succeeded(target, blocks, _now_ms(), tiers)
+            self._succeeded(target, words, _now_ms(), tiers)
 
     def _succeeded(
         self,
         target: Target,
-        blocks: dict[ReadBlock, list[int]],
+        words: list[list[int]],
         at: datetime,
         tiers: frozenset[str] = ALL_TIERS,
     ) -> None:
+        """``words``: what each read of ``target.reads_for(tiers)`` answered, in order."""
         device = target.device
         try:
-            decoded = decode_device(target.profile, device, RegisterImage(blocks), tiers)
+            decoded = target.decoder_for(tiers).decode(words)
         except ValueError as exc:  # a block of the wrong length or with out-of-range words
             self._failed(target, f"bad answer: {one_line(exc)}")
             return
@@ -464,30 +488,72 @@ class Poller:
             await asyncio.wait_for(self.broker.connect(), NATS_CONNECT_TIMEOUT)
             self._nats_connected = True
         await ensure_streams(self.broker)
+        if self._acks is None:
+            acks = AckInbox(self.broker.connection)
+            await acks.open()
+            self._acks = acks
         self._nats_ready = True
 
     async def _publisher(self) -> None:
+        """Send the outbox's events in order, in batches: every event waiting (at most PUBLISH_WINDOW) in
+        one write, at most one batch every PUBLISH_LINGER seconds, the next batch once JetStream has
+        acknowledged the last one. An event leaves the outbox (``task_done``) once JetStream has stored it.
+        On a failure (an error answer, no answer within ACK_TIMEOUT, NATS away) every unacknowledged event
+        is sent again, in order, the first one alone until JetStream stores it."""
         delay = 0.2
+        careful = False  # after a failure: one event at a time until one is stored
+        window = self._window
+        outbox = self._outbox
+        clock = asyncio.get_running_loop().time
+        sent_at = 0.0
         while True:
-            event = await self._outbox.get()
-            while True:
-                try:
-                    if not self._nats_ready:
-                        await self._connect_nats()
-                    await publish_event(self.broker, event)
-                except Exception as exc:
-                    self.complaints.complain("nats", f"publishing failed, will retry: {one_line(exc)}")
-                    # re-check the streams first next time (a NATS server restarted without its data)
-                    self._nats_ready = False
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                    continue
-                self.complaints.clear("nats", "publishing again")
-                self.published += 1
-                PUBLISHED.inc()
-                self._outbox.task_done()
-                delay = 0.2
-                break
+            try:
+                if not window:  # the next batch
+                    idle = outbox.empty()
+                    window.append(Sent(await outbox.get()))
+                    # the devices polled meanwhile go out in the same write
+                    linger = PUBLISH_LINGER if idle else sent_at + PUBLISH_LINGER - clock()
+                    if linger > 0:
+                        await asyncio.sleep(linger)
+                    while len(window) < PUBLISH_WINDOW and not outbox.empty():
+                        window.append(Sent(outbox.get_nowait()))
+                if not self._nats_ready:
+                    await self._connect_nats()
+                acks = self._acks
+                assert acks is not None
+                if await acks.send(window, 1 if careful else PUBLISH_WINDOW):
+                    sent_at = clock()
+                first = window[0]
+                if not first.stored and first.error is None:
+                    acks.settled.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(first.deadline):
+                            await acks.settled.wait()
+                stored = 0
+                while window and window[0].stored:
+                    window.popleft()
+                    outbox.task_done()
+                    stored += 1
+                if stored:
+                    self.published += stored
+                    PUBLISHED.inc(stored)
+                    self.complaints.clear("nats", "publishing again")
+                    careful, delay = False, 0.2
+                if window:
+                    first = window[0]
+                    if first.error is not None:
+                        raise NotStored(first.error)
+                    if first.token is not None and clock() >= first.deadline:  # (None: sent next round)
+                        raise NotStored(f"no acknowledgement from JetStream within {ACK_TIMEOUT:.0f} s")
+            except Exception as exc:
+                self.complaints.complain("nats", f"publishing failed, will retry: {one_line(exc)}")
+                # re-check the streams first next time (a NATS server restarted without its data)
+                self._nats_ready = False
+                if self._acks is not None:
+                    self._acks.forget(window)
+                careful = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     # --- Redis live state ---------------------------------------------------------------------------
 
@@ -495,29 +561,42 @@ class Poller:
         self._dirty[target.device.id] = target.live
         self._dirty_event.set()
 
+    async def _write_live(self) -> None:
+        """Every live state changed since the last write (one MSET), and the removed devices' deleted."""
+        batch, self._dirty = self._dirty, {}
+        forget, self._forget = self._forget, set()
+        site = self.site.site
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                states = {
+                    live_key(site, device): live.model_dump_json()
+                    for device, live in batch.items()
+                    if device not in forget
+                }
+                if states:
+                    pipe.mset(states)
+                if forget:
+                    pipe.delete(*(live_key(site, device) for device in forget))
+                await pipe.execute()
+        except BaseException:
+            for device, live in batch.items():
+                self._dirty.setdefault(device, live)  # unless a newer state arrived meanwhile
+            self._forget |= forget
+            raise
+
     async def _live_writer(self) -> None:
         while True:
             await self._dirty_event.wait()
             self._dirty_event.clear()
-            batch, self._dirty = self._dirty, {}
-            forget, self._forget = self._forget, set()
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for device, live in batch.items():
-                        if device not in forget:
-                            pipe.set(live_key(self.site.site, device), live.model_dump_json())
-                    for device in forget:
-                        pipe.delete(live_key(self.site.site, device))
-                    await pipe.execute()
+                await self._write_live()
             except Exception as exc:
                 self.complaints.complain("redis", f"writing live state failed, will retry: {one_line(exc)}")
-                for device, live in batch.items():
-                    self._dirty.setdefault(device, live)  # unless a newer state arrived meanwhile
-                self._forget |= forget
                 await asyncio.sleep(1.0)
                 self._dirty_event.set()
                 continue
             self.complaints.clear("redis", "writing live state again")
+            await asyncio.sleep(LIVE_EVERY)  # the states changing meanwhile go in the next write
 
 
 def _endpoint(gateway: Gateway) -> tuple[object, ...]:
