@@ -41,6 +41,7 @@ def months_back(today: date, n: int) -> tuple[int, int]:
     return index // 12, index % 12 + 1
 
 
+@pytest.mark.timeout(900)  # two starts and a 480 s guard: more than the suite's 300 s per test
 @pytest.mark.skipif(
     port_in_use("127.0.0.1", DEMO_GATEWAY_PORT), reason="the demo's gateway port 5020 is busy"
 )

@@ -336,6 +336,11 @@ class CrashOn:
             raise ConnectionError("connection lost")
         await self.store.insert(table, rows, column_names, column_oriented=column_oriented)
 
+    async def insert_table(self, table, data):
+        if table.endswith(self.suffix):
+            raise ConnectionError("connection lost")
+        await self.store.insert_table(table, data)
+
 
 @pytest.mark.parametrize("crash_on", [".consumption_hourly", ".aggregator_checkpoints"])
 async def test_crash_between_inserts_then_restart_counts_once(acct_settings: Settings, crash_on: str):

@@ -208,3 +208,75 @@ async def test_handle_batch_dead_letters_then_stores_then_acks_and_retries_what_
     only_bad = [FakeMsg(b"{}", seq=9), FakeMsg(b"[]", seq=10)]
     await service.handle_batch(flaky, only_bad, gate)  # type: ignore[arg-type]
     assert [m.done for m in only_bad] == [None, "ack"] and len(js.published) == 4
+
+
+class FakeClient:
+    """Stands in for the aggregator's NATS connection in ``handle_frames``: records what is published."""
+
+    def __init__(self) -> None:
+        from ews_contracts.natsclient import FastHeaderClient
+
+        self.published: list[tuple[str, bytes]] = []
+        self._headers = FastHeaderClient()
+
+    async def publish(self, subject, payload=b"", **_):
+        self.published.append((subject, payload))
+
+    async def _process_headers(self, headers):
+        return await self._headers._process_headers(headers)
+
+    def raw_msg(self, frames, i):
+        from ews_contracts.natsclient import RawMsg
+
+        return RawMsg(self, frames.subjects[i], frames.replies[i], frames.headers[i], frames.datas[i])
+
+
+class FlakyColumnsAggregator(FlakyAggregator):
+    async def store_columns(self, readings):
+        return await self.store_batch(list(range(len(readings))))
+
+
+def frames_of(messages: list[FakeMsg]):
+    from ews_contracts.natsclient import Frames
+
+    frames = Frames()
+    for m in messages:
+        frames.subjects.append(m.subject.encode())
+        frames.replies.append(m.reply.encode())
+        frames.headers.append(b"NATS/1.0\r\nNats-Msg-Id: x\r\n\r\n")
+        frames.datas.append(m.data)
+    return frames
+
+
+async def test_handle_frames_takes_the_fast_path_dead_letters_skips_other_sites_and_acks_the_last(
+    site: Site, monkeypatch
+):
+    from ews_aggregator import deadletter, service
+
+    monkeypatch.setattr(service, "RETRY_DELAY", 0.0)
+    monkeypatch.setattr(deadletter, "RETRY_DELAY", 0.0)
+    t = datetime(2026, 5, 4, tzinfo=UTC)
+    good = [
+        FakeMsg(
+            good_reading(site, "e2", t + timedelta(minutes=i), float(i)).model_dump_json().encode(), seq=i
+        )
+        for i in (1, 3, 5)
+    ]
+    bad = FakeMsg(b"\xff not json", seq=2)
+    mismatch = FakeMsg(
+        good_reading(site, "e2", t, 1.0).model_copy(update={"device": "m1"}).model_dump_json().encode(), seq=4
+    )
+    elsewhere = FakeMsg(b"{}", subject="ews.other.reading.e2", seq=6)
+    js = FlakyJetStream(failures=1)
+    gate = deadletter.Gate(js, site)
+    client = FakeClient()
+    down = FlakyColumnsAggregator(site, failures=2)
+    chunks = [(frames_of([good[0], bad, good[1]]), None), (frames_of([mismatch, good[2], elsewhere]), None)]
+    await service.handle_frames(down, chunks, gate, client)  # type: ignore[arg-type]
+    assert down.stored == [3]  # one write for both chunks: the three good readings
+    records = sorted(record["stream_sequence"] for _, record, _, _ in js.published)
+    assert records == [2, 4]  # the other site's message is skipped, not dead-lettered
+    acks = [s for s, payload in client.published if payload == b""]
+    kept = [s for s, payload in client.published if payload == b"+WPI"]
+    assert acks == [elsewhere.reply]  # AckPolicy.ALL: the last message of the last chunk, once
+    assert len(kept) == 6 * (1 + 2)  # every message kept in progress while NATS, then ClickHouse, failed

@@ -61,7 +61,7 @@ CAUSE_DESCRIPTIONS: dict[str, str] = {
     "malformed": "the payload is not a JSON object",
     "missing-field": "a required field is missing (event_id, site, occurred_at and schema_version included)",
     "invalid-field": "a field has the wrong type or value (no coercion: a number sent as a string is refused; "
-    "an unknown field; occurred_at without its UTC offset; a number that is not finite)",
+    "an unknown field; occurred_at without its UTC offset; a number that is not finite or beyond ±10^15)",
     "unsupported-schema-version": "schema_version is not one of the supported versions",
     "subject-mismatch": "the subject's site or device token differs from the payload's site or device",
     "unknown-device": "the device is not declared in the site's configuration (as it was when the message was "
@@ -77,7 +77,9 @@ PAYLOAD_LIMIT = 64 * 1024  # bytes of the original payload kept in a dead-letter
 ID_MAX = 256  # characters of an event_id (a backup's record keeps ids up to this length)
 CONFIG_DEPENDENT = frozenset({"unknown-device", "wrong-profile"})
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# beyond any meter's register (10^15 Wh = 1 PWh), and what keeps value × 1000 in ClickHouse's Int64 columns
+MAX_VALUE = 1e15
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_VALUE, le=MAX_VALUE)]
 _WIRE = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
@@ -201,6 +203,12 @@ class Declarations:
             self.first[device.id] = min(profiles.values())
         self.virtual = {v.id for v in site.virtual_devices}
         self.version, self.latest_ns = version, stored_ns
+
+    def since_of(self, device: str, profile: str) -> int | None:
+        """When a reading of ``device`` with ``profile`` is accepted: from the stream time (ns) returned,
+        0 for always; None when ``check`` rejects it whenever it was stored (``fastintake``)."""
+        profiles = self.since.get(device)
+        return None if profiles is None else profiles.get(profile)
 
     def check(self, device: str, profile: str | None, reply: str | None) -> None:
         """Raise ``Rejected`` unless ``device`` (with ``profile``, for a reading) was declared when the

@@ -9,11 +9,30 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
+from functools import lru_cache, wraps
 from typing import Any
 
 
+def _writes(method):
+    """A write: ``Store.writes`` changes when it starts and when it ends."""
+
+    @wraps(method)
+    async def wrapper(self, *args, **kwargs):
+        Store.writes += 1
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            Store.writes += 1
+
+    return wrapper
+
+
 class Store:
+    # Writes through any Store of this process (commands and inserts, counted at their start and end):
+    # unchanged since an answer was read = nothing was written here since (ews_analytics.cache; with
+    # chDB no other process can write).
+    writes: int = 0
+
     def __init__(self, dsn: str) -> None:
         import clickhouse_connect
 
@@ -26,6 +45,7 @@ class Store:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
+    @_writes
     async def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         return await self._run(self.client.command, sql, parameters=parameters)
 
@@ -33,6 +53,7 @@ class Store:
         result = await self._run(self.client.query, sql, parameters=parameters)
         return result.result_rows
 
+    @_writes
     async def insert(
         self,
         table: str,
@@ -47,6 +68,13 @@ class Store:
             await self._run(self._insert_arrow, table, rows, column_names)
             return
         await self._run(self.client.insert, table, list(rows), column_names=list(column_names))
+
+    @_writes
+    async def insert_table(self, table: str, data: Any) -> None:
+        """Insert a ``pyarrow.Table`` whose column names are the table's (typed columns, built without a
+        Python object per value: the aggregator's batches)."""
+        if data.num_rows:
+            await self._run(self.client.insert_arrow, table, data)
 
     def _insert_arrow(
         self, table: str, columns: Sequence[Sequence[Any]], column_names: Sequence[str]

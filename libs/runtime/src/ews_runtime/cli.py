@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", help="site file (default: $EWS_SITE_FILE, else the simulated demo site)")
     p.add_argument("--data", help="data folder (default: $EWS_DATA_DIR, else ./data)")
     p.add_argument("--database", help="ClickHouse database to rebuild (default: $CLICKHOUSE_DATABASE)")
-    p.add_argument("--batch-size", type=int, default=5000, help="readings per write (default 5000)")
+    p.add_argument("--batch-size", type=int, default=20_000, help="messages per read (default 20000)")
     p.set_defaults(fn=cmd_replay)
     from .site_cli import add_parser as add_site_parser
 

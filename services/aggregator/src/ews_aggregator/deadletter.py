@@ -20,9 +20,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from typing import Any
 
 from ews_contracts.bus import ensure_streams_with
 from ews_contracts.events import ReadingTaken
+from ews_contracts.fastintake import FastIntake
 from ews_contracts.intake import (
     CONFIG_DEPENDENT,
     Declarations,
@@ -31,13 +35,16 @@ from ews_contracts.intake import (
     RejectionLog,
     record,
 )
+from ews_contracts.natsclient import FastHeaderClient, Frames
 from ews_contracts.site import Site
 from ews_contracts.siteconfig import ConfigStore, site_of
 from ews_contracts.streams import DEAD_LETTER
-from ews_contracts.subjects import pattern
+from ews_contracts.subjects import PREFIX, pattern
 from ews_contracts.text import one_line
 from nats.aio.msg import Msg
 from prometheus_client import Counter
+
+from .columns import ReadingColumns
 
 log = logging.getLogger("ews.aggregator")
 
@@ -54,6 +61,13 @@ REJECTED = Counter(
     "Messages the contract's rules refused (not stored, dead-lettered), by cause",
     ["cause"],
 )
+
+
+@cache
+def intake_executor() -> ThreadPoolExecutor:
+    """The thread the fast intake runs in (its pyarrow kernels release the GIL: it overlaps the event loop's
+    reading of the next messages)."""
+    return ThreadPoolExecutor(1, thread_name_prefix="aggregator-intake")
 
 
 async def load_declarations(store: ConfigStore | None, fallback: Site) -> Declarations:
@@ -89,6 +103,7 @@ class Gate:
         self.site = site
         self.store = store
         self.intake = Intake(site.site, Declarations.of(site))
+        self._fast: FastIntake | None = None
         self.log = RejectionLog(log)
         self.where = pattern(site.site, DEAD_LETTER.kinds[0])
 
@@ -112,6 +127,16 @@ class Gate:
         await self.load()
         return True
 
+    @property
+    def subject_prefix(self) -> bytes:
+        return f"{PREFIX}.{self.site.site}.".encode()
+
+    @property
+    def fast(self) -> FastIntake:
+        if self._fast is None or self._fast.site_id != self.site.site:
+            self._fast = FastIntake(self.site.site)
+        return self._fast
+
     def check(self, msg: Msg) -> ReadingTaken | None | Rejected:
         try:
             event = self.intake.check(msg.subject, msg.data, msg.headers, msg.reply)
@@ -126,6 +151,45 @@ class Gate:
 
     async def sort(self, messages: Sequence[Msg]) -> tuple[list[ReadingTaken], list[tuple[Msg, Rejected]]]:
         """(accepted readings, rejected messages with their rejection), in delivery order."""
+        outcomes = await self.outcomes(messages)
+        readings = [o for o in outcomes if isinstance(o, ReadingTaken)]
+        rejected = [(msg, o) for msg, o in zip(messages, outcomes, strict=True) if isinstance(o, Rejected)]
+        return readings, rejected
+
+    def decode(self, frames: Frames) -> asyncio.Future:
+        """Start the fast path on ``frames`` (in the intake thread: batches are decoded in the order given)."""
+        return asyncio.get_running_loop().run_in_executor(
+            intake_executor(),
+            self.fast.check,
+            frames.subjects,
+            frames.replies,
+            frames.datas,
+            self.intake.declarations,
+        )
+
+    async def sort_frames(
+        self, client: FastHeaderClient, frames: Frames, decoded: asyncio.Future | None = None
+    ) -> tuple[ReadingColumns, list[tuple[Msg, Rejected]]]:
+        """``sort`` of raw frames: the readings in the canonical form are accepted in columns by the fast path
+        (``ews_contracts.fastintake``, in a worker thread; ``decoded``: started earlier by ``decode``), every
+        other message is checked one by one as ``sort`` does. Returns the accepted readings in columns
+        (delivery order) and the rejected."""
+        fast = await (decoded if decoded is not None else self.decode(frames))
+        parts: list[tuple[Any, ReadingColumns]] = [(fast.rows, ReadingColumns.of(fast))]
+        rejected: list[tuple[Msg, Rejected]] = []
+        if len(fast.rest):
+            mine = self.subject_prefix  # (the consumer has no filter: other sites' messages are skipped)
+            positions = [i for i in fast.rest.tolist() if frames.subjects[i].startswith(mine)]
+            messages = [await client.raw_msg(frames, i).load_headers() for i in positions]
+            outcomes = await self.outcomes(messages)
+            taken = [(i, o) for i, o in zip(positions, outcomes, strict=True) if isinstance(o, ReadingTaken)]
+            if taken:
+                parts.append(([i for i, _ in taken], ReadingColumns.from_readings([o for _, o in taken])))
+            rejected = [(m, o) for m, o in zip(messages, outcomes, strict=True) if isinstance(o, Rejected)]
+        return ReadingColumns.merge(parts), rejected
+
+    async def outcomes(self, messages: Sequence[Msg]) -> list[ReadingTaken | None | Rejected]:
+        """Per message: its reading, None (an accepted status event) or its rejection."""
         outcomes = [self.check(msg) for msg in messages]
         newest = self.intake.declarations.latest_ns
         if (
@@ -139,9 +203,7 @@ class Gate:
                 self.check(msg) if isinstance(o, Rejected) else o
                 for msg, o in zip(messages, outcomes, strict=True)
             ]
-        readings = [o for o in outcomes if isinstance(o, ReadingTaken)]
-        rejected = [(msg, o) for msg, o in zip(messages, outcomes, strict=True) if isinstance(o, Rejected)]
-        return readings, rejected
+        return outcomes
 
     async def dead_letter(self, rejected: Sequence[tuple[Msg, Rejected]], batch: Sequence[Msg]) -> None:
         """Publish a ``MessageRejected`` for each (``CHUNK`` at a time), retried until JetStream takes them

@@ -1,17 +1,19 @@
 """Aggregator target: a durable JetStream consumer of readings that writes ClickHouse.
 
-The consumer is a durable **push** consumer with ``AckPolicy.ALL``, bound with nats-py directly on a
-connection that parses headers fast (``ews_contracts.natsclient``): FastStream's batch *pull* subscriber
-costs a Python ``wait_for`` per message and one ack publish per message, and nats-py's e-mail header parser
-~15 µs per message; together they capped ingest at ~16,000 readings/s (benchmarks/bench_aggregator.py). Messages are collected into batches of up
-to ``EWS_AGGREGATOR_BATCH`` (or what arrived within ``BATCH_TIMEOUT``); each batch is written to ClickHouse and only
-then acked, with one ack of its last message (``ALL`` acks everything delivered before it). Every reading
-and status event is checked by the contract's rules (``ews_contracts.intake``, ``deadletter.Gate``): a
-message they reject is not stored, but published with the reason to the dead-letter stream
-(EWS_DEAD_LETTER) before the batch is acked, and logged once per cause (a summary a minute); a
-ClickHouse failure is retried (with a growing delay, messages kept in progress) until it succeeds: the
-consumer pauses rather than skipping a batch. ``max_ack_pending`` (below the subscription's pending limit)
-keeps a slow aggregator from being flooded.
+The consumer is a durable **push** consumer with ``AckPolicy.ALL`` and no filter (``consumer_filter``), read
+with ``natsclient.bulk_subscribe``: the connection's parser hands each read's messages over as raw frames,
+without a nats-py ``Msg``, header parse or queue hop per message (FastStream's pull subscriber, then nats-py's
+own push path, capped ingest at ~16,000 and ~60,000 readings/s). Frames are cut into batches of
+``EWS_AGGREGATOR_BATCH`` (or what arrived within ``BATCH_TIMEOUT``); each batch's readings in the canonical
+form are accepted in columns by the fast intake (``ews_contracts.fastintake``, pyarrow, in its own thread,
+while earlier batches are written), the others checked one by one by the contract's rules
+(``ews_contracts.intake``, ``deadletter.Gate``). The columns are accounted at once
+(``Aggregator.store_columns``) and written as Arrow tables; behind a backlog up to ``MERGED_CHUNKS`` batches
+go in one write. A write is acked with one ack of its last message (``ALL`` acks everything delivered before
+it). A message the rules reject is not stored, but published with the reason to the dead-letter stream
+(EWS_DEAD_LETTER) before the batch is acked, and logged once per cause (a summary a minute); a ClickHouse
+failure is retried (with a growing delay, messages kept in progress) until it succeeds: the consumer pauses
+rather than skipping a batch. ``max_ack_pending`` (``IN_FLIGHT_BATCHES`` batches) bounds what is in memory.
 
 After a restore (``ews_contracts.rebuild``: the restorer replaces the durable consumer by a marker, then
 asks over ``ews.<site>.rpc-aggregator.rebuild``), the service rebuilds its projections from the stream and
@@ -33,7 +35,7 @@ from dataclasses import replace
 from ews_contracts.bus import ensure_streams_with
 from ews_contracts.events import SiteConfigured, utcnow
 from ews_contracts.intake import CONSUMED
-from ews_contracts.natsclient import connect_fast
+from ews_contracts.natsclient import FastHeaderClient, Frames, connect_fast
 from ews_contracts.rebuild import (
     AGGREGATOR_DURABLE,
     RPC_QUEUE,
@@ -56,6 +58,7 @@ from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Gauge, Histogram
 
 from .aggregator import Aggregator
+from .columns import ReadingColumns
 from .deadletter import Gate
 from .rebuild import RebuildCancelled, empty_projections, replay, site_in_force
 
@@ -63,7 +66,8 @@ log = logging.getLogger("ews.aggregator")
 
 DURABLE = AGGREGATOR_DURABLE
 BATCH_SIZE = 20_000  # default (EWS_AGGREGATOR_BATCH): a backlog is written in big batches, one insert each
-IN_FLIGHT_BATCHES = 4  # max_ack_pending = 4 batches delivered and not yet acked (bounds memory)
+IN_FLIGHT_BATCHES = 6  # max_ack_pending = 6 batches delivered and not yet acked (bounds memory)
+MERGED_CHUNKS = 3  # behind a backlog, up to 3 batches are written at once (fewer, larger ClickHouse parts)
 ACK_WAIT = 15.0  # seconds before JetStream redelivers what a crashed aggregator had in flight
 BATCH_TIMEOUT = 0.5  # seconds to fill a batch: the latency from poll to ClickHouse
 WRITE_ATTEMPTS = 3  # failures logged one by one; then every 30th
@@ -98,33 +102,77 @@ async def handle_batch(aggregator: Aggregator, messages: list[Msg], gate: Gate) 
     if rejected:
         await gate.dead_letter(rejected, messages)
         READINGS_IN.labels("rejected").inc(len(rejected))
-    if not readings:
-        await messages[-1].ack()
+    if readings:
+        await store_until_stored(lambda: aggregator.store_batch(readings), len(readings), messages)
+    # AckPolicy.ALL: acking the last message acks every message delivered before it
+    await messages[-1].ack()
+
+
+async def handle_frames(
+    aggregator: Aggregator,
+    chunks: list[tuple[Frames, asyncio.Future | None]],
+    gate: Gate,
+    client: FastHeaderClient,
+) -> None:
+    """``handle_batch`` of raw frames (the live consumer), in one or more consecutive chunks each with its
+    fast intake already started (or None): the fast intake accepts the canonical readings in columns, the
+    rules check the others one by one; dead-letter, store (one write for every chunk), ack the last."""
+    chunks = [(frames, decoded) for frames, decoded in chunks if len(frames)]
+    if not chunks:
         return
-    # Retried until it is stored: with AckPolicy.ALL a later batch's ack would also ack this one, so the
-    # consumer must not move past an unstored batch (ClickHouse down = consumption pauses, nothing is lost).
+    parts: list[ReadingColumns] = []
+    rejected: list = []
+    for frames, decoded in chunks:
+        readings, refused = await gate.sort_frames(client, frames, decoded)
+        parts.append(readings)
+        rejected += refused
+    readings = ReadingColumns.concat(parts)
+    messages = InFlight(client, [frames for frames, _ in chunks])
+    if rejected:
+        await gate.dead_letter(rejected, messages)
+        READINGS_IN.labels("rejected").inc(len(rejected))
+    if len(readings):
+        await store_until_stored(lambda: aggregator.store_columns(readings), len(readings), messages)
+    last = chunks[-1][0]
+    await client.raw_msg(last, len(last) - 1).ack()
+
+
+class InFlight:
+    """The messages of chunks of frames, for keeping them in progress while a write is retried."""
+
+    def __init__(self, client: FastHeaderClient, chunks: list[Frames]) -> None:
+        self.client, self.chunks = client, chunks
+
+    def __len__(self) -> int:
+        return sum(len(frames) for frames in self.chunks)
+
+    def __iter__(self):
+        for frames in self.chunks:
+            for i in range(len(frames)):
+                yield self.client.raw_msg(frames, i)
+
+
+async def store_until_stored(store, count: int, messages) -> None:  # noqa: ANN001
+    """Retried until it is stored: with AckPolicy.ALL a later batch's ack would also ack this one, so the
+    consumer must not move past an unstored batch (ClickHouse down = consumption pauses, nothing is lost)."""
     attempt = 0
     while True:
         attempt += 1
         try:
             started = time.perf_counter()
-            plan = await aggregator.store_batch(readings)
+            plan = await store()
             STORE_TIME.observe(time.perf_counter() - started)
             BATCHES.inc()
-            READINGS_IN.labels("stored").inc(len(readings))
-            break
+            READINGS_IN.labels("stored").inc(count)
+            log.debug("stored %d readings: %s", count, plan.outcomes)
+            return
         except Exception as exc:  # ClickHouse down, disk full ...: keep the consumer alive
             if attempt <= WRITE_ATTEMPTS or attempt % 30 == 0:
-                log.error(
-                    "writing %d readings failed (attempt %d): %s", len(readings), attempt, one_line(exc)
-                )
+                log.error("writing %d readings failed (attempt %d): %s", count, attempt, one_line(exc))
             for msg in messages:  # keep them from being redelivered while we retry
                 with contextlib.suppress(Exception):
                     await msg.in_progress()
             await asyncio.sleep(min(RETRY_DELAY * attempt, MAX_RETRY_DELAY))
-    # AckPolicy.ALL: acking the last message acks every message delivered before it
-    await messages[-1].ack()
-    log.debug("stored %d readings: %s", len(readings), plan.outcomes)
 
 
 def load_profiles_or_none(settings: Settings) -> dict:
@@ -153,8 +201,12 @@ def deliver_subject(site: str) -> str:
 
 def consumer_filter(site: str) -> str:
     """What the aggregator consumes of EWS_READINGS: every subject of the site there, i.e. its readings and
-    status events (``intake.CONSUMED``; both checked). One wildcard, not one filter per kind: nats-server
-    delivers a consumer with several filters about 3× slower."""
+    status events (``intake.CONSUMED``; both checked). The durable consumer itself has **no filter**: a
+    filtered consumer costs nats-server ~4× the CPU per delivered message (7.4 against 2.1 µs here, with a
+    wildcard filter or several: it matches the stream's subjects for every message), as much as the whole
+    aggregator spends on a reading. The stream holds this site's subjects only on an edge box, and on one box
+    in practice; a message of another site that is there anyway is skipped by the service (``Gate.sort_frames``)
+    exactly as the filter left it out: neither accounted nor dead-lettered."""
     assert {s.split(".")[2] for s in READINGS.subjects} == set(CONSUMED)  # (the stream holds those only)
     return f"{PREFIX}.{site}.>"
 
@@ -166,8 +218,7 @@ def consumer_config(
     return ConsumerConfig(
         name=DURABLE,
         durable_name=DURABLE,
-        filter_subject=consumer_filter(site),
-        deliver_subject=deliver_subject(site),
+        deliver_subject=deliver_subject(site),  # no filter: see consumer_filter
         ack_policy=JsAckPolicy.ALL,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq else DeliverPolicy.ALL,
         opt_start_seq=start_seq or None,
@@ -201,11 +252,11 @@ async def ensure_consumer(js, site: str, batch_size: int = BATCH_SIZE) -> Consum
             await js.add_consumer(READINGS.name, config=consumer_config(site, batch_size=batch_size))
         ).config
     wanted = IN_FLIGHT_BATCHES * batch_size
-    wanted_filter = consumer_filter(site)
-    if config.filter_subject != wanted_filter or config.filter_subjects:
-        # an older version consumed readings only: status events are checked too (from where it was)
-        log.info("the %s consumer of %s now takes %s", DURABLE, READINGS.name, wanted_filter)
-        config = replace(config, filter_subject=wanted_filter, filter_subjects=None)
+    if config.filter_subject or config.filter_subjects:
+        # an older version filtered (its readings, then every subject of the site): the filter is dropped (see
+        # consumer_filter); status events are checked too, and other sites skipped, from where it was
+        log.info("the %s consumer of %s now takes every subject (skipping other sites')", DURABLE, READINGS.name)
+        config = replace(config, filter_subject=None, filter_subjects=None)
         if (config.max_ack_pending or 0) < wanted:
             config = replace(config, max_ack_pending=wanted)
         return (await js.add_consumer(READINGS.name, config=config)).config
@@ -216,52 +267,81 @@ async def ensure_consumer(js, site: str, batch_size: int = BATCH_SIZE) -> Consum
 
 
 class Batcher:
-    """Collects delivered messages into batches, flushed when full or ``BATCH_TIMEOUT`` old.
+    """Collects delivered messages (raw frames, ``natsclient.bulk_subscribe``) into chunks of ``batch_size``
+    (or what waited ``BATCH_TIMEOUT``), and stores them in one task, in delivery order.
 
-    A full batch is stored in a task, so the next one fills while ClickHouse writes (its inserts run in a
-    worker thread); batches are stored one at a time, in delivery order.
+    Each chunk's fast intake starts in its thread as soon as the chunk is cut, while earlier ones are being
+    written; the writer then takes every chunk ready at once (at most ``MERGED_CHUNKS``): behind a backlog
+    the writes grow to several chunks — fewer, larger inserts and ClickHouse parts — and when the consumer
+    keeps up each chunk is written alone, ``BATCH_TIMEOUT`` at most after its first message.
+    ``max_ack_pending`` (``IN_FLIGHT_BATCHES`` chunks) bounds how many wait.
     """
 
-    def __init__(self, aggregator: Aggregator, gate: Gate, batch_size: int = BATCH_SIZE) -> None:
+    def __init__(
+        self, aggregator: Aggregator, gate: Gate, batch_size: int = BATCH_SIZE, client: FastHeaderClient | None = None
+    ) -> None:
         self.aggregator = aggregator
         self.gate = gate
         self.batch_size = batch_size
-        self.pending: list[Msg] = []
+        self.client = client
+        self.pending = Frames()
         self.first_at = 0.0
-        self.lock = asyncio.Lock()
-        self.inflight: asyncio.Task | None = None
+        self.ready: list[tuple[Frames, asyncio.Future]] = []  # cut, decoding or decoded, not yet written
+        self.writer: asyncio.Task | None = None
 
-    async def on_message(self, msg: Msg) -> None:
-        if not self.pending:
+    def on_frames(self, frames: Frames) -> None:
+        """The sink of the bulk subscription (called from the connection's read loop: never blocks)."""
+        if b"" in frames.replies:  # heartbeats (status messages, no reply subject): nothing to store
+            frames = frames.pick([i for i, reply in enumerate(frames.replies) if reply])
+            if not len(frames):
+                return
+        fresh = not len(self.pending)
+        self.pending.extend(frames)
+        while len(self.pending) >= self.batch_size:
+            self._cut(self.batch_size)
+            fresh = True
+        if fresh and len(self.pending):
             self.first_at = time.monotonic()
-        self.pending.append(msg)
-        if len(self.pending) >= self.batch_size:
-            await self.flush(wait=False)
+
+    def _cut(self, n: int) -> None:
+        chunk = self.pending.cut(n)
+        self.ready.append((chunk, self.gate.decode(chunk)))  # the fast intake starts now
+        if self.writer is None or self.writer.done():
+            self.writer = asyncio.get_running_loop().create_task(self._write(), name="aggregator-store")
+
+    async def _write(self) -> None:
+        """Write what is ready, chunks at a time, until nothing is."""
+        while self.ready:
+            take, self.ready = self.ready[:MERGED_CHUNKS], self.ready[MERGED_CHUNKS:]
+            try:
+                assert self.client is not None
+                await handle_frames(self.aggregator, take, self.gate, self.client)
+            except Exception as exc:  # never let a batch kill the consumer: it is redelivered
+                log.error("batch of %d readings not stored: %s", sum(len(f) for f, _ in take), one_line(exc))
 
     async def flush(self, wait: bool = True) -> None:
-        batch, self.pending = self.pending, []
-        if not batch:
-            return
-        async with self.lock:  # FIFO: batches are chained in the order they were cut
-            if self.inflight is not None:
-                await asyncio.shield(self.inflight)
-            self.inflight = asyncio.create_task(self._store(batch), name="aggregator-store")
-            task = self.inflight
+        if len(self.pending):
+            self._cut(len(self.pending))
         if wait:
-            await asyncio.shield(task)
+            await self.settle()
 
-    async def _store(self, batch: list[Msg]) -> None:
-        try:
-            await handle_batch(self.aggregator, batch, self.gate)
-        except Exception as exc:  # never let a batch kill the consumer: it is redelivered
-            log.error("batch of %d readings not stored: %s", len(batch), one_line(exc))
+    async def settle(self) -> None:
+        """Everything cut so far is written (or failed)."""
+        while self.writer is not None and not self.writer.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.writer)
+
+    def drop(self) -> None:
+        """Forget what is not being written (the consumer is replaced: it is read again)."""
+        self.pending = Frames()
+        self.ready = []
 
     async def tick(self) -> None:
         """Flush what waited ``BATCH_TIMEOUT`` (the latency from poll to ClickHouse when idle)."""
         while True:
             await asyncio.sleep(BATCH_TIMEOUT / 2)
-            if self.pending and time.monotonic() - self.first_at >= BATCH_TIMEOUT:
-                await self.flush()
+            if len(self.pending) and time.monotonic() - self.first_at >= BATCH_TIMEOUT:
+                await self.flush(wait=False)
             self.gate.log.flush()  # the rejections' summary lines, once a minute per cause
 
 
@@ -318,9 +398,8 @@ class AggregatorService:
         self.live.on_change(self._follow_declarations)
         await self.live.follow()
         tune_gc()
-        self.batcher = Batcher(self.aggregator, self.gate, self.batch_size)
+        self.batcher = Batcher(self.aggregator, self.gate, self.batch_size, self.nc)
         self.tasks.append(asyncio.create_task(self.batcher.tick(), name="aggregator-batches"))
-        await self.nc.subscribe(aggregator_rpc(self.site_id, "*"), queue=RPC_QUEUE, cb=self.on_request)
         marker = await current_marker(self.js)
         if marker is None:
             await self.consume(await ensure_consumer(self.js, self.site_id, self.batch_size))
@@ -328,26 +407,22 @@ class AggregatorService:
                 "aggregator consuming %s into %s",
                 consumer_filter(self.site_id),
                 self.settings.clickhouse_database,
-            )
+            )  # (the consumer delivers the whole stream: other sites' messages are skipped)
         else:
             self.status = RebuildStatus(state="waiting", restore=marker.restore)
             if marker.due():
                 self.start_rebuild(marker)
             else:
                 log.info("a restore is in progress: the aggregator waits for it before rebuilding")
+        # answers status and rebuild requests once its state is known (an early "idle" would tell a
+        # restorer that no rebuild is pending)
+        await self.nc.subscribe(aggregator_rpc(self.site_id, "*"), queue=RPC_QUEUE, cb=self.on_request)
         self.tasks.append(asyncio.create_task(self.watch(), name="aggregator-watch"))
 
     async def consume(self, config: ConsumerConfig) -> None:
-        assert self.js is not None and self.batcher is not None
-        self.sub = await self.js.subscribe_bind(
-            READINGS.name,
-            config,
-            DURABLE,
-            cb=self.batcher.on_message,
-            manual_ack=True,
-            pending_msgs_limit=2 * (config.max_ack_pending or IN_FLIGHT_BATCHES * self.batch_size),
-            pending_bytes_limit=256 * 1024 * 1024,
-        )
+        """Bind to the push consumer's deliver subject: its messages arrive as raw frames, batched."""
+        assert self.nc is not None and self.batcher is not None and config.deliver_subject
+        self.sub = await self.nc.bulk_subscribe(config.deliver_subject, self.batcher.on_frames)
 
     async def stop_consuming(self) -> None:
         """Unsubscribe, drop what waits for a batch (the rebuild reads it again), finish the batch being
@@ -357,11 +432,8 @@ class AggregatorService:
                 await self.sub.unsubscribe()
             self.sub = None
         assert self.batcher is not None
-        self.batcher.pending = []
-        async with self.batcher.lock:
-            if self.batcher.inflight is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self.batcher.inflight)
+        self.batcher.drop()
+        await self.batcher.settle()
 
     def _follow_declarations(self, site: Site, event: SiteConfigured) -> None:  # noqa: ARG002
         """A new version: the rules read the history again (in a task: a reading of a device added by it

@@ -50,6 +50,7 @@ from typing import Any
 
 from ews_contracts.profiles import Profile
 from ews_contracts.quantities import Quantity
+from ews_contracts.rebuild import AGGREGATOR_DURABLE
 from ews_contracts.settings import BUNDLED_DEMO_SITE, Settings
 from ews_contracts.site import Device, Site
 from ews_contracts.streams import READINGS
@@ -457,7 +458,7 @@ async def publish(
         settings.nats_url, name="simulator-history", connect_timeout=5, pending_size=16 * 1024 * 1024
     )
     try:
-        publisher = Publisher(nc, pattern(site.site, Kind.READING))
+        publisher = Publisher(nc)
         await publisher.start()
         first_dense = next((k for k in range(len(times) - 1) if times[k + 1] - times[k] <= DENSE_STEP), 0)
         skip = await _already_stored(nc, site, times, series)
@@ -499,15 +500,19 @@ class Publisher:
     ``publish_async`` makes a future, a NUID, a random token and a semaphore wait per message: ~3,000
     messages/s on this machine, against ~35,000 with a reply per message and more with one per block.)
     At most ``window`` messages wait for their ack; a block not acked after a pause is sent again (the
-    ``Nats-Msg-Id`` makes that harmless). The consumer of ``consumer_filter`` (the aggregator) sets the
+    ``Nats-Msg-Id`` makes that harmless). The durable consumer named ``consumer`` (the aggregator's) sets the
     pace: at most ``backlog(i)`` readings in the stream that it has not acked yet."""
 
     def __init__(
-        self, nc: Any, consumer_filter: str, window: int = MAX_PENDING, ack_timeout: float = 30.0
+        self,
+        nc: Any,
+        consumer: str = AGGREGATOR_DURABLE,
+        window: int = MAX_PENDING,
+        ack_timeout: float = 30.0,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
-        self.consumer_filter = consumer_filter
+        self.consumer = consumer
         self.pacing = True
         self.paced = 0.0  # seconds spent waiting for the aggregator
         self.floor = 0
@@ -554,7 +559,7 @@ class Publisher:
         floors = [
             info.ack_floor.stream_seq or 0
             for info in await self.js.consumers_info(READINGS.name)
-            if info.config.filter_subject == self.consumer_filter
+            if info.name == self.consumer
         ]
         return min(floors) if floors else None
 
@@ -633,17 +638,13 @@ async def accounted(settings: Settings, last_seq: int, limit_s: float = ACCOUNTE
     import nats
 
     started = time.monotonic()
-    wanted = pattern(settings.site.site, Kind.READING)
     nc = await nats.connect(settings.nats_url, name="simulator-history", connect_timeout=5)
     try:
         js = nc.jetstream()
         while time.monotonic() - started < limit_s:
             with contextlib.suppress(Exception):
                 for info in await js.consumers_info(READINGS.name):
-                    if (
-                        info.config.filter_subject in (wanted, None)
-                        and (info.ack_floor.stream_seq or 0) >= last_seq
-                    ):
+                    if info.name == AGGREGATOR_DURABLE and (info.ack_floor.stream_seq or 0) >= last_seq:
                         return time.monotonic() - started
             await asyncio.sleep(0.5)
         return None
