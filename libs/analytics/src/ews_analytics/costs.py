@@ -101,10 +101,15 @@ def standing_charges(
         return out
     day = max(start, priced_from(site))
     stop = min(end, today + timedelta(days=1))
-    while day < stop:
-        tariff = tariff_in_force(site, day)
+    # the tariff in force changes only on an effective_from date: price each run of days once
+    changes = sorted({t.effective_from for t in site.tariffs if day < t.effective_from < stop})
+    one = timedelta(days=1)
+    for first, until in zip([day, *changes], [*changes, stop], strict=True):
+        tariff = tariff_in_force(site, first)
         charge = sum(float(getattr(tariff, STANDING_FIELD[m])) for m in media) if tariff else 0.0
         if charge:
-            out[day] = charge
-        day += timedelta(days=1)
+            d = first
+            while d < until:
+                out[d] = charge
+                d += one
     return out

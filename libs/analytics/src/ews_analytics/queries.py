@@ -4,7 +4,8 @@
 site-local buckets: ``day`` = hours from ``consumption_hourly`` (23 or 25 on DST days), ``month`` =
 days from ``consumption_daily``, ``year`` = months and ``decade`` = years (the 10 years ending with
 ``day``'s year) from ``consumption_monthly``. One query returns the buckets and the previous period's
-total (C3).
+total (C3). The answer of a period over before today is kept while the rows it read are unchanged
+(``cache.py``); scopes and standing charges are computed once per Site object (``_SiteMemo``).
 
 Scopes (a scope is a linear combination of real devices: virtual devices are master − Σ slaves):
 - ``total-electricity``: Ea+ (Wh) of every electricity device and virtual device not
@@ -36,18 +37,22 @@ the site's ``gas_wh_per_dm3``.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, Literal
+from functools import cached_property
+from typing import Any, Literal, TypeVar
 
 from ews_contracts.quantities import Quantity, unit_of
 from ews_contracts.site import Site
 from ews_contracts.store import Store
 from pydantic import BaseModel, Field, model_serializer
 
+from .cache import cached_query
 from .costs import MEDIUM_QUANTITY, QUANTITY_MEDIUM, medium_of, priced_from, standing_charges
 from .schema import DAILY, HOURLY, MONTHLY, READINGS, table
+
+T = TypeVar("T")
 
 
 def N_(message: str) -> str:  # noqa: N802 — marks a message for the gateway's catalogues (make messages)
@@ -190,9 +195,10 @@ class Selection:
     members: tuple[Member, ...] = ()
     media: tuple[str, ...] = ()
 
-    @property
+    @cached_property
     def devices(self) -> dict[str, dict[str, int]]:
-        """The groups plus the devices whose coefficients cancel out (e + (s − e)): the rows to read."""
+        """The groups plus the devices whose coefficients cancel out (e + (s − e)): the rows to read
+        (read only: computed once per selection)."""
         out = {q: dict(g) for q, g in self.groups.items()}
         for q, g in _group(list(self.members), keep_zero=True).items():
             if q in out:
@@ -280,8 +286,38 @@ def _known(kind: str, ident: str, scope: str, ids: list[str]) -> None:
         )
 
 
+class _SiteMemo:
+    """Values computed from one Site object, kept while requests keep using that very object (a
+    Site is frozen: a configuration change brings a new one, which starts an empty memo)."""
+
+    def __init__(self, size: int = 512) -> None:
+        self._site: Site | None = None
+        self._values: dict[Hashable, Any] = {}
+        self._size = size
+
+    def get(self, site: Site, key: Hashable, compute: Callable[[], T]) -> T:
+        if self._site is not site:
+            self._site, self._values = site, {}
+        try:
+            return self._values[key]
+        except KeyError:
+            pass
+        value = compute()
+        if len(self._values) >= self._size:
+            self._values.clear()
+        self._values[key] = value
+        return value
+
+
+_memo = _SiteMemo()
+
+
 def resolve_scope(site: Site, scope: str) -> Selection:
     """The devices and quantities a scope sums; ValueError naming the problem otherwise."""
+    return _memo.get(site, ("scope", scope), lambda: _resolve_scope(site, scope))
+
+
+def _resolve_scope(site: Site, scope: str) -> Selection:
     every = members(site)
     counted = [m for m in every.values() if not m.exclude_from_total]
     if scope == "total-electricity":
@@ -511,10 +547,18 @@ def _circuit_coefs(selection: Selection) -> dict[str, list[tuple[str, int]]]:
 
 
 async def _rows(
-    store: Store, database: str, site: Site, selection: Selection, period: str, day: date, split: bool
+    store: Store,
+    database: str,
+    site: Site,
+    selection: Selection,
+    period: str,
+    day: date,
+    split: bool,
+    cache: bool = False,
 ) -> _Rows:
     """One query: the period's buckets and the previous period's, coefficients applied; with ``split``,
-    the current period per device (no coefficients) spread over the members' circuits here."""
+    the current period per device (no coefficients) spread over the members' circuits here. With
+    ``cache`` (a past period), its answer is kept while its rows stay the same (``cache.py``)."""
     out = _Rows()
     devices = selection.devices
     name, column, key, kind, local_date = _GRAIN[period]
@@ -560,15 +604,16 @@ async def _rows(
         group_by = ", grp"
     else:
         factor, select, group_by = coef, "", ""
+    # every row the query reads lies in this span (what the cache checks for changes)
+    span = f"site = {{site:String}} AND {column} >= {{from:{kind}}} AND {column} < {{end:{kind}}}"
     sql = (
         f"SELECT {column} >= {{start:{kind}}} AS cur, {key} AS b, quantity, {select}"
         f"sum(value_milli * {factor}), sum(estimated_milli * {factor}), sum(cost * {factor}), "
         f"min({local_date}) "
-        f"FROM {table(database, name)} "
-        f"WHERE site = {{site:String}} AND {column} >= {{from:{kind}}} AND {column} < {{end:{kind}}} "
-        f"AND ({' OR '.join(ors)}) GROUP BY cur, b, quantity{group_by}"
+        f"FROM {table(database, name)} WHERE {span} AND ({' OR '.join(ors)}) "
+        f"GROUP BY cur, b, quantity{group_by}"
     )
-    result = await store.query(sql, params)
+    result = await cached_query(store, database, name, sql, span, params, cache)
     # rows dated before the first tariff are unpriced; a month row is wholly so before its month
     unpriced_before = priced if local_date == "day" else priced.replace(day=1)
     for row in result:
@@ -589,7 +634,8 @@ async def _rows(
             out.quantities.setdefault(quantity, _Acc()).add(value, estimated, cost)
             out.per_quantity.setdefault((quantity, b), _Acc()).add(value, estimated, cost)
     if local_date == "month" and priced.day != 1:
-        await _unpriced_days(store, database, site, period, (prev_start, start, end), ors, params, out)
+        dates = (prev_start, start, end)
+        await _unpriced_days(store, database, site, period, dates, ors, params, out, cache)
     return out
 
 
@@ -606,6 +652,7 @@ async def _unpriced_days(
     ors: list[str],
     params: dict[str, Any],
     out: _Rows,
+    cache: bool,
 ) -> None:
     """Month rows cannot tell whether the month of the first tariff has consumption before it (the
     tariff starts mid-month): the daily rows of its first days can, for the selection's devices."""
@@ -614,13 +661,12 @@ async def _unpriced_days(
     prev_start, start, end = span
     if not prev_start <= month < end:
         return
-    sql = (
-        f"SELECT count() FROM {table(database, DAILY)} "
-        "WHERE site = {site:String} AND day >= {month:Date} AND day < {priced:Date} "
-        f"AND ({' OR '.join(ors)})"
-    )
+    span = "site = {site:String} AND day >= {month:Date} AND day < {priced:Date}"
+    sql = f"SELECT count() FROM {table(database, DAILY)} WHERE {span} AND ({' OR '.join(ors)})"
     wanted = {k: v for k, v in params.items() if k == "site" or (k[:1] in "qd" and k[1:].isdigit())}
-    rows = await store.query(sql, {**wanted, "month": month, "priced": priced})
+    rows = await cached_query(
+        store, database, DAILY, sql, span, {**wanted, "month": month, "priced": priced}, cache
+    )
     if rows and int(rows[0][0]):
         key = month if period == "year" else date(month.year, 1, 1)
         out.unpriced.add((month >= start, key))
@@ -633,7 +679,19 @@ def _r(x: float) -> float:
 def _standing(
     site: Site, selection: Selection, period: str, day: date, today: date
 ) -> tuple[dict[Hashable, float], float]:
-    """Standing charges of the period containing ``day``: per bucket key, and their total."""
+    """Standing charges of the period containing ``day``: per bucket key, and their total (read only:
+    shared by the requests for the same period while the site is unchanged)."""
+    if not selection.standing:
+        return {}, 0
+    start, end = period_range(period, day)
+    stop = min(end, today + timedelta(days=1))  # standing_charges counts no day from ``stop`` on
+    key = ("standing", selection.standing, period, start, stop)
+    return _memo.get(site, key, lambda: _standing_charges(site, selection, period, day, today))
+
+
+def _standing_charges(
+    site: Site, selection: Selection, period: str, day: date, today: date
+) -> tuple[dict[Hashable, float], float]:
     start, end = period_range(period, day)
     charges = standing_charges(site, selection.standing, start, end, today)
     per_bucket: dict[Hashable, float] = {}
@@ -810,7 +868,9 @@ async def consumption(
     selection = resolve_scope(site, scope)
     _check_split(split, scope, selection)
     today = today or datetime.now(site.tz).date()
-    rows = await _rows(store, database, site, selection, period, day, split == "circuit")
+    # a period over before today: its answer is kept while its rows stay the same (cache.py)
+    past = period_range(period, day)[1] <= today
+    rows = await _rows(store, database, site, selection, period, day, split == "circuit", past)
     buckets, total = _period(site, selection, period, day, rows, True, today)
     prev_buckets, prev_total = _period(site, selection, period, previous_day(period, day), rows, False, today)
 
