@@ -7,7 +7,8 @@ gateway-api app (routing, session in a real Redis, role guard, JSON; over ASGI, 
 
 - app: as deployed — the period's rows unchanged since the last request, so its answer is kept;
 - live: a row written for the current hour before each request (the aggregator does every 0.5 s);
-- uncached: the answer cache off (the current period, never kept; a past period's first request);
+- uncached: the answer cache off (what the current period costs after each aggregator write: it is kept
+  only while nothing is written; a past period's first request);
 - raw SQL: the aggregation that request runs, replayed alone on a chDB connection (the floor).
 
 Median and p99 of each, their ratios to the raw SQL, PASS/FAIL against p99 ≤ 10 ms (app); then every
@@ -194,8 +195,8 @@ async def api_table(client, store, db: str, raw: RawSql, day: date, args) -> boo
     - app: as deployed, the rows of the period unchanged since the last request (its answer is kept);
     - live: a row written for the current hour before each request, as the aggregator does every half
       second (the kept answer is checked against system.parts and the new parts);
-    - uncached: the cache off — the current period's cost (never kept; the first request for a past
-      period adds the read of system.parts);
+    - uncached: the cache off — the current period's cost after a write (it is kept only while nothing is
+      written; the first request for a past period adds the read of system.parts);
     - raw SQL: the aggregation the request runs, alone on a chDB connection (the floor of the question).
     """
     from ews_analytics.cache import QUERY_CACHE

@@ -124,15 +124,36 @@ async def test_kept_answers_follow_every_change_of_their_rows(
 
 
 @pytest.mark.integration
-async def test_the_current_period_is_not_kept(site: Site, chdb_dsn: str, clickhouse_database: str):
+async def test_the_current_period_is_kept_only_while_nothing_is_written(
+    site: Site, chdb_dsn: str, clickhouse_database: str
+):
     store, db = get_store(chdb_dsn), clickhouse_database
     await migrate(store, db)
-    today = datetime.now(site.tz).date()
-    before = (QUERY_CACHE.hits, QUERY_CACHE.misses)
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    today = now.astimezone(site.tz).date()
+
+    async def answers() -> dict:
+        return {
+            period: (await consumption(store, db, site, "device:water", period, today)).model_dump(
+                mode="json"
+            )
+            for period in ("day", "month", "year", "decade")
+        }
+
+    first = await answers()
+    hits = QUERY_CACHE.hits
+    assert await answers() == first and QUERY_CACHE.hits > hits  # nothing written: kept
+    await _hour(store, db, "water", WATER, now, 7.0, 0.02)  # the aggregator writes the current hour
+    misses = QUERY_CACHE.misses
+    fresh = await answers()
+    assert QUERY_CACHE.misses > misses
     for period in ("day", "month", "year", "decade"):
-        await consumption(store, db, site, "device:m1", period, today)
-        await consumption(store, db, site, "device:m1", period, today)
-    assert (QUERY_CACHE.hits, QUERY_CACHE.misses) == before
+        assert fresh[period]["total"]["value"] == first[period]["total"]["value"] + 7.0, period
+    QUERY_CACHE.enabled = False
+    try:
+        assert fresh == await answers()
+    finally:
+        QUERY_CACHE.enabled = True
 
 
 def test_every_write_of_the_store_is_counted():

@@ -8,9 +8,9 @@ happened: a table's data is its set of *active parts*, immutable. An insert adds
 replaces parts by one covering their block numbers with the same rows, TRUNCATE removes parts (a
 mutation would rewrite them: the project runs none, and a rewritten part does not count as covering).
 
-``cached_query`` (called for the periods over before today only: the current one changes every half
-second) reads the table's active parts (``system.parts``) *before* running the query and keeps the rows
-with that list. Asked again with the same SQL and parameters:
+``cached_query`` for a period over before today reads the table's active parts (``system.parts``)
+*before* running the query and keeps the rows with that list. Asked again with the same SQL and
+parameters:
 
 - nothing written by this process since (``Store.writes`` unchanged) on chDB, where no other process
   can write: the rows are still the answer, and no SQL runs at all;
@@ -24,7 +24,9 @@ with that list. Asked again with the same SQL and parameters:
 The parts are read before the rows, so a part added in between is "new" next time (checked, never
 taken as seen). The same on chDB and a ClickHouse server, whoever writes (aggregator, replay, a restore
 in another process); a request running while a TRUNCATE happens may get the answer from before it.
-Bounded (``MAX_ENTRIES`` keys, LRU); ``QUERY_CACHE.enabled = False`` turns it off (the benchmark
+A current period (today, this month, …) is kept on chDB only while nothing at all is written (the first
+step above; on a live site that is at most the aggregator's half-second batch): no parts are read for it,
+as the next write almost always lands in it. Bounded (``MAX_ENTRIES`` keys, LRU); ``QUERY_CACHE.enabled = False`` turns it off (the benchmark
 measures both paths); a store without ``dsn`` (a test double) or that cannot read ``system.parts`` is
 queried directly.
 """
@@ -82,7 +84,7 @@ class Part(NamedTuple):
 
 @dataclass
 class _Entry:
-    parts: frozenset[Part]
+    parts: frozenset[Part] | None  # None: kept only while nothing is written (a current period)
     rows: list[tuple]
     writes: int  # Store.writes when ``parts`` were read
     volatile: bool = False
@@ -100,22 +102,39 @@ class QueryCache:
         self._entries.clear()
 
     async def query(
-        self, store: Store, database: str, table: str, sql: str, where: str, params: dict[str, Any]
+        self,
+        store: Store,
+        database: str,
+        table: str,
+        sql: str,
+        where: str,
+        params: dict[str, Any],
+        current: bool = False,
     ) -> list[tuple]:
         """``store.query(sql, params)``, from the cache when valid. ``sql`` reads ``database.table``
-        only, and ``where`` is its WHERE condition (same parameters): the rows it depends on."""
+        only, and ``where`` is its WHERE condition (same parameters): the rows it depends on. ``current``
+        (a period not over, written to every half second on a live site): kept only while nothing at all
+        is written, on chDB (no parts are read: the next write makes the answer stale anyway)."""
         dsn = getattr(store, "dsn", None)
         if not self.enabled or not isinstance(dsn, str) or dsn in self._refused:
+            return await store.query(sql, params)
+        chdb = isinstance(store, Store) and store.is_chdb
+        if current and not chdb:
             return await store.query(sql, params)
         key = (dsn, sql, _freeze(params))
         writes = Store.writes
         entry = self._entries.get(key)
-        if entry is not None and entry.writes == writes and isinstance(store, Store) and store.is_chdb:
+        if entry is not None and entry.writes == writes and chdb:
             # nothing written in this process since the parts were read, and with chDB no other
             # process writes: still the answer, without asking the engine
             self._entries.move_to_end(key)
             self.hits += 1
             return entry.rows
+        if current:
+            self.misses += 1
+            rows = await store.query(sql, params)
+            self._keep(key, _Entry(None, rows, writes))
+            return rows
         try:
             parts = await _parts(store, database, table)
         except Exception as exc:  # e.g. no access to system.parts: do without the cache
@@ -123,20 +142,27 @@ class QueryCache:
             self._refused.add(dsn)
             log.warning("consumption answers are not cached: system.parts cannot be read (%s)", exc)
             return rows
-        if entry is not None and await self._still_valid(store, database, table, where, params, entry, parts):
+        if (
+            entry is not None
+            and entry.parts is not None
+            and await self._still_valid(store, database, table, where, params, entry, parts)
+        ):
             entry.writes = writes
             self._entries.move_to_end(key)
             self.hits += 1
             return entry.rows
         self.misses += 1
         rows = await store.query(sql, params)
-        if len(rows) <= MAX_ROWS:
-            volatile = entry is not None and rows != entry.rows
-            self._entries[key] = _Entry(parts, rows, writes, volatile)
+        volatile = entry is not None and rows != entry.rows
+        self._keep(key, _Entry(parts, rows, writes, volatile))
+        return rows
+
+    def _keep(self, key: tuple, entry: _Entry) -> None:
+        if len(entry.rows) <= MAX_ROWS:
+            self._entries[key] = entry
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
-        return rows
 
     @staticmethod
     async def _still_valid(
@@ -186,9 +212,8 @@ async def cached_query(
     sql: str,
     where: str,
     params: dict[str, Any],
-    cache: bool = True,
+    past: bool = True,
 ) -> list[tuple]:
-    """``QUERY_CACHE.query`` when ``cache`` (a past period), else ``store.query``."""
-    if not cache:
-        return await store.query(sql, params)
-    return await QUERY_CACHE.query(store, database, table, sql, where, params)
+    """``QUERY_CACHE.query``: a ``past`` period's answer kept while its rows stay the same, a current
+    one's while nothing is written."""
+    return await QUERY_CACHE.query(store, database, table, sql, where, params, current=not past)

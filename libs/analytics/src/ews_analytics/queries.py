@@ -4,8 +4,9 @@
 site-local buckets: ``day`` = hours from ``consumption_hourly`` (23 or 25 on DST days), ``month`` =
 days from ``consumption_daily``, ``year`` = months and ``decade`` = years (the 10 years ending with
 ``day``'s year) from ``consumption_monthly``. One query returns the buckets and the previous period's
-total (C3). The answer of a period over before today is kept while the rows it read are unchanged
-(``cache.py``); scopes and standing charges are computed once per Site object (``_SiteMemo``).
+total (C3). The answer of a period over before today is kept while the rows it read are unchanged, a
+current period's while nothing is written (``cache.py``); scopes and standing charges are computed once
+per Site object (``_SiteMemo``).
 
 Scopes (a scope is a linear combination of real devices: virtual devices are master − Σ slaves):
 - ``total-electricity``: Ea+ (Wh) of every electricity device and virtual device not
@@ -234,7 +235,9 @@ def members(site: Site) -> dict[str, Member]:
             d.id, medium_of(d), {d.id: 1}, d.panel, d.zone, d.circuit, d.gateway, d.exclude_from_total
         )
     for r in site.retired_devices:  # removed, but their history still counts
-        out[r.id] = Member(r.id, r.medium, {r.id: 1}, r.panel, r.zone, r.circuit, r.gateway, r.exclude_from_total)
+        out[r.id] = Member(
+            r.id, r.medium, {r.id: 1}, r.panel, r.zone, r.circuit, r.gateway, r.exclude_from_total
+        )
     for v in site.virtual_devices:
         terms: dict[str, int] = dict(out[v.master].terms)
         for slave in v.slaves:
@@ -554,11 +557,12 @@ async def _rows(
     period: str,
     day: date,
     split: bool,
-    cache: bool = False,
+    past: bool = False,
 ) -> _Rows:
     """One query: the period's buckets and the previous period's, coefficients applied; with ``split``,
     the current period per device (no coefficients) spread over the members' circuits here. With
-    ``cache`` (a past period), its answer is kept while its rows stay the same (``cache.py``)."""
+    ``past`` (a period over), its answer is kept while its rows stay the same, otherwise while nothing
+    is written (``cache.py``)."""
     out = _Rows()
     devices = selection.devices
     name, column, key, kind, local_date = _GRAIN[period]
@@ -613,7 +617,7 @@ async def _rows(
         f"FROM {table(database, name)} WHERE {span} AND ({' OR '.join(ors)}) "
         f"GROUP BY cur, b, quantity{group_by}"
     )
-    result = await cached_query(store, database, name, sql, span, params, cache)
+    result = await cached_query(store, database, name, sql, span, params, past)
     # rows dated before the first tariff are unpriced; a month row is wholly so before its month
     unpriced_before = priced if local_date == "day" else priced.replace(day=1)
     for row in result:
@@ -635,7 +639,7 @@ async def _rows(
             out.per_quantity.setdefault((quantity, b), _Acc()).add(value, estimated, cost)
     if local_date == "month" and priced.day != 1:
         dates = (prev_start, start, end)
-        await _unpriced_days(store, database, site, period, dates, ors, params, out, cache)
+        await _unpriced_days(store, database, site, period, dates, ors, params, out, past)
     return out
 
 
@@ -652,7 +656,7 @@ async def _unpriced_days(
     ors: list[str],
     params: dict[str, Any],
     out: _Rows,
-    cache: bool,
+    past: bool,
 ) -> None:
     """Month rows cannot tell whether the month of the first tariff has consumption before it (the
     tariff starts mid-month): the daily rows of its first days can, for the selection's devices."""
@@ -665,7 +669,7 @@ async def _unpriced_days(
     sql = f"SELECT count() FROM {table(database, DAILY)} WHERE {span} AND ({' OR '.join(ors)})"
     wanted = {k: v for k, v in params.items() if k == "site" or (k[:1] in "qd" and k[1:].isdigit())}
     rows = await cached_query(
-        store, database, DAILY, sql, span, {**wanted, "month": month, "priced": priced}, cache
+        store, database, DAILY, sql, span, {**wanted, "month": month, "priced": priced}, past
     )
     if rows and int(rows[0][0]):
         key = month if period == "year" else date(month.year, 1, 1)
@@ -868,7 +872,8 @@ async def consumption(
     selection = resolve_scope(site, scope)
     _check_split(split, scope, selection)
     today = today or datetime.now(site.tz).date()
-    # a period over before today: its answer is kept while its rows stay the same (cache.py)
+    # a period over before today: its answer is kept while its rows stay the same; a current one while
+    # nothing is written (cache.py)
     past = period_range(period, day)[1] <= today
     rows = await _rows(store, database, site, selection, period, day, split == "circuit", past)
     buckets, total = _period(site, selection, period, day, rows, True, today)
