@@ -23,7 +23,10 @@ if ! command -v uv >/dev/null 2>&1; then
     || { echo "setup: error: cannot install uv with pip; run 'python3 -m pip install uv' and retry" >&2; exit 1; }
 fi
 
-uv sync --locked --all-packages --quiet --python python3.11 \
+# --compile-bytecode: every process of `make run` imports from .pyc files, also where PYTHONDONTWRITEBYTECODE
+# is set (then Python never writes them and each start compiled every module again: /ready after ~9 s
+# instead of ~4 s). Only the first sync after a change compiles; the Dockerfile does the same.
+uv sync --locked --all-packages --quiet --python python3.11 --compile-bytecode \
   || { echo "setup: error: 'uv sync --locked' failed (see above); check network access to PyPI" >&2; exit 1; }
 
 if ! command -v redis-server >/dev/null 2>&1 && [ "${EWS_SKIP_APT:-0}" != 1 ]; then

@@ -68,6 +68,18 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30)
     return proc.returncode
 
 
+def login_when_auth_answers(client, credentials: dict[str, str], timeout: float = 60):
+    """``POST /api/v1/auth/login`` once auth answers: on a fresh data folder auth hashes the factory codes
+    (argon2) before it subscribes, and the API says 503 ``auth-unavailable`` meanwhile — the gateway-api may
+    be up first (it is with chdb-core-lite, and on a loaded machine)."""
+    return wait_until(
+        lambda: (r := client.post("/api/v1/auth/login", json=credentials)).status_code != 503 and r,
+        timeout,
+        "auth to answer a sign-in",
+        interval=0.2,
+    )
+
+
 def wait_until(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
     """Call ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from ews_runtime.servers import free_port
 
-from tests.helpers import clean_env, demo_site_on_port, start_ews, stop, wait_until
+from tests.helpers import clean_env, demo_site_on_port, login_when_auth_answers, start_ews, stop, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +44,7 @@ def test_ews_up_then_restart_keeps_history(tmp_path: Path):
         # the banner comes once `ews up` has seen /health answer too
         wait_until(lambda: "Energy web server is running" in log.read_text(), 10, "the start-up banner")
         with httpx.Client(base_url=base, timeout=10) as client:
-            r = client.post("/api/v1/auth/login", json=ADMIN)
+            r = login_when_auth_answers(client, ADMIN)
             assert r.status_code in (200, 201), r.text
             assert r.json()["role"] == "administrator"
             first = wait_until(lambda: today_total(client), 60, "today's consumption > 0")

@@ -22,7 +22,7 @@ from ews_contracts.settings import BUNDLED_DEMO_SITE
 from ews_runtime.servers import free_port
 
 from tests.contract import problems
-from tests.helpers import clean_env, start_ews, stop, wait_until
+from tests.helpers import clean_env, login_when_auth_answers, start_ews, stop, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -63,7 +63,7 @@ def test_the_examples_produce_and_consume_per_the_document(tmp_path: Path, nats_
     try:
         api = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=10)
         wait_until(lambda: api.get("/health").status_code == 200, 60, "the API to answer")
-        assert api.post("/api/v1/auth/login", json=ADMIN).status_code == 200
+        assert login_when_auth_answers(api, ADMIN).status_code == 200
         device = next(d for d in api.get("/api/v1/devices").json()["devices"] if d["id"] == "m1")
         assert device["profile"] == PROFILE  # what an integrator reads before publishing
 
