@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 from nats.js.api import ExternalStream, RetentionPolicy, StorageType, StreamConfig, StreamSource
 from nats.js.client import JetStreamContext
@@ -25,6 +26,9 @@ from .streams import ALL_STREAMS, StreamSpec
 log = logging.getLogger("ews.hub")
 
 HUB_DOMAIN = "hub"
+HUB_DELIVER = (
+    "_ews.hub-deliver"  # the hub aggregators' deliver subjects (never an edge's: leaf nodes share subjects)
+)
 EDGE_SITE_ENV = "EWS_EDGE_SITE"  # set by `ews up --edge`: this box's streams hold this site only
 RELINK_EVERY = 30.0  # seconds between two checks of the hub's configuration by an edge
 
@@ -56,6 +60,24 @@ def hub_stream_config(spec: StreamSpec, site: str) -> StreamConfig:
         duplicate_window=spec.duplicate_window,
         sources=[StreamSource(name=spec.name, external=ExternalStream(api=f"$JS.{edge_domain(site)}.API"))],
     )
+
+
+def hub_database(site: str) -> str:
+    """The ClickHouse database of ``site``'s figures at the hub: ``ews_<site>`` with ``-`` written ``_``
+    (a site id is ``[a-z0-9][a-z0-9_-]*``; two ids that differ only there share a database, which stays
+    correct: every row carries its site id)."""
+    return "ews_" + site.replace("-", "_")
+
+
+def hub_sites(stream_names: list[str]) -> list[str]:
+    """The sites whose readings and configuration the hub holds, from the names of its streams."""
+    from .site import ID_PATTERN
+    from .streams import CONFIG, READINGS
+
+    names = set(stream_names)
+    readings = f"{READINGS.name}_"
+    sites = (n.removeprefix(readings) for n in names if n.startswith(readings))
+    return sorted(s for s in sites if re.match(ID_PATTERN, s) and hub_stream_name(CONFIG, s) in names)
 
 
 def _sources(config: StreamConfig) -> list[tuple[str, str | None]]:

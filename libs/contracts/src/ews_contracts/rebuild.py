@@ -104,9 +104,13 @@ def marker_config(site: str, marker: RebuildMarker) -> ConsumerConfig:
     )
 
 
-async def current_marker(js: JetStreamContext) -> RebuildMarker | None:
+async def current_marker(
+    js: JetStreamContext, stream: str = READINGS.name, durable: str = AGGREGATOR_DURABLE
+) -> RebuildMarker | None:
+    """The marker in place of the aggregator's durable consumer (``stream``, ``durable``: see
+    ``ews_contracts.streamnames``), if any."""
     try:
-        return RebuildMarker.of(await js.consumer_info(READINGS.name, AGGREGATOR_DURABLE))
+        return RebuildMarker.of(await js.consumer_info(stream, durable))
     except NotFoundError:
         return None
 

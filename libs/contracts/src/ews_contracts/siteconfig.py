@@ -77,7 +77,9 @@ def validate_document(
     at fault. With ``profiles``, every device is checked against its profile too; with ``site_id`` the
     site id must stay that one (subjects, streams and history are keyed by it)."""
     if not isinstance(document, dict):
-        raise ConfigInvalid("", "the configuration is a mapping of settings (site, name, gateways, devices …)")
+        raise ConfigInvalid(
+            "", "the configuration is a mapping of settings (site, name, gateways, devices …)"
+        )
     try:
         site = Site.model_validate(document)
     except ValidationError as exc:
@@ -211,7 +213,9 @@ def changes_between(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> li
                     x, y = before[name], after[name]
                     for field in dict.fromkeys([*x, *y]):
                         if x.get(field) != y.get(field):
-                            lines.append(f"{key}.{name}.{field}: {_short(x.get(field))} → {_short(y.get(field))}")
+                            lines.append(
+                                f"{key}.{name}.{field}: {_short(x.get(field))} → {_short(y.get(field))}"
+                            )
             if set(before) == set(after) and list(before) != list(after):
                 lines.append(f"{key}: order changed")
         else:
@@ -225,14 +229,15 @@ def changes_between(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> li
 class ConfigStore:
     """Read, write and follow one site's configuration in JetStream (a nats-py JetStream context)."""
 
-    def __init__(self, js: JetStreamContext, site_id: str) -> None:
+    def __init__(self, js: JetStreamContext, site_id: str, stream: str | None = None) -> None:
         self.js = js
         self.site_id = site_id
+        self.stream = stream or CONFIG.name  # EWS_CONFIG, or the site's copy at the hub (streamnames)
         self.subject = subject(site_id, Kind.SITE_CONFIGURED, "config")
 
     async def _last(self) -> tuple[SiteConfigured | None, int]:
         try:
-            raw = await self.js.get_last_msg(CONFIG.name, self.subject)
+            raw = await self.js.get_last_msg(self.stream, self.subject)
         except NotFoundError:
             return None, 0
         return SiteConfigured.model_validate_json(raw.data), raw.seq
@@ -274,7 +279,7 @@ class ConfigStore:
             await self.js.publish(
                 self.subject,
                 event.model_dump_json().encode(),
-                stream=CONFIG.name,
+                stream=self.stream,
                 headers={**event.headers(), "Nats-Expected-Last-Subject-Sequence": str(seq)},
                 timeout=5.0,
             )
@@ -293,7 +298,7 @@ class ConfigStore:
         """Every version with the time it was stored in the stream (ns since the epoch), oldest first."""
         sub = await self.js.pull_subscribe(
             self.subject,
-            stream=CONFIG.name,
+            stream=self.stream,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0),
         )
         from .intake import delivery
@@ -378,7 +383,7 @@ class ConfigStore:
         handle.version = after  # type: ignore[attr-defined]
         sub = await self.js.subscribe(
             self.subject,
-            stream=CONFIG.name,
+            stream=self.stream,
             cb=handle,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
@@ -437,9 +442,25 @@ class LiveSite:
         return live
 
     @classmethod
-    async def connect(cls, nats_url: str, site_path: Path, name: str, retry: float = 1.0) -> LiveSite:
+    async def stored(cls, js: JetStreamContext, site_id: str, stream: str) -> LiveSite | None:
+        """The configuration in force as stored in ``stream``, without a site file (the hub reads each site's
+        copy, ``EWS_CONFIG_<site>``); None while no version is there yet."""
+        store = ConfigStore(js, site_id, stream)
+        event = await store.latest()
+        return cls(store, event) if event is not None else None
+
+    @classmethod
+    async def connect(
+        cls,
+        nats_url: str,
+        site_path: Path | None,
+        name: str,
+        retry: float = 1.0,
+        stored: tuple[str, str] | None = None,
+    ) -> LiveSite:
         """``open`` on a connection of its own (closed by ``close``), waiting for NATS as long as it takes
-        (logged once): the service follows the configuration from the moment NATS answers."""
+        (logged once): the service follows the configuration from the moment NATS answers. ``stored``
+        (site id, stream): the stored configuration instead of the site file's (``stored``), waited for."""
         import nats
 
         from .text import one_line
@@ -458,16 +479,42 @@ class LiveSite:
                 break
             except Exception as exc:
                 if not told:
-                    log.warning("%s: waiting for NATS at %s for the configuration (%s)", name, nats_url, one_line(exc))
+                    log.warning(
+                        "%s: waiting for NATS at %s for the configuration (%s)", name, nats_url, one_line(exc)
+                    )
                     told = True
                 await asyncio.sleep(retry)
         try:
-            live = await cls.open(nc.jetstream(), site_path)
+            if stored is None:
+                assert site_path is not None
+                live = await cls.open(nc.jetstream(), site_path)
+            else:
+                live = await cls._wait_stored(nc.jetstream(), *stored, name=name, retry=retry)
         except BaseException:
             await nc.close()
             raise
         live._nc = nc
         return live
+
+    @classmethod
+    async def _wait_stored(
+        cls, js: JetStreamContext, site_id: str, stream: str, name: str, retry: float
+    ) -> LiveSite:
+        from .text import one_line
+
+        told = False
+        while True:
+            try:
+                live = await cls.stored(js, site_id, stream)
+                why = f"no configuration in {stream} yet"
+            except Exception as exc:
+                live, why = None, one_line(exc)
+            if live is not None:
+                return live
+            if not told:
+                log.warning("%s: waiting for the configuration of site %s (%s)", name, site_id, why)
+                told = True
+            await asyncio.sleep(max(retry, 2.0))
 
     def on_change(self, listener: Callable[[Site, SiteConfigured], Awaitable[None] | None]) -> None:
         self.listeners.append(listener)

@@ -72,11 +72,33 @@ class Mode:
     leaf_port: int = 7422  # the hub's leaf-node port (EWS_LEAF_PORT)
 
 
+HUB_AGGREGATORS_ENV = "EWS_HUB_AGGREGATORS"
+
+
+def hub_aggregators(settings: Settings) -> int:
+    """How many members of the aggregator group the hub runs (``EWS_HUB_AGGREGATORS``, default 1). Several
+    need a ClickHouse server: with embedded chDB each member keeps the figures of the sites it happens to
+    hold in a data folder only its own process can open, so a site moving to another member would leave
+    its history behind."""
+    raw = os.environ.get(HUB_AGGREGATORS_ENV, "").strip() or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= 64:
+        raise StartupError(
+            f"{HUB_AGGREGATORS_ENV}={raw!r}: give a number of aggregator processes from 1 to 64"
+        )
+    if int(raw) > 1 and settings.uses_chdb:
+        raise StartupError(
+            f"{HUB_AGGREGATORS_ENV}={raw} needs a ClickHouse server (CLICKHOUSE_URL): with embedded chDB one "
+            "process owns the figures, so the hub runs one aggregator"
+        )
+    return int(raw)
+
+
 def target_groups(settings: Settings, mode: Mode | None = None) -> list[str]:
     if mode is not None and mode.role == "hub":
-        # the hub's nats-server holds every site's streams (sourced by the edges' hub-link); the hub's
-        # aggregators and a gateway-api for every site are not there yet (issue 14, next steps)
-        return []
+        # the hub's nats-server holds every site's streams (sourced by the edges' hub-link); the aggregator
+        # group accounts every site into its own database (ews_aggregator.group); hub-live keeps every
+        # site's live device state in the hub's Redis (ews_runtime.hublive)
+        return ["hub-live", *["aggregator-group"] * hub_aggregators(settings)]
     groups = ["simulator"] if settings.runs_simulator else []
     if mode is not None and mode.role == "edge":
         groups += ["hub-link"]
@@ -147,7 +169,7 @@ def up(settings: Settings, mode: Mode | None = None) -> int:
     if mode.role != "hub":
         _check_ports(settings)
     manage_nats = not _reuse(settings.nats_url, 4222, "nats")
-    manage_redis = mode.role != "hub" and not _reuse(settings.redis_url, 6379, "redis")
+    manage_redis = not _reuse(settings.redis_url, 6379, "redis")
     if manage_nats:
         nats_server_binary()  # fail before starting anything
     if manage_redis:

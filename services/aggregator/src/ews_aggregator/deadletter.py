@@ -6,8 +6,8 @@ events need nothing: the poller keeps the live state). A rejection that a config
 aggregator has not followed yet could lift (an unknown device or profile, in a message stored after the
 newest version known) is checked again once against the stored configuration. ``Gate.dead_letter``
 publishes one ``MessageRejected`` per rejected message to ``ews.<site>.dead-letter.<kind>`` (stream
-EWS_DEAD_LETTER; its ``Nats-Msg-Id`` is the original's stream sequence, so a redelivery is recorded once)
-before the batch is acknowledged: nothing is lost, nothing stalls. A publish that fails (JetStream
+EWS_DEAD_LETTER; at the hub it only counts and logs them, see ``Gate.dead_letters``; its ``Nats-Msg-Id``
+is the original's stream sequence, so a redelivery is recorded once) before the batch is acknowledged: nothing is lost, nothing stalls. A publish that fails (JetStream
 unavailable: then nothing is delivered either; or the stream deleted: it is created again) is retried with
 a growing delay while the batch is kept in progress — not ``nak``-ed: with ``AckPolicy.ALL`` the next
 batch's ack would acknowledge a ``nak``-ed message before its redelivery, and its record would be lost.
@@ -54,6 +54,7 @@ RETRY_DELAY = 0.2  # seconds, times the attempt number
 MAX_RETRY_DELAY = 10.0
 REJECTED_BY = "aggregator"
 CHUNK = 256  # dead-letter records published at once
+HUB_DEAD_LETTERS = "no dead-letter record at the hub (the edge's own is sourced here)"
 
 # Prometheus (served by the gateway-api's /metrics under `ews up`, see ews_contracts.metrics)
 REJECTED = Counter(
@@ -98,10 +99,14 @@ async def load_declarations(store: ConfigStore | None, fallback: Site) -> Declar
 class Gate:
     """The live intake of one site (module doc)."""
 
-    def __init__(self, js, site: Site, store: ConfigStore | None = None) -> None:  # noqa: ANN001
+    def __init__(self, js, site: Site, store: ConfigStore | None = None, dead_letters: bool = True) -> None:  # noqa: ANN001
         self.js = js
         self.site = site
         self.store = store
+        # False at the hub: the site's streams there are its edge's (sourced, not ours to publish to), and the
+        # edge's own aggregator already recorded each rejection in its EWS_DEAD_LETTER, which the hub sources
+        # as EWS_DEAD_LETTER_<site>: the hub counts and logs them only (``dead_letter``)
+        self.dead_letters = dead_letters
         self.intake = Intake(site.site, Declarations.of(site))
         self._fast: FastIntake | None = None
         self.log = RejectionLog(log)
@@ -209,6 +214,11 @@ class Gate:
         """Publish a ``MessageRejected`` for each (``CHUNK`` at a time), retried until JetStream takes them
         all; ``batch`` is kept in progress meanwhile."""
         site = self.site.site
+        if not self.dead_letters:
+            for msg, why in rejected:
+                REJECTED.labels(why.cause).inc()
+                self.log.rejected(why.cause, why.reason, msg.subject, HUB_DEAD_LETTERS)
+            return
         pending = []
         for msg, why in rejected:
             event = record(site, why, msg.subject, msg.data, msg.headers, msg.reply, REJECTED_BY)

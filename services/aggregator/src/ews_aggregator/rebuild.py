@@ -121,14 +121,16 @@ async def replay(
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] = lambda: False,
     intake: Intake | None = None,
+    stream: str = READINGS.name,
 ) -> Replayed:
     """Account every reading of the site up to the stream's last sequence now (step 3 of the module doc),
-    skipping what ``intake`` (default: the rules with the aggregator's configuration) rejects."""
+    skipping what ``intake`` (default: the rules with the aggregator's configuration) rejects. ``stream``: the
+    site's readings (``ews_contracts.streamnames``)."""
     site = aggregator.site.site
     if intake is None:
         intake = Intake(site, Declarations.of(aggregator.site))
     subject = pattern(site, Kind.READING)
-    upto = await last_sequence(nc, READINGS.name)
+    upto = await last_sequence(nc, stream)
     total: list[int] = []
     held: list[ReadingTaken] = []
     first_held: int | None = None
@@ -136,7 +138,7 @@ async def replay(
     done = skipped = held_count = 0
     writer = _Writer(aggregator, batch_size)
     try:
-        async for msgs in read_stream(nc, READINGS.name, subject, upto=upto, total=total):
+        async for msgs in read_stream(nc, stream, subject, upto=upto, total=total):
             if cancelled():
                 raise RebuildCancelled
             for msg in msgs:
@@ -162,7 +164,7 @@ async def replay(
         await writer.flush()
         if overflow and first_held is not None:
             log.info("rebuild: %d readings taken since the restore began: reading them again", held_count)
-            async for msgs in read_stream(nc, READINGS.name, subject, upto=upto, start=first_held):
+            async for msgs in read_stream(nc, stream, subject, upto=upto, start=first_held):
                 for msg in msgs:
                     try:
                         reading = _parse(intake, msg)

@@ -48,6 +48,7 @@ from ews_contracts.settings import Settings
 from ews_contracts.site import Site
 from ews_contracts.siteconfig import LiveSite
 from ews_contracts.store import get_store
+from ews_contracts.streamnames import BOX, StreamNames
 from ews_contracts.streams import READINGS
 from ews_contracts.subjects import PREFIX
 from ews_contracts.text import one_line
@@ -79,7 +80,9 @@ REBUILD_RETRY = 30.0  # seconds before a failed rebuild is tried again
 
 # Prometheus (served by the gateway-api's /metrics under `ews up`, see ews_contracts.metrics)
 READINGS_IN = Counter(
-    "ews_aggregator_readings_total", "Readings and status events taken in, by outcome (stored, rejected)", ["outcome"]
+    "ews_aggregator_readings_total",
+    "Readings and status events taken in, by outcome (stored, rejected)",
+    ["outcome"],
 )
 BATCHES = Counter("ews_aggregator_batches_total", "Batches written to ClickHouse (one insert each)")
 STORE_TIME = Histogram(
@@ -186,10 +189,10 @@ def load_profiles_or_none(settings: Settings) -> dict:
         return {}
 
 
-def make_aggregator(settings: Settings, site: Site | None = None) -> Aggregator:
+def make_aggregator(settings: Settings, site: Site | None = None, database: str | None = None) -> Aggregator:
     return Aggregator(
         get_store(settings.clickhouse_dsn),
-        settings.clickhouse_database,
+        database or settings.clickhouse_database,
         site or settings.site,
         load_profiles_or_none(settings),
     )
@@ -212,13 +215,19 @@ def consumer_filter(site: str) -> str:
 
 
 def consumer_config(
-    site: str, ack_wait: float = ACK_WAIT, batch_size: int = BATCH_SIZE, start_seq: int | None = None
+    site: str,
+    ack_wait: float = ACK_WAIT,
+    batch_size: int = BATCH_SIZE,
+    start_seq: int | None = None,
+    durable: str = DURABLE,
+    deliver: str | None = None,
 ) -> ConsumerConfig:
-    """The durable push consumer of the aggregator (from ``start_seq`` after a rebuild, else from the start)."""
+    """The durable push consumer of the aggregator (from ``start_seq`` after a rebuild, else from the start);
+    ``durable`` and ``deliver`` (its deliver subject) are a hub member's (``take_over``), else the box's."""
     return ConsumerConfig(
-        name=DURABLE,
-        durable_name=DURABLE,
-        deliver_subject=deliver_subject(site),  # no filter: see consumer_filter
+        name=durable,
+        durable_name=durable,
+        deliver_subject=deliver or deliver_subject(site),  # no filter: see consumer_filter
         ack_policy=JsAckPolicy.ALL,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq else DeliverPolicy.ALL,
         opt_start_seq=start_seq or None,
@@ -255,7 +264,9 @@ async def ensure_consumer(js, site: str, batch_size: int = BATCH_SIZE) -> Consum
     if config.filter_subject or config.filter_subjects:
         # an older version filtered (its readings, then every subject of the site): the filter is dropped (see
         # consumer_filter); status events are checked too, and other sites skipped, from where it was
-        log.info("the %s consumer of %s now takes every subject (skipping other sites')", DURABLE, READINGS.name)
+        log.info(
+            "the %s consumer of %s now takes every subject (skipping other sites')", DURABLE, READINGS.name
+        )
         config = replace(config, filter_subject=None, filter_subjects=None)
         if (config.max_ack_pending or 0) < wanted:
             config = replace(config, max_ack_pending=wanted)
@@ -264,6 +275,30 @@ async def ensure_consumer(js, site: str, batch_size: int = BATCH_SIZE) -> Consum
         config = replace(config, max_ack_pending=wanted)
         return (await js.add_consumer(READINGS.name, config=config)).config
     return config
+
+
+async def take_over(js, names: StreamNames, deliver: str, batch_size: int = BATCH_SIZE) -> ConsumerConfig:  # noqa: ANN001
+    """At the hub (``group.py``): the site's durable consumer made this member's. A consumer another member
+    left (it died, or gave the site up) is replaced by one starting after its ack floor — what it acked is
+    stored; what it had in flight comes again, and the aggregator counts nothing twice — and delivering to
+    this member's own subject, so a member that lost its lease without knowing it receives nothing more."""
+    durable = names.aggregator_durable
+    start = None
+    try:
+        info = await js.consumer_info(names.readings, durable)
+    except NotFoundError:
+        info = None
+    if info is not None:
+        if RebuildMarker.of(info) is not None:
+            raise MarkerPresent("a restore asked for a rebuild")
+        if info.config.deliver_subject == deliver:
+            return info.config  # already this member's (bound again after a pause)
+        start = (info.ack_floor.stream_seq or 0) + 1 if info.ack_floor else None
+        await js.delete_consumer(names.readings, durable)
+    config = consumer_config(
+        names.site or "", batch_size=batch_size, start_seq=start, durable=durable, deliver=deliver
+    )
+    return (await js.add_consumer(names.readings, config=config)).config
 
 
 class Batcher:
@@ -278,7 +313,11 @@ class Batcher:
     """
 
     def __init__(
-        self, aggregator: Aggregator, gate: Gate, batch_size: int = BATCH_SIZE, client: FastHeaderClient | None = None
+        self,
+        aggregator: Aggregator,
+        gate: Gate,
+        batch_size: int = BATCH_SIZE,
+        client: FastHeaderClient | None = None,
     ) -> None:
         self.aggregator = aggregator
         self.gate = gate
@@ -359,10 +398,25 @@ def tune_gc() -> None:
 
 
 class AggregatorService:
-    """The running aggregator: the live consumer, and the rebuilds a restore asks for."""
+    """The running aggregator: the live consumer, and the rebuilds a restore asks for.
 
-    def __init__(self, settings: Settings) -> None:
+    On a box or an edge it reads the streams by their own names (``BOX``). At the hub (``group.py``) it is
+    given the site's hub streams (``streams_for(site, hub=True)``), its ClickHouse ``database`` and the
+    member's ``deliver`` subject: it reads the configuration from ``EWS_CONFIG_<site>`` (no site file),
+    declares and publishes to no stream, and answers no rebuild request (those are the edge's, and leaf
+    nodes share subjects)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        names: StreamNames = BOX,
+        database: str | None = None,
+        deliver: str | None = None,
+    ) -> None:
         self.settings = settings
+        self.names = names
+        self.database = database or settings.clickhouse_database
+        self.deliver = deliver
         self.batch_size = settings.aggregator_batch
         self.live: LiveSite | None = None
         self.pinned = 0  # configuration versions below this one are not applied (see _apply_site)
@@ -380,19 +434,28 @@ class AggregatorService:
 
     @property
     def site_id(self) -> str:
-        return self.settings.site.site
+        return self.names.site or self.settings.site.site
+
+    @property
+    def name(self) -> str:
+        return f"hub-aggregator-{self.site_id}" if self.names.hub else "aggregator"
 
     async def start(self) -> None:
         # the configuration in force (seeded from the site file on the first start), followed live
-        self.live = await LiveSite.connect(self.settings.nats_url, self.settings.site_path, "aggregator")
+        if self.names.hub:  # the edge's configuration, sourced
+            stored = (self.site_id, self.names.config)
+            self.live = await LiveSite.connect(self.settings.nats_url, None, self.name, stored=stored)
+        else:
+            self.live = await LiveSite.connect(self.settings.nats_url, self.settings.site_path, "aggregator")
         # readings are the hot path: a plain nats-py connection with the fast header parser
-        self.nc = await connect_fast(self.settings.nats_url, "aggregator")
+        self.nc = await connect_fast(self.settings.nats_url, self.name)
         self.js = self.nc.jetstream()
-        await ensure_streams_with(self.js)
-        self.aggregator = make_aggregator(self.settings, self.live.site)
+        if self.names.owns_streams:
+            await ensure_streams_with(self.js)
+        self.aggregator = make_aggregator(self.settings, self.live.site, self.database)
         await self.aggregator.start()  # migrate + load state before the first message
         # the contract's rules check devices against every configuration version (with its stream time)
-        self.gate = Gate(self.js, self.live.site, self.live.store)
+        self.gate = Gate(self.js, self.live.site, self.live.store, dead_letters=self.names.owns_streams)
         await self.gate.load()
         self.live.on_change(self._apply_site)
         self.live.on_change(self._follow_declarations)
@@ -400,13 +463,15 @@ class AggregatorService:
         tune_gc()
         self.batcher = Batcher(self.aggregator, self.gate, self.batch_size, self.nc)
         self.tasks.append(asyncio.create_task(self.batcher.tick(), name="aggregator-batches"))
-        marker = await current_marker(self.js)
+        marker = await self.marker()
         if marker is None:
-            await self.consume(await ensure_consumer(self.js, self.site_id, self.batch_size))
+            await self.consume(await self.ensure_consumer())
             log.info(
-                "aggregator consuming %s into %s",
+                "%s consuming %s of %s into %s",
+                self.name,
                 consumer_filter(self.site_id),
-                self.settings.clickhouse_database,
+                self.names.readings,
+                self.database,
             )  # (the consumer delivers the whole stream: other sites' messages are skipped)
         else:
             self.status = RebuildStatus(state="waiting", restore=marker.restore)
@@ -416,8 +481,20 @@ class AggregatorService:
                 log.info("a restore is in progress: the aggregator waits for it before rebuilding")
         # answers status and rebuild requests once its state is known (an early "idle" would tell a
         # restorer that no rebuild is pending)
-        await self.nc.subscribe(aggregator_rpc(self.site_id, "*"), queue=RPC_QUEUE, cb=self.on_request)
+        if self.names.owns_streams:
+            await self.nc.subscribe(aggregator_rpc(self.site_id, "*"), queue=RPC_QUEUE, cb=self.on_request)
         self.tasks.append(asyncio.create_task(self.watch(), name="aggregator-watch"))
+
+    async def marker(self) -> RebuildMarker | None:
+        assert self.js is not None
+        return await current_marker(self.js, self.names.readings, self.names.aggregator_durable)
+
+    async def ensure_consumer(self) -> ConsumerConfig:
+        """The durable consumer: the box's (``ensure_consumer``), or taken over by this hub member."""
+        if self.names.hub:
+            assert self.deliver, "a hub member consumes on its own deliver subject"
+            return await take_over(self.js, self.names, self.deliver, self.batch_size)
+        return await ensure_consumer(self.js, self.site_id, self.batch_size)
 
     async def consume(self, config: ConsumerConfig) -> None:
         """Bind to the push consumer's deliver subject: its messages arrive as raw frames, batched."""
@@ -490,7 +567,7 @@ class AggregatorService:
         site, self.pinned = await site_in_force(self.live.store, self.live.site)
         assert self.gate is not None
         await self.gate.load(site)  # the restored configuration history
-        aggregator = make_aggregator(self.settings, site)
+        aggregator = make_aggregator(self.settings, site, self.database)
         await empty_projections(aggregator)
         await aggregator.start()
         self.aggregator = self.batcher.aggregator = aggregator
@@ -506,8 +583,9 @@ class AggregatorService:
             progress,
             cancelled=lambda: self.wanted is not marker,
             intake=self.gate.intake,
+            stream=self.names.readings,
         )
-        now = await current_marker(self.js)
+        now = await self.marker()
         if now is not None and now.restore != marker.restore:  # another restore began meanwhile
             if now.due():
                 self.wanted = now
@@ -515,9 +593,15 @@ class AggregatorService:
             self.status = RebuildStatus(state="waiting", restore=now.restore)
             return
         with contextlib.suppress(NotFoundError):
-            await self.js.delete_consumer(READINGS.name, DURABLE)
-        config = consumer_config(self.site_id, batch_size=self.batch_size, start_seq=result.last_seq + 1)
-        config = (await self.js.add_consumer(READINGS.name, config=config)).config
+            await self.js.delete_consumer(self.names.readings, self.names.aggregator_durable)
+        config = consumer_config(
+            self.site_id,
+            batch_size=self.batch_size,
+            start_seq=result.last_seq + 1,
+            durable=self.names.aggregator_durable,
+            deliver=self.deliver,
+        )
+        config = (await self.js.add_consumer(self.names.readings, config=config)).config
         await self.consume(config)
         self.status = RebuildStatus(
             state="idle",
@@ -538,7 +622,7 @@ class AggregatorService:
         operation = msg.subject.rpartition(".")[2]
         try:
             if operation == "rebuild":
-                marker = await current_marker(self.js)
+                marker = await self.marker()
                 if marker is not None:
                     self.start_rebuild(replace(marker, not_before=0.0))
                 answer = self.status.model_dump(mode="json")
@@ -560,10 +644,10 @@ class AggregatorService:
             if self.rebuilding is not None and not self.rebuilding.done():
                 continue
             with contextlib.suppress(Exception):
-                info = await self.js.consumer_info(READINGS.name, DURABLE)
+                info = await self.js.consumer_info(self.names.readings, self.names.aggregator_durable)
                 LAG.set((info.num_pending or 0) + (info.num_ack_pending or 0))
             try:
-                marker = await current_marker(self.js)
+                marker = await self.marker()
                 if marker is not None:
                     if self.status.state == "failed" and time.monotonic() - self.failed_at < REBUILD_RETRY:
                         continue
@@ -572,7 +656,7 @@ class AggregatorService:
                     elif self.status.state != "waiting":
                         self.status = RebuildStatus(state="waiting", restore=marker.restore)
                 elif self.sub is None:
-                    await self.consume(await ensure_consumer(self.js, self.site_id, self.batch_size))
+                    await self.consume(await self.ensure_consumer())
                     self.status = RebuildStatus(state="idle")
             except MarkerPresent:
                 continue
