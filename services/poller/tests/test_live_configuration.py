@@ -55,7 +55,13 @@ async def test_devices_added_and_switched_off_apply_live(tmp_path, nats_url, red
             await asyncio.sleep(0.05)
 
         # a device on a free address, not saved yet: the Test read goes through the poller
-        new = {"id": "m9", "name": "Added live", "profile": "power-meter-access", "gateway": "gw1", "address": 40}
+        new = {
+            "id": "m9",
+            "name": "Added live",
+            "profile": "power-meter-access",
+            "gateway": "gw1",
+            "address": 40,
+        }
         msg = await nc.request(
             poller_rpc(site.site, "test-device"),
             ProbeRequest(device=new).model_dump_json().encode(),
@@ -84,8 +90,12 @@ async def test_devices_added_and_switched_off_apply_live(tmp_path, nats_url, red
         # switched Off: a status "off", then no more readings of it
         doc["devices"][0]["enabled"] = False
         off = doc["devices"][0]["id"]
-        await store.put(validate_document(doc, PROFILES), expected=v2.version, changed_by="test", how="device-enabled")
-        await events.until(lambda: [s for s in events.statuses(off) if s.state == "off"], 10, "the Off status")
+        await store.put(
+            validate_document(doc, PROFILES), expected=v2.version, changed_by="test", how="device-enabled"
+        )
+        await events.until(
+            lambda: [s for s in events.statuses(off) if s.state == "off"], 10, "the Off status"
+        )
         await asyncio.sleep(0.5)
         count = len(events.readings(off))
         await asyncio.sleep(1.5)

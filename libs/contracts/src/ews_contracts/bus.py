@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from faststream.nats import JStream, NatsBroker
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
 from .events import Event
 from .streams import ALL_STREAMS, StreamSpec, stream_for
+
+if TYPE_CHECKING:  # FastStream is imported where a broker is made: ~18 MiB a process that uses none
+    from faststream.nats import JStream, NatsBroker
 
 log = logging.getLogger("ews.bus")
 
@@ -43,6 +46,8 @@ def broker_logger(name: str) -> logging.Logger:
 
 def make_broker(nats_url: str, name: str) -> NatsBroker:
     """A FastStream NATS broker that reconnects forever (a service outlives NATS restarts)."""
+    from faststream.nats import NatsBroker
+
     return NatsBroker(
         nats_url,
         name=name,
@@ -56,6 +61,8 @@ def make_broker(nats_url: str, name: str) -> NatsBroker:
 
 def jstream(spec: StreamSpec) -> JStream:
     """The FastStream declaration of a stream (subscribers pass it as ``stream=``)."""
+    from faststream.nats import JStream
+
     return JStream(
         name=spec.name,
         description=spec.description,

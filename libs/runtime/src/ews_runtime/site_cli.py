@@ -73,7 +73,11 @@ async def _import(settings: Settings, path: Path) -> str:
             return f"{path}: same as version {last.version} in force; nothing stored"
         try:
             event = await store.put(
-                site, expected=None, changed_by="ews site import", how="import", file_digest=digest(path.read_bytes())  # noqa: ASYNC240 - a small file, once
+                site,
+                expected=None,
+                changed_by="ews site import",
+                how="import",
+                file_digest=digest(path.read_bytes()),  # noqa: ASYNC240 - a small file, once
             )
         except VersionConflict:  # not with expected=None; kept for completeness
             raise StartupError("the configuration changed during the import: run it again") from None
@@ -95,7 +99,9 @@ async def _export(settings: Settings, site_id: str | None) -> str:
     finally:
         await nc.close()
     if event is None:
-        raise StartupError(f"no stored configuration for site {site_id!r} yet: start the stack once (`ews up`)")
+        raise StartupError(
+            f"no stored configuration for site {site_id!r} yet: start the stack once (`ews up`)"
+        )
     header = f"# site configuration version {event.version} ({event.occurred_at:%Y-%m-%d %H:%M} UTC)\n"
     return header + to_yaml(event.document)
 

@@ -80,5 +80,9 @@ async def test_device(poller: Poller, request: ProbeRequest) -> ProbeReply:
     except ValueError as exc:
         return ProbeReply(ok=False, error=f"bad answer: {one_line(exc)}", transactions=len(blocks))
     return ProbeReply(
-        ok=True, values=decoded.values, states=decoded.states, problems=decoded.problems, transactions=len(blocks)
+        ok=True,
+        values=decoded.values,
+        states=decoded.states,
+        problems=decoded.problems,
+        transactions=len(blocks),
     )

@@ -28,8 +28,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import nats.aio.client
 import redis.asyncio as aioredis
-from ews_contracts.bus import ensure_streams, make_broker
+from ews_contracts.bus import ensure_streams_with
 from ews_contracts.events import DeviceStatusChanged, Event, ReadingTaken
 from ews_contracts.live import LiveDevice, live_key
 from ews_contracts.profiles import Profile, ProfileError, check_device, load_profiles
@@ -62,9 +63,14 @@ CYCLE = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
 LAST_CYCLE = Gauge(
-    "ews_poller_last_cycle_seconds", "The last poll round's wall time", ["gateway"], multiprocess_mode="mostrecent"
+    "ews_poller_last_cycle_seconds",
+    "The last poll round's wall time",
+    ["gateway"],
+    multiprocess_mode="mostrecent",
 )
-PUBLISHED = Counter("ews_poller_events_published_total", "Events (readings, status changes) stored by JetStream")
+PUBLISHED = Counter(
+    "ews_poller_events_published_total", "Events (readings, status changes) stored by JetStream"
+)
 OUTBOX = Gauge(
     "ews_poller_outbox_events", "Events waiting to be published (NATS away)", multiprocess_mode="mostrecent"
 )
@@ -172,7 +178,8 @@ class Poller:
         self.failure_threshold = failure_threshold
         self.max_gap = max_gap
         self.targets = build_targets(self.site, self.profiles, threshold=failure_threshold, max_gap=max_gap)
-        self.broker = make_broker(settings.nats_url, "poller")
+        # a plain nats-py connection (publish.py sends on it directly): FastStream would cost ~18 MiB here
+        self.nc = nats.aio.client.Client()
         self.redis = aioredis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.complaints = FaultLog(log)  # per device and cause: a first line, a summary a minute, recovery
         self._outbox: asyncio.Queue[Event] = asyncio.Queue()
@@ -324,7 +331,7 @@ class Poller:
                 await asyncio.wait_for(client.close(), STOP_TIMEOUT)
         self._gateways = {}
         with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.wait_for(self.broker.stop(), 5)
+            await asyncio.wait_for(self.nc.drain() if self.nc.is_connected else self.nc.close(), 5)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.redis.aclose(), STOP_TIMEOUT)
 
@@ -485,14 +492,29 @@ class Poller:
 
     async def _connect_nats(self) -> None:
         if not self._nats_connected:  # afterwards nats-py reconnects by itself (forever)
-            await asyncio.wait_for(self.broker.connect(), NATS_CONNECT_TIMEOUT)
+            await asyncio.wait_for(
+                self.nc.connect(
+                    self.settings.nats_url,
+                    name="poller",
+                    max_reconnect_attempts=-1,  # a service outlives NATS restarts
+                    reconnect_time_wait=0.5,
+                    connect_timeout=5,
+                    error_cb=self._nats_error,
+                ),
+                NATS_CONNECT_TIMEOUT,
+            )
             self._nats_connected = True
-        await ensure_streams(self.broker)
+        await ensure_streams_with(self.nc.jetstream())
         if self._acks is None:
-            acks = AckInbox(self.broker.connection)
+            acks = AckInbox(self.nc)
             await acks.open()
             self._acks = acks
         self._nats_ready = True
+
+    async def _nats_error(self, exc: Exception) -> None:
+        """nats-py's errors (a lost connection, a refused reconnection): the publisher says what they
+        cause, one line per cause ("publishing failed, will retry"); the details at DEBUG."""
+        log.debug("nats: %s", one_line(exc) or type(exc).__name__)
 
     async def _publisher(self) -> None:
         """Send the outbox's events in order, in batches: every event waiting (at most PUBLISH_WINDOW) in
@@ -626,11 +648,15 @@ async def serve(settings: Settings) -> None:
     rpc: asyncio.Task[None] | None = None
     try:
         await poller.start()
-        rpc = asyncio.create_task(serve_requests(poller, poller.commands, settings.nats_url), name="poller-rpc")
+        rpc = asyncio.create_task(
+            serve_requests(poller, poller.commands, settings.nats_url), name="poller-rpc"
+        )
         # polling starts from the site file at once (readings queue while NATS is away); the stored
         # configuration takes over as soon as NATS answers, and every new version applies live
         follower = asyncio.create_task(
-            follow_configuration(settings.nats_url, settings.site_path, "poller", lambda: poller.site, poller.apply_site),
+            follow_configuration(
+                settings.nats_url, settings.site_path, "poller", lambda: poller.site, poller.apply_site
+            ),
             name="poller-configuration",
         )
         await asyncio.Event().wait()
