@@ -51,6 +51,14 @@ def test_dead_servers_are_restarted_and_ready_tells_the_truth(tmp_path: Path):
     base = f"http://127.0.0.1:{http}"
     try:
         wait_until(lambda: ready(base)[0] == 200 or None, 120, "/ready 200 after start")
+        # the long-lived supervisor is the light one (ews_runtime.supervise: standard library only)
+        supervisor = wait_until(
+            lambda: "ews_runtime.supervise" in (c := Path(f"/proc/{proc.pid}/cmdline").read_text()) and c,
+            30,
+            "`ews up` to hand over to ews_runtime.supervise",
+        )
+        assert "--handover-fd" in supervisor
+        assert "pydantic" not in Path(f"/proc/{proc.pid}/maps").read_text()
         for server, part in (("nats-server", "nats"), ("redis-server", "redis")):
             pid = pid_of(server, ports[server])
             assert pid, f"no {server} of this stack"

@@ -17,7 +17,7 @@ def hub_settings(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Settings:  # noqa
 
 
 def test_the_hub_runs_one_aggregator_group_member_by_default(hub_settings: Settings) -> None:
-    assert target_groups(hub_settings, Mode("hub")) == ["hub-live", "aggregator-group"]
+    assert target_groups(hub_settings, Mode("hub")) == ["hub-live", "aggregator-group,gateway-api,auth"]
 
 
 def test_several_members_need_a_clickhouse_server(
@@ -28,7 +28,12 @@ def test_several_members_need_a_clickhouse_server(
         target_groups(hub_settings, Mode("hub"))
     assert "\n" not in str(refused.value)
     monkeypatch.setenv("CLICKHOUSE_URL", "http://default:@127.0.0.1:8123/ews")
-    assert target_groups(Settings(), Mode("hub")) == ["hub-live", *["aggregator-group"] * 3]
+    assert target_groups(Settings(), Mode("hub")) == [
+        "hub-live",
+        "auth",
+        "gateway-api",
+        *["aggregator-group"] * 3,
+    ]
 
 
 @pytest.mark.parametrize("value", ["0", "two", "-1", "100"])

@@ -2,7 +2,9 @@
 
 Starts (or reuses, when one already answers at NATS_URL / REDIS_URL) nats-server with JetStream on disk and
 redis-server in the data folder, then every target as its own process (`ews run …`), restarts a
-target that dies, and stops everything cleanly on Ctrl-C. The data folder survives restarts.
+target that dies, and stops everything cleanly on Ctrl-C. The data folder survives restarts. Once all is
+started, the process hands over to ``ews_runtime.supervise`` (exec, same pid; standard library only), which
+does the watching for as long as the box runs.
 """
 
 from __future__ import annotations
@@ -11,19 +13,18 @@ import logging
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ews_contracts.hub import EDGE_SITE_ENV, HUB_DOMAIN, edge_domain
-from ews_contracts.metrics import MULTIPROC_ENV, process_dead
+from ews_contracts.metrics import MULTIPROC_ENV
 from ews_contracts.roles import DEFAULT_CODES, format_puk
 from ews_contracts.settings import Settings
 
 from .servers import (
+    ManagedServer,
     NatsServer,
     RedisServer,
     StartupError,
@@ -36,31 +37,12 @@ from .servers import (
     url_password,
     url_with_password,
 )
+from .supervise import STOP_SIGNALS, Child, Server, StartError, Supervisor, poll
 
 log = logging.getLogger("ews.up")
 
 
-@dataclass
-class Child:
-    targets: str
-    proc: subprocess.Popen | None = None
-    restarts: int = 0
-    next_start: float = 0.0
-    started_at: float = field(default=0.0)
-
-
 SIMULATOR_WAIT = 300.0  # seconds the poller waits for the simulator (the demo history comes first)
-
-
-def _simulator_ready(settings: Settings) -> bool:
-    """Every simulated gateway accepts connections."""
-    for g in settings.site.gateways:
-        try:
-            with socket.create_connection((settings.simulator_bind, g.port), timeout=0.2):
-                pass
-        except OSError:
-            return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -97,8 +79,13 @@ def target_groups(settings: Settings, mode: Mode | None = None) -> list[str]:
     if mode is not None and mode.role == "hub":
         # the hub's nats-server holds every site's streams (sourced by the edges' hub-link); the aggregator
         # group accounts every site into its own database (ews_aggregator.group); hub-live keeps every
-        # site's live device state in the hub's Redis (ews_runtime.hublive)
-        return ["hub-live", *["aggregator-group"] * hub_aggregators(settings)]
+        # site's live device state in the hub's Redis (ews_runtime.hublive); the gateway-api serves every
+        # site (`?site=`) with the hub's own codes (auth, identity "hub"). With chDB the one member of the
+        # group and the gateway-api share the engine's process.
+        members = hub_aggregators(settings)
+        if settings.uses_chdb:
+            return ["hub-live", "aggregator-group,gateway-api,auth"]
+        return ["hub-live", "auth", "gateway-api", *["aggregator-group"] * members]
     groups = ["simulator"] if settings.runs_simulator else []
     if mode is not None and mode.role == "edge":
         groups += ["hub-link"]
@@ -150,8 +137,8 @@ def _wait_http(url: str, timeout: float, children: list[Child]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for c in children:
-            if c.proc is not None and c.proc.poll() is not None:
-                raise StartupError(f"target {c.targets} exited with code {c.proc.returncode} during start-up")
+            if c.pid is not None and (code := poll(c.pid)) is not None:
+                raise StartupError(f"target {c.targets} exited with code {code} during start-up")
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status == 200:
@@ -175,17 +162,17 @@ def up(settings: Settings, mode: Mode | None = None) -> int:
     if manage_redis:
         redis_server_binary()
 
-    stopping = False
+    supervisor = Supervisor(
+        child_argv=[sys.executable, "-m", "ews_runtime.cli", "run"],
+        env=dict(os.environ, EWS_DATA_DIR=str(data)),
+        data_dir=str(data),
+        metrics_dir=str(data / "metrics"),
+        simulator_wait=SIMULATOR_WAIT,
+    )
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, supervisor.on_signal)
 
-    def on_signal(signum, frame):  # noqa: ARG001
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-
-    servers = []
-    env = dict(os.environ, EWS_DATA_DIR=str(data))
+    env = supervisor.env
     # every child writes its Prometheus metrics here; the gateway-api's /metrics serves them all
     metrics = data / "metrics"
     shutil.rmtree(metrics, ignore_errors=True)
@@ -195,7 +182,10 @@ def up(settings: Settings, mode: Mode | None = None) -> int:
         env["EWS_SITE_FILE"] = str(settings.site_file.resolve())
     if mode.role == "edge":  # its streams hold its own site only (ews_contracts.hub)
         env[EDGE_SITE_ENV] = settings.site.site
-    children = [Child(t) for t in target_groups(settings, mode)]
+    if mode.role == "hub":  # no site file: every site whose streams reach the hub, the hub's own codes
+        env["EWS_HUB"] = "1"
+        env.pop("EWS_SITE_FILE", None)
+    children = supervisor.children = [Child(t) for t in target_groups(settings, mode)]
     try:
         if manage_nats:
             host, port = host_port(settings.nats_url, 4222)
@@ -212,7 +202,7 @@ def up(settings: Settings, mode: Mode | None = None) -> int:
                 leaf_port=mode.leaf_port if mode.role == "hub" else None,
                 leaf_remote=mode.hub_url if mode.role == "edge" else None,
             )
-            servers.append(nats_server.start())
+            _start_server(supervisor, nats_server)
             log.info("nats-server (JetStream) on %s, data in %s", settings.nats_url, data / "nats")
             if mode.role == "hub":
                 log.info(
@@ -240,127 +230,94 @@ def up(settings: Settings, mode: Mode | None = None) -> int:
             env["REDIS_URL"] = url_with_password(settings.redis_url, password)
             host, port = host_port(settings.redis_url, 6379)
             redis_log = data / "redis-server.log"
-            servers.append(RedisServer(data / "redis", port, host, log=redis_log, password=password).start())
-            log.info("redis-server on %s:%s (password protected), data in %s", host, port, data / "redis")
-
-        def start(child: Child) -> None:
-            child.proc = subprocess.Popen(
-                [sys.executable, "-m", "ews_runtime.cli", "run", child.targets],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C reaches only this supervisor, which stops children in order
+            _start_server(
+                supervisor, RedisServer(data / "redis", port, host, log=redis_log, password=password)
             )
-            child.started_at = time.monotonic()
+            log.info("redis-server on %s:%s (password protected), data in %s", host, port, data / "redis")
 
         # The poller starts once the simulator answers: on the demo's first start the simulator publishes
         # the demo history first (ews_simulator.history), and live readings must follow it in the stream.
         # Everything else (the web server too) starts at once.
-        simulator = next((c for c in children if c.targets == "simulator"), None)
-        held = [c for c in children if c.targets == "poller"] if simulator is not None else []
-        held_since = time.monotonic()
+        if any(c.targets == "simulator" for c in children):
+            supervisor.held_until = [(settings.simulator_bind, g.port) for g in settings.site.gateways]
+            supervisor.held_since = time.monotonic()
+            for child in children:
+                child.held = child.targets == "poller"
         for child in children:
-            if child in held:
-                child.next_start = float("inf")
-            else:
-                start(child)
+            if not child.held:
+                supervisor.start_child(child)
         url = f"http://{settings.http_host}:{settings.http_port}"
         if any("gateway-api" in c.targets for c in children):
             _wait_http(f"{url}/health", 90, children)
-            _banner(url, settings)
-
-        watched = [ServerWatch(server) for server in servers]
-        while not stopping:
-            time.sleep(0.2)
-            for watch in watched:
-                watch.check()
-            if held and (_simulator_ready(settings) or time.monotonic() - held_since > SIMULATOR_WAIT):
-                for child in held:
-                    child.next_start = 0.0
-                held = []
-            for child in children:
-                if child.proc is None or child.proc.poll() is None:
-                    if child.proc is None and time.monotonic() >= child.next_start:
-                        start(child)
-                    continue
-                code = child.proc.returncode
-                process_dead(child.proc.pid, str(metrics))
-                child.proc = None
-                if time.monotonic() - child.started_at > 60:
-                    child.restarts = 0
-                child.restarts += 1
-                delay = min(30.0, 0.5 * 2**child.restarts)
-                child.next_start = time.monotonic() + delay
-                log.error("target %s exited with code %s; restarting in %.0f s", child.targets, code, delay)
-    finally:
-        log.info("stopping…")
-        for child in reversed(children):
-            if child.proc is not None and child.proc.poll() is None:
-                child.proc.terminate()
-        for child in reversed(children):
-            if child.proc is not None:
-                try:
-                    child.proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    child.proc.kill()
-                    child.proc.wait()
-        for server in reversed(servers):
-            server.stop()
-        log.info("stopped; data kept in %s", data)
-    return 0
+            _banner(url, settings, hub=mode.role == "hub")
+        root = logging.getLogger()
+        formatter = root.handlers[0].formatter if root.handlers else None
+        if formatter is not None:
+            supervisor.log_format, supervisor.log_datefmt = formatter._fmt, formatter.datefmt
+        supervisor.log_level = root.level
+    except BaseException:
+        supervisor.shutdown()
+        raise
+    # Supervising for as long as the box runs needs none of the above (pydantic, the site models,
+    # prometheus_client: ~40 MiB): hand over to a process of the standard library only.
+    _hand_over(supervisor)  # returns only when the exec failed
+    return supervisor.run()
 
 
-class ServerWatch:
-    """Restart nats-server or redis-server when it dies, like a target (logged, with back-off; their data
-    folders survive). The services reconnect by themselves; ``/ready`` says 503 meanwhile."""
-
-    def __init__(self, server) -> None:
-        self.server = server
-        self.restarts = 0
-        self.next_start = 0.0
-        self.started_at = time.monotonic()
-
-    @property
-    def name(self) -> str:
-        return self.server.name
-
-    def check(self) -> None:
-        proc = self.server.proc
-        if proc is not None and proc.poll() is None:
-            return
-        now = time.monotonic()
-        if proc is not None:  # it just died: schedule a restart
-            if now - self.started_at > 60:
-                self.restarts = 0
-            self.restarts += 1
-            delay = min(30.0, 0.5 * 2 ** (self.restarts - 1))
-            log.error("%s exited with code %s; restarting in %.1f s", self.name, proc.returncode, delay)
-            self.server.proc = None
-            self.next_start = now + delay
-            return
-        if now < self.next_start:
-            return
-        try:
-            self.server.start(timeout=10.0)
-        except Exception as exc:  # port still held, binary gone …: try again later
-            self.restarts += 1
-            self.next_start = now + min(30.0, 0.5 * 2**self.restarts)
-            log.error(
-                "%s did not start again (%s); next try in %.0f s", self.name, exc, self.next_start - now
-            )
-            self.server.proc = None
-            return
-        self.started_at = time.monotonic()
-        log.info(
-            "%s restarted on port %s (data kept in %s)", self.name, self.server.port, self.server.data_dir
-        )
+def _start_server(supervisor: Supervisor, server: ManagedServer) -> None:
+    watched = Server(
+        name=server.name,
+        command=server.command(),
+        host=server.host,
+        port=server.port,
+        data_dir=str(server.data_dir),
+        log_file=str(server.log) if server.log else None,
+    )
+    supervisor.servers.append(watched)
+    try:
+        watched.start()
+    except StartError as exc:
+        raise StartupError(str(exc)) from None
 
 
-def _banner(url: str, settings: Settings) -> None:
-    site = settings.site
+def _hand_over(supervisor: Supervisor) -> None:
+    """``os.execv`` into ``python -m ews_runtime.supervise`` (same pid: the children stay this process's),
+    the supervisor's state as JSON in an anonymous file it inherits. SIGINT/SIGTERM stay blocked until the
+    new process has its handlers (a Ctrl-C meanwhile is delivered then). Returns only when the exec failed;
+    the caller then supervises in this process."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    fd = -1
+    try:
+        fd = os.memfd_create("ews-up-handover", 0) if hasattr(os, "memfd_create") else _temporary_fd()
+        os.write(fd, supervisor.to_json().encode())
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.set_inheritable(fd, True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "ews_runtime.supervise", "--handover-fd", str(fd)])
+    except Exception as exc:  # noqa: BLE001 — nothing is lost: this process supervises instead
+        log.warning("could not hand over to the light supervisor (%s); supervising in this process", exc)
+        if fd >= 0:
+            os.close(fd)
+
+
+def _temporary_fd() -> int:
+    import tempfile
+
+    return os.dup(tempfile.TemporaryFile().fileno())
+
+
+def _banner(url: str, settings: Settings, hub: bool = False) -> None:
+    if hub:
+        where = "  hub: every site whose edge is linked (GET /api/v1/sites; the pages have a site picker)"
+    else:
+        site = settings.site
+        simulated = "  — simulated" if settings.runs_simulator else ""
+        where = f"  site: {site.name} ({len(site.devices)} devices){simulated}"
     lines = [
         "",
         f"  Energy web server is running: {url}",
-        f"  site: {site.name} ({len(site.devices)} devices){'  — simulated' if settings.runs_simulator else ''}",
+        where,
         "  default codes (change them in Configuration):",
         *(f"    {role:<14} PIN {pin}   PUK {format_puk(puk)}" for role, (pin, puk) in DEFAULT_CODES.items()),
         f"  API: {url}/api/v1   OpenAPI: {url}/schema   data: {settings.data_dir.resolve()}",
