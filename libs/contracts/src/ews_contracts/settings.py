@@ -113,6 +113,12 @@ class Settings(BaseSettings):
         "(a Prometheus server); an administrator's or installer's session may always read it.",
     )
     log_level: str = Field(default="INFO", alias="EWS_LOG_LEVEL")
+    hub: bool = Field(
+        default=False,
+        alias="EWS_HUB",
+        description="The hub of a multi-site installation (`ews up --hub`): the gateway-api serves every "
+        "site whose streams reach this NATS, and auth the hub's own codes (no site file).",
+    )
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
@@ -175,6 +181,12 @@ class Settings(BaseSettings):
     @property
     def uses_chdb(self) -> bool:
         return self.clickhouse_dsn.startswith("chdb:")
+
+    @property
+    def identity(self) -> str:
+        """Whose codes, sessions and machine tokens these are (auth subjects, Redis keys): the site's id on
+        a box or an edge, ``hub`` at the hub (its own four roles, which see every site)."""
+        return "hub" if self.hub else self.site.site
 
     @cached_property
     def site(self):  # -> Site (import here keeps settings light)

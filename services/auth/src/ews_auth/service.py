@@ -1,6 +1,8 @@
 """Auth service: answers login, unlock-revocation and code-change requests over NATS request/reply.
 
-Subjects (core NATS, queue group ``auth`` so several instances share the work):
+Subjects (core NATS, queue group ``auth`` so several instances share the work); ``<site>`` is
+``Settings.identity``: the site's id on a box or an edge, ``hub`` at the hub (its own four roles and codes,
+which see every site; Redis keys ``ews:hub:auth…``):
 
 - ``ews.<site>.rpc-auth.login`` — ``LoginRequest`` -> ``LoginReply``.
 - ``ews.<site>.rpc-auth.revoke-unlock`` — ``RevokeUnlockRequest`` -> ``{"ok": bool, "revoked": bool}``.
@@ -113,7 +115,9 @@ class AuthService:
         clock: Clock | None = None,
     ) -> None:
         self.settings = settings
-        self.site = settings.site.site
+        # whose codes these are: the site's on a box or an edge, the hub's own at the hub (Settings.identity)
+        self.site = settings.identity
+        self.publishes_audit = not settings.hub  # the hub declares no streams of its own (audit: logged)
         self.redis = redis if redis is not None else aioredis.from_url(settings.redis_url)
         self._own_redis = redis is None
         self.codes = CodeStore(self.redis, self.site, hasher)
@@ -128,7 +132,7 @@ class AuthService:
             site=self.site, action=action, role=role or "unknown", client=client, detail=detail
         )
         log.info("audit: %s role=%s client=%s %s", action, event.role, client, detail)
-        if self.broker is None:
+        if self.broker is None or not self.publishes_audit:
             return
         try:
             await publish_event(self.broker, event)
@@ -444,7 +448,8 @@ async def serve(settings: Settings) -> None:
         if created:
             log.info("created the factory codes of %s (change them in Configuration)", ", ".join(created))
         await broker.connect()
-        await ensure_streams(broker)
+        if not settings.hub:  # the hub's streams are the edges' (ews_contracts.streamnames)
+            await ensure_streams(broker)
         await broker.start()
         log.info("auth: answering %s", auth_rpc(service.site, "*"))
         await asyncio.Event().wait()  # until cancelled

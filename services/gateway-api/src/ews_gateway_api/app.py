@@ -6,7 +6,10 @@ the core lifespan, in module-name order, and exited in reverse.
 
 ``app.state`` (set by the core lifespan, available to every handler and domain lifespan):
 
-- ``settings`` (``ews_contracts.settings.Settings``), ``site`` (the loaded site file);
+- ``settings`` (``ews_contracts.settings.Settings``), ``site`` and ``live`` (the site's configuration in force,
+  followed live; None at the hub), ``identity`` (whose codes, sessions and tokens: the site's id, or ``hub``),
+  ``hub_sites`` (at the hub: every site it serves, ``sites.HubSites``; None on a box). Handlers read the site
+  of a request with ``sites.site_state(request)``, never these directly;
 - ``broker`` — a connected FastStream NATS broker (auth request/reply, publishing events);
 - ``redis`` — a ``redis.asyncio`` client (live state, records; also backs the sessions store);
 - ``store`` — the ClickHouse/chDB ``Store`` (``None`` while unreachable; see ``storage.require_store``)
@@ -21,7 +24,7 @@ import importlib
 import logging
 import pkgutil
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from types import ModuleType
 from typing import Any
 
@@ -53,6 +56,7 @@ from .openapi import document_errors
 from .pages import _page
 from .security import check_request, security_headers
 from .sessions import SESSION_COOKIE, HashedKeyStore, session_config
+from .sites import HubSites, forget_summaries, keep_site_in_redirects
 from .storage import open_store
 from .web import API_DOCS_PATH, TEMPLATES_DIR, ApiDocs
 
@@ -165,7 +169,9 @@ def redis_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Respon
 
 def create_app(settings: Settings) -> Litestar:
     modules = discover()
-    site = settings.site
+    hub = settings.hub
+    site = None if hub else settings.site  # the hub has no site file: it serves the sites it finds (sites.py)
+    identity = settings.identity  # whose codes, sessions and tokens: the site's, or the hub's own
     redis_client = aioredis.from_url(settings.redis_url)
 
     @asynccontextmanager
@@ -174,29 +180,36 @@ def create_app(settings: Settings) -> Litestar:
         await broker.connect()
         app.state.broker = broker
         try:
-            await ensure_streams(broker)
-            # the configuration in force (seeded from the site file on the first start), followed live
-            live = await LiveSite.open(broker.connection.jetstream(), settings.site_path)
-            app.state.live = live
-            app.state.site = live.site
+            async with AsyncExitStack() as stack:
+                js = broker.connection.jetstream()
+                if hub:
+                    # every site whose streams reach the hub, each followed live from EWS_CONFIG_<site>
+                    registry = HubSites(js, on_change=lambda site_id: forget_summaries(app.state, site_id))
+                    app.state.hub_sites = await stack.enter_async_context(registry.running())
+                else:
+                    await ensure_streams(broker)
+                    # the configuration in force (seeded from the site file on the first start), followed live
+                    live = await LiveSite.open(js, settings.site_path)
+                    app.state.live = live
+                    app.state.site = live.site
 
-            def follow(new_site, event) -> None:  # noqa: ARG001
-                app.state.site = new_site
-                app.state.summary_cache = {}
+                    def follow(new_site, event) -> None:  # noqa: ARG001
+                        app.state.site = new_site
+                        forget_summaries(app.state)
 
-            live.on_change(follow)
-            await live.follow()
-            app.state.store = await open_store(settings)
-            # start-up objects (modules, site, profiles, templates) out of the collector's view: a full
-            # collection then scans only what requests create (no 100 ms pause in the middle of a page)
-            gc.collect()
-            gc.freeze()
-            log.info(
-                "gateway-api for site %s: domains %s",
-                site.site,
-                ", ".join(m.__name__.rsplit(".", 1)[-1] for m in modules),
-            )
-            yield
+                    live.on_change(follow)
+                    await live.follow()
+                app.state.store = await open_store(settings)
+                # start-up objects (modules, site, profiles, templates) out of the collector's view: a full
+                # collection then scans only what requests create (no 100 ms pause in the middle of a page)
+                gc.collect()
+                gc.freeze()
+                log.info(
+                    "gateway-api for %s: domains %s",
+                    "every site of the hub" if hub else f"site {site.site}",
+                    ", ".join(m.__name__.rsplit(".", 1)[-1] for m in modules),
+                )
+                yield
         finally:
             try:
                 if getattr(app.state, "live", None) is not None:
@@ -228,9 +241,9 @@ def create_app(settings: Settings) -> Litestar:
         # security.py: cross-site requests and the API's content types refused (after the guards, before
         # the body is read); the security headers on every response, errors and static files included
         before_request=check_request,
-        before_send=[security_headers],
+        before_send=[security_headers, keep_site_in_redirects],
         request_max_body_size=MAX_REQUEST_BODY,
-        stores={"sessions": HashedKeyStore(RedisStore(redis_client, namespace=f"ews:{site.site}:session"))},
+        stores={"sessions": HashedKeyStore(RedisStore(redis_client, namespace=f"ews:{identity}:session"))},
         logging_config=None,  # the process's logging (set up by `ews`) applies: one format for every service
         template_config=TemplateConfig(
             directory=TEMPLATES_DIR, engine=JinjaTemplateEngine, engine_callback=configure_templates
@@ -286,6 +299,9 @@ def create_app(settings: Settings) -> Litestar:
     document_errors(app)  # 401, 403, 404 … of every route, from its guards and parameters (openapi.py)
     app.state.settings = settings
     app.state.site = site
+    app.state.identity = identity
+    app.state.hub_sites = None  # at the hub: the sites it serves (sites.HubSites), set on start-up
+    app.state.summary_cache = {}
     app.state.profiles = load_profiles(
         settings.profiles_dir
     )  # once: devices and commands read them per request

@@ -123,7 +123,7 @@ def _is_public(scope: Scope) -> bool:
 
 async def audit_refusal(state: Any, client: str, role: str, detail: str) -> None:
     event = AuditRecorded(
-        site=state.site.site, action="token-refused", role=role, client=client, detail=detail
+        site=state.identity, action="token-refused", role=role, client=client, detail=detail
     )
     log.info("audit: token-refused role=%s client=%s %s", role, client, detail)
     if state.broker is None:
@@ -136,7 +136,7 @@ async def audit_refusal(state: Any, client: str, role: str, detail: str) -> None
 
 async def resolve(state: Any, token: str, client: str) -> TokenPrincipal | BearerRefusal:
     """Check ``token`` (sent from ``client``) against the auth service's records."""
-    site = state.site.site
+    site = state.identity  # the tokens' owner: the site, or the hub
     redis = state.redis
     key = failures_key(site, client)
     token_id = token_id_of(token)
@@ -184,7 +184,7 @@ async def _note_use(state: Any, token_id: str) -> None:
     noted[token_id] = now
     with contextlib.suppress(Exception):  # a lost date must never refuse a request
         when = datetime.now(UTC).isoformat(timespec="seconds")
-        await state.redis.hset(token_used_key(state.site.site), token_id, when)
+        await state.redis.hset(token_used_key(state.identity), token_id, when)
 
 
 def bearer_middleware(app: ASGIApp) -> ASGIApp:

@@ -95,7 +95,10 @@ def reader_language(request: Request[Any, Any, Any]) -> str:
     accepted = _accepted(request)
     if accepted:
         return accepted
-    site_language = request.app.state.site.language
+    from .sites import optional_site_state
+
+    one = optional_site_state(request)  # None at a hub with several sites and none chosen: no site's default
+    site_language = one.site.language if one is not None else "en"
     return site_language if site_language in LANGUAGES else "en"
 
 

@@ -12,7 +12,10 @@ status    documented on
 401       every route that is not ``public`` (guards.py): no session or token, or an invalid machine token
 403       every route guarded by a permission (``requires``) or ``session_only``, and every state-changing
           route (cross-origin)
-404       every route with a path parameter (an unknown id, or a value the path cannot hold)
+404       every route with a path parameter (an unknown id, or a value the path cannot hold), and every
+          site-scoped route (``?site=`` of an unknown site)
+409       every state-changing site-scoped route: a hub changes no site (read-only-at-hub); a route's own
+          409 (e.g. version-conflict) replaces this description
 413, 415  every state-changing route (the body's size and Content-Type are checked before the handler)
 429       every route that is not ``public``: repeated wrong machine tokens from one address (bearer.py)
 503       every route: Redis (the sessions), the bus, the analytics database or the auth service may be
@@ -72,7 +75,8 @@ DEFAULTS: dict[int, str] = {
     "(Authorization: Bearer) is malformed, unknown or revoked (invalid-token).",
     403: "The role lacks the permission (forbidden), a machine token may not do this (token-forbidden, "
     "session-only), or the request comes from a page of another site (cross-origin).",
-    404: "Nothing with this identifier (e.g. unknown-device), or no such address.",
+    404: "Nothing with this identifier (e.g. unknown-device, unknown-site), or no such address.",
+    409: "At a hub: a site is changed on its own server, not from the hub (read-only-at-hub).",
     413: "The body is larger than this route accepts (too-large).",
     415: "The body's Content-Type is not one this route reads (unsupported-media-type).",
     429: "Too many requests with a wrong machine token from this address (too-many-attempts): wait "
@@ -104,9 +108,14 @@ def session_required(handler: HTTPRouteHandler) -> bool:
     return session_only in guards or any(getattr(g, "permission", None) in TOKEN_EXCLUDED for g in guards)
 
 
+def takes_site(handler: HTTPRouteHandler) -> bool:
+    """A site-scoped route: it takes ``?site=`` (``sites.SITE_PARAMETER``; 400 malformed, 404 unknown)."""
+    return "site" in handler.resolve_layered_parameters()
+
+
 def takes_input(handler: HTTPRouteHandler, path: str) -> bool:
     names = set(handler.parsed_fn_signature.parameters) - (RESERVED_KWARGS - {"data"})
-    return bool(names) or "{" in path
+    return bool(names) or "{" in path or takes_site(handler)
 
 
 def error_statuses(handler: HTTPRouteHandler, path: str) -> list[int]:
@@ -119,10 +128,12 @@ def error_statuses(handler: HTTPRouteHandler, path: str) -> list[int]:
         statuses += [401, 429]
     if access in ("permission", "session") or changing:
         statuses.append(403)
-    if re.search(r"\{\w+", path):
+    if re.search(r"\{\w+", path) or takes_site(handler):
         statuses.append(404)
     if changing:
         statuses += [413, 415]
+    if changing and takes_site(handler):
+        statuses.append(409)
     return sorted(statuses)
 
 

@@ -16,6 +16,7 @@ Wrong codes: 401; too many: 429 with ``Retry-After``; auth service not answering
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from typing import Any, Literal
@@ -37,6 +38,7 @@ from litestar.exceptions import (
     HTTPException,
 )
 from litestar.openapi.datastructures import ResponseSpec
+from nats.errors import NoRespondersError
 from pydantic import BaseModel, Field
 
 from .. import sessions
@@ -54,6 +56,7 @@ from ..sessions import (
     rotate_session,
     unindex_session,
 )
+from ..sites import optional_site_state
 from .language import (
     LANGUAGES,
     SESSION_LANGUAGE,
@@ -165,11 +168,23 @@ def _unlock_cookie(request: Request[Any, Any, Any], value: str, max_age: int) ->
 
 
 async def auth_call(state: State, operation: str, body: BaseModel) -> bytes:
-    """Request/reply to the auth service; 503 when it does not answer."""
+    """Request/reply to the auth service; 503 when it does not answer within ``AUTH_TIMEOUT``. Nobody
+    listening yet (the service starting: on a first start it hashes the factory codes first) is waited for
+    within that time, so a sign-in right after ``/ready`` does not fail."""
+    deadline = asyncio.get_running_loop().time() + AUTH_TIMEOUT
     try:
-        msg = await state.broker.request(
-            body.model_dump(mode="json"), subject=auth_rpc(state.site.site, operation), timeout=AUTH_TIMEOUT
-        )
+        while True:
+            try:
+                msg = await state.broker.request(
+                    body.model_dump(mode="json"),
+                    subject=auth_rpc(state.identity, operation),
+                    timeout=max(0.1, deadline - asyncio.get_running_loop().time()),
+                )
+                break
+            except NoRespondersError:
+                if asyncio.get_running_loop().time() + 0.2 >= deadline:
+                    raise
+                await asyncio.sleep(0.2)
     except Exception as exc:
         log.warning("auth %s: no answer: %s", operation, " ".join(str(exc).split()) or type(exc).__name__)
         raise ApiError(
@@ -258,7 +273,7 @@ async def sign_in(
         session[SESSION_LANGUAGE] = language
     request.set_session(session)
     session_id = rotate_session(request)
-    await index_session(state.redis, state.site.site, str(role), session_id)
+    await index_session(state.redis, state.identity, str(role), session_id)
     result = LoginResult(role=role, pages=[str(p) for p in PAGES[role]], default_codes=reply.default_codes)
     cookies = [_unlock_cookie(request, reply.unlock_token, UNLOCK_MAX_AGE)] if reply.unlock_token else []
     return result, cookies
@@ -296,7 +311,7 @@ async def sign_out(
         # Lock still works on this browser: its cookie is deleted below; the token just expires unused.
         log.warning("lock: the auth service did not answer; the unlock cookie is deleted anyway")
     if session_id := request.cookies.get(SESSION_COOKIE):
-        await unindex_session(state.redis, state.site.site, role, session_id)
+        await unindex_session(state.redis, state.identity, role, session_id)
     request.clear_session()
     cookies = [_unlock_cookie(request, "", 0)] if mode == "lock" else []
     return LogoutResult(mode=mode, puk_required_next=mode == "lock" or not token), cookies
@@ -324,7 +339,7 @@ async def _me(request: Request[Any, Any, State], language: str | None = None) ->
         language=language or await language_of(request),
         languages=list(LANGUAGES),
         default_codes_in_use=False if token else bool(request.session.get(DEFAULT_CODES)),
-        timezone=request.app.state.site.timezone,
+        timezone=one.site.timezone if (one := optional_site_state(request)) else "UTC",
         token=TokenRef(id=token.id, name=token.name) if token else None,
     )
 
@@ -427,7 +442,7 @@ async def change_role_codes(
             status, reply.reason or "codes-refused", message, headers=_retry_headers(reply.retry_after)
         )
     store = request.app.stores.get("sessions")
-    revoked = await revoke_role_sessions(state.redis, store, state.site.site, str(target))
+    revoked = await revoke_role_sessions(state.redis, store, state.identity, str(target))
     cookies = []
     if target == mine:  # this session was revoked with the others: end it on this browser too
         request.clear_session()

@@ -49,13 +49,16 @@ from ..guards import current_role, requires
 from ..i18n import N_
 from ..openapi import error
 from ..sessions import revoke_role_sessions
+from ..sites import SITE_PARAMETER, require_own_site, site_state
 from .auth import client_of
 
 log = logging.getLogger("ews.gateway-api.backup")
 
 MAX_ARCHIVE_BYTES = 64 * 1024**3  # an upload larger than this is refused (413)
 SPOOL_CHUNK = 1024 * 1024
-SKIP_COMPRESSION = "skip_compression"  # opt key (app.py CompressionConfig.exclude_opt_key): the archive is gzip already
+SKIP_COMPRESSION = (
+    "skip_compression"  # opt key (app.py CompressionConfig.exclude_opt_key): the archive is gzip already
+)
 
 # The same English text as ews_contracts.backup.PROBLEMS, as catalogue msgids (a test keeps them equal).
 PROBLEM_MESSAGES: dict[str, str] = {
@@ -146,7 +149,8 @@ async def _close(chunks: Any, nc: Any) -> None:
     responses={503: error("NATS or Redis unavailable (bus-unavailable, store-unavailable): try again.")},
 )
 async def get_backup(request: Request[Any, Any, State]) -> Stream:
-    state = request.app.state
+    state = site_state(request)
+    require_own_site(state)  # a site's backup is made on its own server (the hub holds copies of its streams)
     nc = await _connect(state, "gateway-api-backup")
     backup = Backup(
         nc, state.redis, state.site.site, by=current_role(request) or "", client=client_of(request)
@@ -240,7 +244,8 @@ async def _receive(
     },
 )
 async def post_restore(request: Request[Any, Any, State]) -> RestoreAnswer:
-    state = request.app.state
+    state = site_state(request)
+    require_own_site(state)
     site = state.site.site
     role = current_role(request) or ""
     with tempfile.TemporaryFile(dir=_spool_dir(state), prefix="ews-restore-") as spool:
@@ -318,7 +323,7 @@ async def post_restore(request: Request[Any, Any, State]) -> RestoreAnswer:
     tags=["administration"],
 )
 async def restore_progress(request: Request[Any, Any, State]) -> RebuildView:
-    state = request.app.state
+    state = site_state(request)
     broker = state.broker
     nc = getattr(broker, "connection", None) if broker is not None else None
     if nc is None or not nc.is_connected:
@@ -329,4 +334,6 @@ async def restore_progress(request: Request[Any, Any, State]) -> RebuildView:
     return RebuildView(aggregator="answering", rebuild=status)
 
 
-router = Router(path="/api/v1", route_handlers=[get_backup, post_restore, restore_progress])
+router = Router(
+    path="/api/v1", parameters=SITE_PARAMETER, route_handlers=[get_backup, post_restore, restore_progress]
+)

@@ -48,6 +48,7 @@ from ..errors import ApiError
 from ..guards import current_role, requires
 from ..i18n import N_
 from ..openapi import error
+from ..sites import SITE_PARAMETER, require_own_site, site_state
 
 log = logging.getLogger("ews.gateway-api")
 MAX_BODY = 2 * 1024 * 1024  # a 255-device site is ~60 kB of YAML
@@ -85,7 +86,9 @@ def _store(state: State) -> ConfigStore:
 
 
 def invalid(problem: ConfigInvalid) -> ApiError:
-    error = ApiError(400, "invalid-configuration", N_("configuration not applied: %(problem)s"), problem=str(problem))
+    error = ApiError(
+        400, "invalid-configuration", N_("configuration not applied: %(problem)s"), problem=str(problem)
+    )
     error.extra = {"field": problem.path}
     return error
 
@@ -94,7 +97,9 @@ def stale(conflict: VersionConflict, expected: int | None) -> ApiError:
     error = ApiError(
         409,
         "version-conflict",
-        N_("the configuration changed since version %(expected)s (now %(current)s): reload it and apply your change again"),
+        N_(
+            "the configuration changed since version %(expected)s (now %(current)s): reload it and apply your change again"
+        ),
         expected=expected,
         current=conflict.current,
     )
@@ -108,7 +113,7 @@ def expected_version(if_match: str | None, document: dict[str, Any] | None = Non
         found = _VERSION.match(if_match)
         if not found:
             raise ApiError(
-                400, "invalid-request", N_("If-Match: expected the configuration's version (e.g. \"3\")")
+                400, "invalid-request", N_('If-Match: expected the configuration\'s version (e.g. "3")')
             )
         return int(found.group(1))
     if document is not None and "version" in document:
@@ -129,6 +134,7 @@ async def apply_document(
     state: State, document: Any, expected: int | None, role: str, how: str = "api"
 ) -> SiteConfigured:
     """Validate and store a new version (pages and the API). Raises ApiError 400/409/503."""
+    require_own_site(state)
     store = _store(state)
     if isinstance(document, dict):
         document = revived({k: v for k, v in document.items() if k != "version"})
@@ -151,7 +157,10 @@ def revived(document: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(retired, list) or not isinstance(devices, list):
         return document
     ids = {d.get("id") for d in devices if isinstance(d, dict)}
-    return {**document, "retired_devices": [r for r in retired if not (isinstance(r, dict) and r.get("id") in ids)]}
+    return {
+        **document,
+        "retired_devices": [r for r in retired if not (isinstance(r, dict) and r.get("id") in ids)],
+    }
 
 
 async def _caught_up(state: State, version: int, timeout: float = 2.0) -> None:  # noqa: ASYNC109
@@ -166,6 +175,7 @@ async def _caught_up(state: State, version: int, timeout: float = 2.0) -> None: 
 
 async def set_device_enabled(state: State, device_id: str, enabled: bool, role: str) -> EnabledView:
     """A device On/Off as a new version of the configuration (retried once when another change landed)."""
+    require_own_site(state)
     for attempt in range(3):
         live = state.live
         site: Site = live.site
@@ -204,7 +214,9 @@ async def test_device(state: State, device: dict[str, Any], gateway: dict[str, A
             timeout=timeout,
         )
     except Exception as exc:
-        log.warning("test read: no answer from the poller: %s", " ".join(str(exc).split()) or type(exc).__name__)
+        log.warning(
+            "test read: no answer from the poller: %s", " ".join(str(exc).split()) or type(exc).__name__
+        )
         raise ApiError(
             503,
             "poller-unavailable",
@@ -238,7 +250,7 @@ _CONFLICT = error(
 
 @get("/site/config", guards=_configure, summary="The configuration in force, with its version")
 async def get_config(request: Request) -> Response[dict[str, Any]]:
-    document = config_document(request.app.state)
+    document = config_document(site_state(request))
     return Response(document, headers={"ETag": f'"{document["version"]}"', "Cache-Control": "no-store"})
 
 
@@ -253,8 +265,10 @@ async def get_config(request: Request) -> Response[dict[str, Any]]:
 )
 async def put_config(request: Request) -> Response[Applied]:
     document = await _body(request)
-    expected = expected_version(request.headers.get("if-match"), document if isinstance(document, dict) else None)
-    event = await apply_document(request.app.state, document, expected, current_role(request) or "unknown")
+    expected = expected_version(
+        request.headers.get("if-match"), document if isinstance(document, dict) else None
+    )
+    event = await apply_document(site_state(request), document, expected, current_role(request) or "unknown")
     return Response(
         Applied(version=event.version, changes=event.changes), headers={"ETag": f'"{event.version}"'}
     )
@@ -276,7 +290,7 @@ async def put_config(request: Request) -> Response[Applied]:
     },
 )
 async def get_config_yaml(request: Request) -> Response[str]:
-    live = request.app.state.live
+    live = site_state(request).live
     text = f"# site configuration version {live.version} ({live.event.occurred_at:%Y-%m-%d %H:%M} UTC)\n"
     text += to_yaml(live.event.document)
     return Response(
@@ -294,15 +308,19 @@ async def get_config_yaml(request: Request) -> Response[str]:
 async def get_history(request: Request) -> list[VersionView]:
     return [
         VersionView(
-            version=e.version, occurred_at=e.occurred_at, changed_by=e.changed_by, how=e.how, changes=e.changes
+            version=e.version,
+            occurred_at=e.occurred_at,
+            changed_by=e.changed_by,
+            how=e.how,
+            changes=e.changes,
         )
-        for e in await history(request.app.state)
+        for e in await history(site_state(request))
     ]
 
 
 @get("/site/config/history/{version:int}", guards=_configure, summary="One version's document")
 async def get_version(request: Request, version: int) -> dict[str, Any]:
-    for event in await history(request.app.state):
+    for event in await history(site_state(request)):
         if event.version == version:
             return {"version": event.version, **event.document}
     raise ApiError(404, "not-found", N_("no configuration version %(version)s"), version=version)
@@ -311,7 +329,15 @@ async def get_version(request: Request, version: int) -> dict[str, Any]:
 class TestDeviceBody(BaseModel):
     device: dict[str, Any] = Field(
         description="The device as in the site document (id, name, profile, gateway, address …).",
-        examples=[{"id": "m9", "name": "New meter", "profile": "power-meter-access", "gateway": "gw1", "address": 40}],
+        examples=[
+            {
+                "id": "m9",
+                "name": "New meter",
+                "profile": "power-meter-access",
+                "gateway": "gw1",
+                "address": 40,
+            }
+        ],
     )
     gateway: dict[str, Any] | None = Field(default=None, description="Its gateway, when not saved yet.")
 
@@ -323,7 +349,7 @@ class TestDeviceBody(BaseModel):
     status_code=200,
 )
 async def post_test_device(request: Request, data: TestDeviceBody) -> ProbeReply:
-    return await test_device(request.app.state, data.device, data.gateway)
+    return await test_device(site_state(request), data.device, data.gateway)
 
 
 @put(
@@ -334,11 +360,14 @@ async def post_test_device(request: Request, data: TestDeviceBody) -> ProbeReply
     responses={409: _CONFLICT},
 )
 async def put_enabled(request: Request, device_id: str, data: EnabledBody) -> EnabledView:
-    return await set_device_enabled(request.app.state, device_id, data.enabled, current_role(request) or "unknown")
+    return await set_device_enabled(
+        site_state(request), device_id, data.enabled, current_role(request) or "unknown"
+    )
 
 
 router = Router(
     path="/api/v1",
+    parameters=SITE_PARAMETER,
     route_handlers=[
         get_config,
         put_config,

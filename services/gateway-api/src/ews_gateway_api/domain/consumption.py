@@ -17,7 +17,7 @@ a zone, circuit, panel or gateway mixing media), ``value`` in ``unit``, ``cost``
 force: it costs 0), else ``false``. Bad parameters: 400 with one line; database not reachable or not
 created yet: 503.
 
-Pages call the ``load_*`` functions with ``request.app.state``: they validate and raise the same
+Pages call the ``load_*`` functions with ``site_state(request)``: they validate and raise the same
 400/503 ``HTTPException`` as the routes.
 """
 
@@ -57,6 +57,7 @@ from litestar.params import Parameter
 from ..errors import ApiError
 from ..guards import requires
 from ..i18n import N_
+from ..sites import SITE_PARAMETER, site_state
 from ..storage import require_store, store_error
 
 T = TypeVar("T")
@@ -220,7 +221,7 @@ async def get_consumption(
     day: str | None = DAY,
     split: str | None = SPLIT,
 ) -> Consumption:
-    return await load_consumption(request.app.state, scope_, period, day, split)
+    return await load_consumption(site_state(request), scope_, period, day, split)
 
 
 @get(
@@ -234,7 +235,7 @@ async def get_consumption(
 async def get_consumption_summary(
     request: Request[Any, Any, State], scope_: str = SCOPE, day: str | None = TODAY
 ) -> Summary:
-    return await load_summary(request.app.state, scope_, day)
+    return await load_summary(site_state(request), scope_, day)
 
 
 @get(
@@ -253,7 +254,7 @@ async def get_quantity_series(
     period: str = PERIOD,
     day: str | None = DAY,
 ) -> QuantitySeries:
-    return await load_quantity_series(request.app.state, device, quantity, period, day)
+    return await load_quantity_series(site_state(request), device, quantity, period, day)
 
 
 def quantity_of(site: Site, scope: str) -> str:
@@ -283,7 +284,7 @@ async def get_comparison(
     day: str | None = DAY,
     detail: str = DETAIL,
 ) -> Comparison:
-    return await load_comparison(request.app.state, a, b, period, day, detail)
+    return await load_comparison(site_state(request), a, b, period, day, detail)
 
 
 def to_csv(result: Consumption, quantity: str) -> str:
@@ -315,11 +316,11 @@ async def get_consumption_csv(
     day: str | None = DAY,
 ) -> Response[str]:
     scope = scope_
-    result = await load_consumption(request.app.state, scope, period, day)
+    result = await load_consumption(site_state(request), scope, period, day)
     first = result.buckets[0].start.date().isoformat() if result.buckets else "empty"
     name = f"datalogger-{scope.replace(':', '-')}-{period}-{first}.csv"
     return Response(
-        to_csv(result, quantity_of(request.app.state.site, scope)),
+        to_csv(result, quantity_of(site_state(request).site, scope)),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
@@ -327,6 +328,7 @@ async def get_consumption_csv(
 
 router = Router(
     path="/api/v1",
+    parameters=SITE_PARAMETER,
     route_handlers=[
         get_consumption,
         get_comparison,

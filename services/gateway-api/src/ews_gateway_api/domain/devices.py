@@ -5,7 +5,7 @@ without touching ClickHouse. ``GET /devices`` filters by gateway, panel, zone an
 The list holds the site's devices (``kind: "device"``), then its master/slave virtual devices (D12,
 ``kind: "virtual"``): master − Σ slaves, computed from the members' live values (see ``virtual_view``).
 
-Pages call the same functions as the JSON API: ``device_views(request.app.state, …)`` (filters checked,
+Pages call the same functions as the JSON API: ``device_views(site_state(request), …)`` (filters checked,
 virtual devices included) or ``views(redis, site, devices, profiles)`` for a given list of devices.
 
 Guard: any logged-in role. The ``user`` role has no "My installation" page, but its Consumptions
@@ -35,6 +35,7 @@ from .. import vocabulary
 from ..errors import ApiError
 from ..guards import authenticated
 from ..i18n import N_, translations
+from ..sites import SITE_PARAMETER, site_state
 
 if TYPE_CHECKING:
     from .site import SiteView, site_structure  # noqa: F401 (re-exported lazily, see __getattr__)
@@ -526,7 +527,7 @@ async def device_views(
     circuit: str | None = None,
     include_virtual: bool = True,
 ) -> list[DeviceView]:
-    """The devices of "My installation" for ``request.app.state`` (its ``site``, ``redis``, ``profiles``
+    """The devices of "My installation" for ``site_state(request)`` (its ``site``, ``redis``, ``profiles``
     and ``settings``): filtered like ``GET /api/v1/devices`` (``ValidationException`` on an unknown
     filter value), devices in site order then virtual devices."""
     site: Site = state.site
@@ -585,7 +586,7 @@ async def list_devices(
     zone: str | None = Parameter(default=None, description="Only the devices of this measurement zone."),
     circuit: str | None = Parameter(default=None, description="Only the devices of this circuit."),
 ) -> DeviceList:
-    found = await device_views(request.app.state, gateway=gateway, panel=panel, zone=zone, circuit=circuit)
+    found = await device_views(site_state(request), gateway=gateway, panel=panel, zone=zone, circuit=circuit)
     return DeviceList(devices=in_language(found, request))
 
 
@@ -597,13 +598,13 @@ async def list_devices(
     tags=["devices"],
 )
 async def get_device(request: Request[Any, Any, State], device_id: str) -> DeviceView:
-    one = await device_view(request.app.state, device_id)
+    one = await device_view(site_state(request), device_id)
     if one is None:
         raise ApiError(404, "unknown-device", N_("unknown device %(device)s"), device=repr(device_id))
     return in_language([one], request)[0]
 
 
-router = Router(path="/api/v1", route_handlers=[list_devices, get_device])
+router = Router(path="/api/v1", parameters=SITE_PARAMETER, route_handlers=[list_devices, get_device])
 
 
 def __getattr__(name: str) -> Any:

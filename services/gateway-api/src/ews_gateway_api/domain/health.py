@@ -12,12 +12,13 @@ from litestar.openapi.datastructures import ResponseSpec
 from pydantic import BaseModel, Field
 
 from ..guards import public
+from ..sites import all_site_states
 from ..storage import analytics_status
 
 
 class Health(BaseModel):
     status: Literal["ok"] = Field(description="Always ok when the API answers.")
-    site: str = Field(examples=["demo"])
+    site: str = Field(examples=["demo"], description="The site this server serves; hub at a hub.")
     nats: Literal["connected", "disconnected"]
     redis: Literal["ok", "unavailable"]
     analytics: Literal["ready", "not-migrated", "unavailable", "busy"] = Field(
@@ -48,10 +49,19 @@ async def health_of(state: State) -> Health:
     broker = state.broker
     connection = getattr(broker, "_connection", None) if broker is not None else None
     nats_ok = bool(connection is not None and getattr(connection, "is_connected", False))
-    redis_ok, analytics = await asyncio.gather(_redis_ok(state.redis), analytics_status(state))
+    sites = all_site_states(state)
+    if sites:
+        analytics_of = analytics_status(sites[0])
+    else:  # a hub no site has reached yet: nothing to query, only whether the store answers
+
+        async def reachable() -> str:
+            return "ready" if state.store is not None else "unavailable"
+
+        analytics_of = reachable()
+    redis_ok, analytics = await asyncio.gather(_redis_ok(state.redis), analytics_of)
     return Health(
         status="ok",
-        site=state.site.site,
+        site=state.identity,
         nats="connected" if nats_ok else "disconnected",
         redis="ok" if redis_ok else "unavailable",
         analytics=analytics,  # type: ignore[arg-type]
@@ -61,7 +71,9 @@ async def health_of(state: State) -> Health:
 class Readiness(BaseModel):
     status: Literal["ready", "unavailable"]
     unavailable: list[str] = Field(
-        default_factory=list, description="The parts not reachable: nats, redis, clickhouse.", examples=[["redis"]]
+        default_factory=list,
+        description="The parts not reachable: nats, redis, clickhouse.",
+        examples=[["redis"]],
     )
 
 

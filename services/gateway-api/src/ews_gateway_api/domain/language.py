@@ -41,7 +41,9 @@ def language_enum() -> dict[str, Any]:
 
 class LanguageBody(BaseModel):
     language: str = Field(
-        examples=["fr"], description="One of the 13 UI languages (BCP 47 tag).", json_schema_extra=language_enum()
+        examples=["fr"],
+        description="One of the 13 UI languages (BCP 47 tag).",
+        json_schema_extra=language_enum(),
     )
 
 
@@ -65,10 +67,14 @@ def check_language(value: str) -> str:
     return value
 
 
-async def default_language(state: State) -> str:
-    """The site default: the configuration's ``language`` (changed from the Configuration pages or
-    ``PUT /api/v1/site/language``); English when it names no language of the product."""
-    value = state.site.language
+async def default_language(state: Any) -> str:
+    """The site default (``state``: a request, or a site's ``sites.SiteState``): the configuration's
+    ``language`` (changed from the Configuration pages or ``PUT /api/v1/site/language``); English when it
+    names no language of the product."""
+    from ..sites import optional_site_state
+
+    one = optional_site_state(state) if isinstance(state, Request) else state
+    value = one.site.language if one is not None else "en"  # a hub with several sites, none chosen: English
     return value if value in LANGUAGES else "en"
 
 
@@ -80,7 +86,7 @@ def chosen_language(request: Request[Any, Any, Any]) -> str | None:
 
 
 async def language_of(request: Request[Any, Any, Any]) -> str:
-    return chosen_language(request) or await default_language(request.app.state)
+    return chosen_language(request) or await default_language(request)
 
 
 def language_cookie(request: Request[Any, Any, Any], language: str) -> Cookie:
@@ -96,7 +102,7 @@ def choose_language(request: Request[Any, Any, Any], language: str) -> Cookie:
 
 
 async def _info(request: Request[Any, Any, Any], chosen: str | None = None) -> LanguageInfo:
-    default = await default_language(request.app.state)
+    default = await default_language(request)
     return LanguageInfo(
         language=chosen or chosen_language(request) or default, default=default, languages=list(LANGUAGES)
     )
@@ -137,10 +143,11 @@ async def put_language(request: Request[Any, Any, State], data: LanguageBody) ->
     responses={409: error("The configuration changed meanwhile (version-conflict): try again.")},
 )
 async def put_site_language(request: Request[Any, Any, State], data: LanguageBody) -> LanguageInfo:
+    from ..sites import site_state
     from .configuration import apply_document, config_document
 
     language = check_language(data.language)
-    state = request.app.state
+    state = site_state(request)
     document = config_document(state)
     version = document.pop("version")
     document["language"] = language

@@ -69,6 +69,7 @@ from pydantic import BaseModel, Field, model_serializer
 from ..errors import ApiError, reader_language
 from ..guards import current_role, requires
 from ..i18n import N_, translations
+from ..sites import SITE_PARAMETER, require_own_site, site_state
 from ..storage import require_store, store_error
 from .consumption import bad_parameter
 
@@ -197,7 +198,7 @@ async def export_readings(
     from_: str | None = FROM,
     to: str | None = TO,
 ) -> Stream:
-    state = request.app.state
+    state = site_state(request)
     site: Site = state.site
     try:
         check_device(site, device)
@@ -747,7 +748,7 @@ def build_report(
 
 
 async def audit(request: Request[Any, Any, State], name: str, report: ImportReport) -> None:
-    state = request.app.state
+    state = site_state(request)
     detail = (
         f"{name or 'CSV body'}: {report.lines} lines, {report.accepted} accepted, {report.unchanged} unchanged, "
         f"{report.refused} refused; {report.events} readings published"
@@ -783,7 +784,8 @@ async def audit(request: Request[Any, Any, State], name: str, report: ImportRepo
     opt={"content_types": (*sorted(CSV_TYPES), "multipart/form-data")},
 )
 async def import_readings(request: Request[Any, Any, State]) -> ImportReport:
-    state = request.app.state
+    state = site_state(request)
+    require_own_site(state)
     data, name = await read_upload(request)
     outcomes, events = await import_csv(state, data)
     if events:
@@ -807,4 +809,4 @@ async def import_readings(request: Request[Any, Any, State]) -> ImportReport:
     return report
 
 
-router = Router(path="/api/v1", route_handlers=[export_readings, import_readings])
+router = Router(path="/api/v1", parameters=SITE_PARAMETER, route_handlers=[export_readings, import_readings])

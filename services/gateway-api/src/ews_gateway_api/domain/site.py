@@ -27,6 +27,7 @@ from litestar.datastructures import State
 from pydantic import BaseModel, Field
 
 from ..guards import authenticated
+from ..sites import SITE_PARAMETER, site_state
 from .devices import MEDIUM_QUANTITY, VIRTUAL_PROFILE, DeviceView, device_views
 
 
@@ -240,7 +241,7 @@ async def site_structure(
     tags=["site"],
 )
 async def get_site(request: Request[Any, Any, State]) -> SiteView:
-    return await site_structure(request.app.state, with_devices=True)
+    return await site_structure(site_state(request), with_devices=True)
 
 
-router = Router(path="/api/v1", route_handlers=[get_site])
+router = Router(path="/api/v1", parameters=SITE_PARAMETER, route_handlers=[get_site])

@@ -136,7 +136,7 @@ async def list_tokens(state: State) -> list[TokenView]:
         reply = TokenListReply.model_validate_json(await auth_call(state, "token-list", TokenListRequest()))
     except ValueError:
         raise _unreadable() from None
-    used = await state.redis.hgetall(token_used_key(state.site.site))
+    used = await state.redis.hgetall(token_used_key(state.identity))
     last: dict[str, str] = {
         (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
         for k, v in used.items()
@@ -157,7 +157,7 @@ async def revoke_token(request: Request[Any, Any, State], token_id: str) -> Toke
         raise _unreadable() from None
     if not reply.ok or reply.token is None:
         raise _refused(reply.reason, reply.error, id=repr(token_id))
-    await state.redis.hdel(token_used_key(state.site.site), token_id)
+    await state.redis.hdel(token_used_key(state.identity), token_id)
     return reply.token
 
 

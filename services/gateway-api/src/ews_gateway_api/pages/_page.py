@@ -4,7 +4,8 @@
 callables of the page's language (``_``, ``{% trans %}``), ``fmt`` (``i18n.Formats``: numbers, units,
 money, dates in that language with the site's currency and time zone), ``role``, ``may(permission)``
 (the role has it), ``nav`` (the role's main navigation), ``lang``/``languages``, ``site``, ``path`` and
-``static_url``.
+``static_url``; at a hub with several sites, ``sites`` (the site picker's choices), ``site_id`` (the chosen
+one), ``site_query`` (``site=<id>``, kept by the navigation's links) and ``with_site(href)``.
 
 Errors on pages are pages too (``error_page``): a person who follows a bad link, or whose session
 ended, gets a page in their language that names the problem and leads on (to sign in, or home) —
@@ -14,11 +15,13 @@ never a JSON body or a blank page. API paths keep their JSON errors.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from ews_contracts.roles import PAGES, Page, Permission, Role, allowed
 from litestar import MediaType, Request, Response
+from litestar.datastructures import Cookie
 from litestar.exceptions import HTTPException
 from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_401_UNAUTHORIZED, HTTP_500_INTERNAL_SERVER_ERROR
@@ -27,6 +30,8 @@ from ..domain.language import LANGUAGES, language_of
 from ..errors import ApiError, reader_language
 from ..guards import current_role
 from ..i18n import N_, Formats, gettext_callables
+from ..sessions import browser_cookie
+from ..sites import SITE_COOKIE, all_site_states, is_hub, optional_site_state, site_query
 from ..web import PAGE_HEADERS, static_url
 
 # The main navigation: page -> (URL, English label). Labels are msgids translated at render time.
@@ -36,6 +41,9 @@ NAV: dict[Page, tuple[str, str]] = {
     Page.GREENUP: ("/greenup/management", N_("Green'Up")),
     Page.CONFIGURATION: ("/configuration", N_("Configuration")),
 }
+
+ALL_SITES = N_("All sites")  # the header of a hub's page while no site is chosen
+SITE_COOKIE_AGE = 30 * 24 * 3600  # seconds the chosen site is remembered on a browser (a hub's pages)
 
 # Each role's home (A2): the page it lands on after signing in.
 HOMES: dict[Role, str] = {
@@ -81,18 +89,55 @@ def may(request: Request[Any, Any, Any], permission: Permission) -> bool:
 
 
 def formats(request: Request[Any, Any, Any], language: str) -> Formats:
-    site = request.app.state.site
-    return Formats(language, site.currency, site.tz)
+    one = optional_site_state(request)
+    if one is None:  # a hub with several sites and none chosen yet (its sign-in or error page)
+        return Formats(language, "EUR", UTC)
+    return Formats(language, one.site.currency, one.site.tz)
 
 
-def _nav(role: str | None, path: str, translate: Any) -> list[NavItem]:
+@dataclass(frozen=True)
+class SiteChoice:
+    """A site of the picker (``sites``): what the header shows."""
+
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class NoSiteChosen:
+    """The ``site`` of a page at a hub where no site is chosen yet: only its name is shown."""
+
+    name: str
+    site: str = ""
+
+
+def _with_site(href: str, query: str) -> str:
+    if not query:
+        return href
+    return href + ("&" if "?" in href else "?") + query
+
+
+def site_cookie(request: Request[Any, Any, Any]) -> Cookie | None:
+    """The ``ews_site`` cookie (``sites`` module doc) when the page was opened with a valid ``?site=`` at a hub:
+    the links, forms and HTMX requests of the pages that do not carry it keep the chosen site."""
+    asked = request.query_params.get("site")
+    if not asked or not is_hub(request.app.state) or request.cookies.get(SITE_COOKIE) == asked:
+        return None
+    one = optional_site_state(request)
+    if one is None or one.site.site != asked:
+        return None
+    return browser_cookie(request, SITE_COOKIE, asked, SITE_COOKIE_AGE)
+
+
+def _nav(role: str | None, path: str, translate: Any, query: str = "") -> list[NavItem]:
     if role is None:
         return []
     items = []
     for page in PAGES[Role(role)]:
         href, label = NAV[page]
         section = "/" + href.strip("/").split("/")[0]
-        items.append(NavItem(href, translate(label), path == section or path.startswith(section + "/")))
+        current = path == section or path.startswith(section + "/")
+        items.append(NavItem(_with_site(href, query), translate(label), current))
     return items
 
 
@@ -100,6 +145,9 @@ def _context(request: Request[Any, Any, Any], language: str, context: dict[str, 
     role = current_role(request)
     callables = gettext_callables(language)
     session = request.scope.get("session") or {}
+    one = optional_site_state(request)
+    query = site_query(request)  # site=<id> at a hub with several sites: the links keep the chosen site
+    sites = [SiteChoice(s.site.site, s.site.name) for s in all_site_states(request.app.state)]
     return {
         **callables,
         "fmt": formats(request, language),
@@ -107,10 +155,15 @@ def _context(request: Request[Any, Any, Any], language: str, context: dict[str, 
         "languages": [(code, LANGUAGE_NAMES[code]) for code in LANGUAGES],
         "role": role,
         "may": lambda permission: allowed(role, Permission(permission)),  # may("manage-tokens")
-        "home": home_of(role),
-        "nav": _nav(role, request.url.path, callables["_"]),
+        "home": _with_site(home_of(role), query),
+        "nav": _nav(role, request.url.path, callables["_"], query),
         "default_codes": bool(session.get("default_codes")) and allowed(role, Permission.MANAGE_CODES),
-        "site": request.app.state.site,
+        "site": one.site if one is not None else NoSiteChosen(callables["_"](ALL_SITES)),
+        # the site picker (base.html), shown when the server serves several sites (a hub)
+        "sites": sites if len(sites) > 1 else [],
+        "site_id": one.site.site if one is not None and len(sites) > 1 else "",
+        "site_query": query,
+        "with_site": lambda href: _with_site(href, query),
         "path": request.url.path,
         "here": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
         "static_url": static_url,
@@ -123,9 +176,11 @@ async def render(
     request: Request[Any, Any, Any], template: str, *, status_code: int = 200, **context: Any
 ) -> Template:
     language = await language_of(request)
+    cookie = site_cookie(request)
     return Template(
         template_name=template,
         context=_context(request, language, context),
+        cookies=[cookie] if cookie is not None else None,
         status_code=status_code,
         headers={**PAGE_HEADERS, "Content-Language": language},
         media_type=MediaType.HTML,

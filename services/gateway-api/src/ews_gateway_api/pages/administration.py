@@ -61,6 +61,7 @@ from ..domain.language import LANGUAGES, default_language, language_of
 from ..errors import ApiError
 from ..guards import current_role, requires
 from ..i18n import N_, Formats
+from ..sites import site_state
 from ._page import LANGUAGE_NAMES, formats, may, redirect, render, translator
 
 CONFIGURE = [requires(Permission.CONFIGURE_SITE)]
@@ -206,10 +207,10 @@ async def save(
     language = await language_of(request)
     try:
         event = await apply_document(
-            request.app.state, document, expected, current_role(request) or "unknown"
+            site_state(request), document, expected, current_role(request) or "unknown"
         )
     except ApiError as exc:
-        if exc.status_code == 409:
+        if exc.status_code == 409 and exc.code == "version-conflict":  # (not read-only-at-hub: said as is)
             return Outcome(
                 errors={
                     "form": _(
@@ -450,7 +451,7 @@ async def tariffs_page(
     version: int | None = None,
     conflict: bool = False,
 ) -> Template:
-    state = request.app.state
+    state = site_state(request)
     site: Site = state.site
     today = site_today(site)
     document_version = version if version is not None else state.live.version
@@ -482,7 +483,7 @@ async def tariffs_page(
 async def tariffs_get(
     request: Request[Any, Any, Any], edit: str | None = None, saved: str | None = None
 ) -> Template:
-    site: Site = request.app.state.site
+    site: Site = site_state(request).site
     today = site_today(site)
     form = None
     notice = None
@@ -522,7 +523,7 @@ async def tariffs_post(request: Request[Any, Any, Any]) -> Any:
     tariff, rows, errors = tariff_of(form, _)
     if errors:
         return await tariffs_page(request, form=form, errors=errors, status_code=400, version=expected)
-    document, _version = current_document(request.app.state)
+    document, _version = current_document(site_state(request))
     tariffs = [
         t
         for t in document.get("tariffs", [])
@@ -562,7 +563,7 @@ async def tariffs_remove(request: Request[Any, Any, Any]) -> Any:
     raw = await request.form()
     expected = form_version(raw.get("version"))
     which = str(raw.get("effective_from", ""))
-    document, _version = current_document(request.app.state)
+    document, _version = current_document(site_state(request))
     tariffs = document.get("tariffs", [])
     if not any(t.get("effective_from") == which for t in tariffs):
         raise ApiError(404, "not-found", N_("no tariff from %(date)s"), date=which or "?")
@@ -619,7 +620,7 @@ async def site_page(
     version: int | None = None,
     conflict: bool = False,
 ) -> Template:
-    state = request.app.state
+    state = site_state(request)
     site: Site = state.site
 
     if form is None:
@@ -677,7 +678,7 @@ async def site_post(request: Request[Any, Any, Any]) -> Any:
         errors["gas_wh_per_dm3"] = _("Enter a number above 0 (for example 11.2).")
     if errors:
         return await site_page(request, form=form, errors=errors, status_code=400, version=expected)
-    document, _version = current_document(request.app.state)
+    document, _version = current_document(site_state(request))
     document.update(
         name=form.name,
         currency=form.currency,
@@ -730,7 +731,7 @@ def lan_addresses() -> list[str]:
 
 @get("/configuration/network", guards=CONFIGURE, operation_id="pageConfigNetwork", **PAGE)
 async def network_get(request: Request[Any, Any, Any]) -> Template:
-    settings = request.app.state.settings
+    settings = site_state(request).settings
     host = settings.http_host.strip()
     port = settings.http_port
     try:
@@ -829,7 +830,7 @@ async def readings_info(state: State, wait: float = 5.0) -> ReadingsInfo:
 
 @get("/configuration/database", guards=CONFIGURE, operation_id="pageConfigDatabase", **PAGE)
 async def database_get(request: Request[Any, Any, Any]) -> Template:
-    state = request.app.state
+    state = site_state(request)
     settings = state.settings
     data_dir = settings.data_dir.resolve()
     dsn = settings.clickhouse_dsn
@@ -878,7 +879,7 @@ async def files_page(
     report: dict[str, Any] | None = None,
     restored: dict[str, Any] | None = None,
 ) -> Template:
-    state = request.app.state
+    state = site_state(request)
     site: Site = state.site
     today = site_today(site)
     return await render(
@@ -1080,7 +1081,7 @@ async def history_get(request: Request[Any, Any, Any]) -> Template:
             "how": how_label(e.how, _),
             "changes": e.changes,
         }
-        for e in await history(request.app.state)
+        for e in await history(site_state(request))
     ]
     return await render(request, "configuration/admin_history.html", versions=versions)
 
@@ -1088,7 +1089,7 @@ async def history_get(request: Request[Any, Any, Any]) -> Template:
 @get("/configuration/history/{version:str}", guards=CONFIGURE, operation_id="pageConfigVersion", **PAGE)
 async def version_get(request: Request[Any, Any, Any], version: str) -> Template:
     _ = await translator(request)
-    events = await history(request.app.state) if version.isdigit() else []
+    events = await history(site_state(request)) if version.isdigit() else []
     for event in events:
         if str(event.version) == version.lstrip("0"):
             return await render(
@@ -1098,7 +1099,7 @@ async def version_get(request: Request[Any, Any, Any], version: str) -> Template
                 who=role_label(event.changed_by, _),
                 how=how_label(event.how, _),
                 text=to_yaml(event.document),
-                current=request.app.state.live.version,
+                current=site_state(request).live.version,
             )
     raise ApiError(404, "not-found", N_("no configuration version %(version)s"), version=version)
 

@@ -24,6 +24,7 @@ from ..domain.commands import DEVICE_PATTERN, command_log
 from ..errors import ApiError
 from ..guards import requires
 from ..i18n import N_
+from ..sites import site_state
 from ._page import render, translator
 from .administration import role_label
 
@@ -62,7 +63,7 @@ def commandable(site: Site, profiles: dict[str, Any]) -> list[tuple[str, str]]:
     tags=["pages"],
 )
 async def command_log_page(request: Request[Any, Any, Any], device: str | None = None) -> Template:
-    state = request.app.state
+    state = site_state(request)
     _ = await translator(request)
     chosen = (device or "").strip() or None
     if chosen is not None and not re.fullmatch(DEVICE_PATTERN, chosen):

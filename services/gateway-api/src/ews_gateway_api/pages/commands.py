@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from .. import vocabulary as _labels
 from ..domain.commands import CommandBody, command_status, submit_command
 from ..guards import current_role, requires
+from ..sites import site_state
 from ._page import render
 
 COMMAND = [requires(Permission.COMMAND_DEVICES)]
@@ -44,7 +45,7 @@ async def command_submit(
 ) -> Template:
     try:
         body = CommandBody(device=data.device, action=data.action, value=data.value or None)
-        status = await submit_command(request.app.state, current_role(request) or "", body)
+        status = await submit_command(site_state(request), current_role(request) or "", body)
     except HTTPException as exc:
         return await render(
             request, "partials/command.html", refused=exc.detail, labels=_labels, command=data
@@ -64,7 +65,7 @@ async def command_submit(
     tags=["pages"],
 )
 async def command_progress(request: Request[Any, Any, Any], command_id: str) -> Template:
-    status = await command_status(request.app.state, command_id)
+    status = await command_status(site_state(request), command_id)
     return await render(request, "partials/command.html", status=status, labels=_labels)
 
 

@@ -41,6 +41,7 @@ from ..domain.language import language_of
 from ..errors import ApiError
 from ..guards import current_role, requires
 from ..i18n import N_, translations
+from ..sites import site_state
 from ._page import redirect, render
 from .auth import ROLE_NAMES
 
@@ -437,7 +438,7 @@ def _quoted_input(message: str, kind: Kind) -> str | None:
 def problems_of(exc: ApiError, kind: Kind, index: int, language: str, values: Mapping[str, Any]) -> Problems:
     """A refused save as messages: next to the input the field path names (``devices[3].address`` when
     the item edited is ``devices[3]``), else at the top of the form."""
-    if exc.status_code == 409:
+    if exc.status_code == 409 and exc.code == "version-conflict":  # (read-only-at-hub: said as is, below)
         current = (exc.extra or {}).get("version", "?") if isinstance(exc.extra, dict) else "?"
         text = translations(language).gettext(MSG_STALE) % {"version": current}
         return Problems(top=text, stale=True)
@@ -557,7 +558,7 @@ async def _form_page(
     status_code: int = 200,
     test: dict[str, Any] | None = None,
 ) -> Template:
-    state = request.app.state
+    state = site_state(request)
     document = _document(state)
     translate = await _translator(request)
     action = f"{kind.url}/new" if original is None else f"{kind.url}/{original}/edit"
@@ -592,7 +593,7 @@ def saved_notice(state: State, saved: int | None) -> dict[str, Any] | None:
 
 
 async def _apply(request: Request[Any, Any, Any], document: dict[str, Any], version: int) -> int:
-    event = await apply_document(request.app.state, document, version, current_role(request) or "unknown")
+    event = await apply_document(site_state(request), document, version, current_role(request) or "unknown")
     return event.version
 
 
@@ -601,7 +602,7 @@ async def _apply(request: Request[Any, Any, Any], document: dict[str, Any], vers
 
 @get("/configuration", operation_id="pageConfiguration", **PAGE)
 async def configuration_index(request: Request[Any, Any, Any]) -> Template:
-    state = request.app.state
+    state = site_state(request)
     document = _document(state)
     live = state.live
     devices = document.get("devices") or []
@@ -631,7 +632,7 @@ async def configuration_index(request: Request[Any, Any, Any]) -> Template:
 
 @get("/configuration/gateways", operation_id="pageConfigGateways", **PAGE)
 async def gateways_page(request: Request[Any, Any, Any], saved: int | None = None) -> Template:
-    state = request.app.state
+    state = site_state(request)
     document = _document(state)
     per_gateway: dict[str, int] = {}
     for d in document.get("devices") or []:
@@ -650,7 +651,7 @@ async def gateways_page(request: Request[Any, Any, Any], saved: int | None = Non
 
 @get("/configuration/devices", operation_id="pageConfigDevices", **PAGE)
 async def devices_page(request: Request[Any, Any, Any], saved: int | None = None) -> Template:
-    state = request.app.state
+    state = site_state(request)
     document = _document(state)
     site = state.live.site
     names = {
@@ -675,7 +676,7 @@ async def devices_page(request: Request[Any, Any, Any], saved: int | None = None
 
 @get("/configuration/virtual-devices", operation_id="pageConfigVirtualDevices", **PAGE)
 async def virtual_devices_page(request: Request[Any, Any, Any], saved: int | None = None) -> Template:
-    state = request.app.state
+    state = site_state(request)
     document = _document(state)
     site = state.live.site
     names = {d.id: d.name for d in site.devices} | {v.id: v.name for v in site.virtual_devices}
@@ -697,7 +698,7 @@ async def virtual_devices_page(request: Request[Any, Any, Any], saved: int | Non
 
 @get("/configuration/structure", operation_id="pageConfigStructure", **PAGE)
 async def structure_page(request: Request[Any, Any, Any], saved: int | None = None) -> Template:
-    state = request.app.state
+    state = site_state(request)
     document = _document(state)
     return await render(
         request,
@@ -747,7 +748,7 @@ _REMOVE = [f"{k.url}/{{item_id:str}}/remove" for k in KINDS.values()]
 @get(_NEW, operation_id="pageConfigNew", **PAGE)
 async def new_form(request: Request[Any, Any, Any]) -> Template:
     kind = _kind_of(request)
-    document = _document(request.app.state)
+    document = _document(site_state(request))
     values: dict[str, Any] = {"_new": True}
     if kind.key == "devices":
         values.update(enabled=True)
@@ -760,7 +761,7 @@ async def new_form(request: Request[Any, Any, Any]) -> Template:
 @get(_EDIT, operation_id="pageConfigEdit", **PAGE)
 async def edit_form(request: Request[Any, Any, Any], item_id: str) -> Template:
     kind = _kind_of(request)
-    document = _document(request.app.state)
+    document = _document(site_state(request))
     _, item = _item(document, kind, item_id)
     values = device_form_values(item) if kind.key == "devices" else values_of(item)
     return await _form_page(request, kind, original=item_id, values=values, version=document["version"])
@@ -768,7 +769,7 @@ async def edit_form(request: Request[Any, Any, Any], item_id: str) -> Template:
 
 async def _save(request: Request[Any, Any, Any], original: str | None) -> Template | Redirect:
     kind = _kind_of(request)
-    state = request.app.state
+    state = site_state(request)
     form = await request.form()
     values = form_values(form, kind)
     if original is None:
@@ -829,7 +830,7 @@ async def _remove_page(
     status_code: int = 200,
     version: int | None = None,
 ) -> Template:
-    document = _document(request.app.state)
+    document = _document(site_state(request))
     _, item = _item(document, kind, item_id)
     users = [(key, uid, name, edit_url(key, uid)) for key, uid, name in users_of(document, kind, item_id)]
     return await render(
@@ -854,7 +855,7 @@ async def remove_submit(request: Request[Any, Any, Any], item_id: str) -> Any:
     kind = _kind_of(request)
     form = await request.form()
     version = _version(form)
-    document = _document(request.app.state)
+    document = _document(site_state(request))
     document.pop("version", None)
     index, _ = _item(document, kind, item_id)
     if users_of(document, kind, item_id):
@@ -894,7 +895,7 @@ async def device_enabled(request: Request[Any, Any, Any], item_id: str) -> Redir
     wanted = _text(form, "enabled")
     if wanted not in ("on", "off"):
         raise ApiError(400, "invalid-request", N_("say On or Off"))
-    state = request.app.state
+    state = site_state(request)
     _document(state)
     result = await set_device_enabled(state, device_id, wanted == "on", current_role(request) or "unknown")
     return redirect(f"/configuration/devices?saved={result.version}#device-{device_id}")
@@ -916,7 +917,7 @@ def _local_check(item: dict[str, Any], profiles: Mapping[str, Profile]) -> str:
 
 async def run_test(request: Request[Any, Any, Any], form: Any) -> dict[str, Any]:
     """The test read of the form's device: values and states with labels, or the one line of why not."""
-    state = request.app.state
+    state = site_state(request)
     document = _document(state)
     item = device_item(form, state.profiles)
     if not item.get("id"):
@@ -967,7 +968,7 @@ async def device_test(request: Request[Any, Any, Any]) -> Template:
     if original is None:
         values["_new"] = True
     raw = _text(form, "version")
-    version = int(raw) if raw.isdigit() else _document(request.app.state)["version"]
+    version = int(raw) if raw.isdigit() else _document(site_state(request))["version"]
     return await _form_page(request, kind, original=original, values=values, version=version, test=test)
 
 

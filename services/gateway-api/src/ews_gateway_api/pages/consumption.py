@@ -43,6 +43,7 @@ from ..domain.language import language_of
 from ..errors import ApiError, unknown
 from ..guards import requires
 from ..i18n import N_, Formats, gettext_callables, scale_for
+from ..sites import site_state
 from ._page import formats, redirect, render
 from .installation import profile_of
 
@@ -180,16 +181,17 @@ SUMMARY_TTL = 60.0  # seconds the Data table's six totals are reused (it says "a
 async def cached_summary(state: Any, scope: str) -> tuple[Any, datetime]:
     """The Data table's totals (today … last year: three queries), computed at most once a minute per
     scope: a dashboard reloaded by many people costs one computation, and the table shows its time."""
-    cache: dict[str, tuple[float, Any, datetime]] | None = getattr(state, "summary_cache", None)
+    cache: dict[tuple[str, str], tuple[float, Any, datetime]] | None = getattr(state, "summary_cache", None)
     if cache is None:
         cache = state.summary_cache = {}
     now = time.monotonic()
-    hit = cache.get(scope)
+    key = (state.site.site, scope)  # one entry per site and scope (sites.forget_summaries)
+    hit = cache.get(key)
     if hit is not None and hit[0] > now and hit[1].day == datetime.now(state.site.tz).date():
         return hit[1], hit[2]
     summary = await load_summary(state, scope)
     at = datetime.now(UTC)
-    cache[scope] = (now + SUMMARY_TTL, summary, at)
+    cache[key] = (now + SUMMARY_TTL, summary, at)
     return summary, at
 
 
@@ -246,11 +248,11 @@ class Ask:
 
     @property
     def state(self) -> Any:
-        return self.request.app.state
+        return site_state(self.request)
 
     @property
     def site(self) -> Site:
-        return self.request.app.state.site
+        return site_state(self.request).site
 
 
 @dataclass
@@ -491,7 +493,7 @@ async def consumption_page(
         raise unknown("unknown-period", N_("unknown period %(value)s: use %(choices)s"), period, PERIODS)
     if view not in ("chart", "data"):
         raise unknown("unknown-view", N_("unknown view %(value)s: use %(choices)s"), view, ("chart", "data"))
-    day = parse_day(day_raw, request.app.state.site)
+    day = parse_day(day_raw, site_state(request).site)
     language = await language_of(request)  # the charts' words and numbers: the page's language
     t = gettext_callables(language)["_"]
     ask = Ask(

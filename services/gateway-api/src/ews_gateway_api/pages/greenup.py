@@ -27,6 +27,7 @@ from ..domain.devices import DeviceView, device_views
 from ..errors import ApiError, unknown
 from ..guards import requires
 from ..i18n import N_
+from ..sites import site_state
 from ._page import may, redirect, render, translator
 from .installation import poll_seconds
 
@@ -46,7 +47,7 @@ def is_station(device: DeviceView) -> bool:
 
 
 async def stations(request: Request[Any, Any, Any]) -> list[DeviceView]:
-    return [d for d in await device_views(request.app.state) if d.kind == "device" and is_station(d)]
+    return [d for d in await device_views(site_state(request)) if d.kind == "device" and is_station(d)]
 
 
 def zone_name(site: Site, device: DeviceView) -> str:
@@ -86,7 +87,7 @@ def _common(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return {
         "labels": _labels,
         "poll": poll_seconds(request),
-        "zone_of": lambda d: zone_name(request.app.state.site, d),
+        "zone_of": lambda d: zone_name(site_state(request).site, d),
         "can_command": may(request, Permission.COMMAND_DEVICES),
     }
 
@@ -123,7 +124,7 @@ async def greenup_details(
         "greenup/details.html",
         lists=DETAIL_LISTS,
         by=by,
-        groups=grouped(request.app.state.site, items, by, t),
+        groups=grouped(site_state(request).site, items, by, t),
         chosen=chosen,
         tabs=STATION_TABS,
         tab=tab,
@@ -147,7 +148,7 @@ async def greenup_management(request: Request[Any, Any, Any], by: str = "priorit
         "greenup/management.html",
         lists=MANAGEMENT_LISTS,
         by=by,
-        groups=grouped(request.app.state.site, items, by, t),
+        groups=grouped(site_state(request).site, items, by, t),
         **_common(request),
     )
 

@@ -26,6 +26,7 @@ from ..domain.site import site_structure
 from ..errors import ApiError, unknown
 from ..guards import current_role, requires
 from ..i18n import N_
+from ..sites import site_state
 from ._page import may, render
 
 VIEW = [requires(Permission.VIEW_INSTALLATION)]
@@ -43,7 +44,7 @@ TABS = {
 
 
 def poll_seconds(request: Request[Any, Any, Any]) -> float:
-    return max(1.0, float(request.app.state.settings.poll_interval))
+    return max(1.0, float(site_state(request).settings.poll_interval))
 
 
 def _check_by(by: str) -> str:
@@ -53,7 +54,7 @@ def _check_by(by: str) -> str:
 
 
 async def _groups(request: Request[Any, Any, Any], by: str) -> dict[str, Any]:
-    state = request.app.state
+    state = site_state(request)
     devices = await device_views(state)
     structure = await site_structure(state, devices=devices)
     groups: list[dict[str, Any]] = []
@@ -112,11 +113,11 @@ async def installation_list(request: Request[Any, Any, Any], by: str = "gateways
 
 def profile_of(request: Request[Any, Any, Any], device: DeviceView) -> Profile | None:
     """The device's resolved profile (modules merged); None for a virtual device."""
-    real = request.app.state.site.device(device.id)
+    real = site_state(request).site.device(device.id)
     if real is None:
         return None
     try:
-        return resolve(real, request.app.state.profiles)
+        return resolve(real, site_state(request).profiles)
     except ProfileError:
         return None
 
@@ -142,7 +143,7 @@ def tabs_for(device: DeviceView, profile: Profile | None, role: str | None) -> l
 
 
 async def _device(request: Request[Any, Any, Any], device_id: str) -> DeviceView:
-    for d in await device_views(request.app.state):
+    for d in await device_views(site_state(request)):
         if d.id == device_id:
             return d
     raise ApiError(404, "unknown-device", N_("unknown device %(device)s"), device=repr(device_id))

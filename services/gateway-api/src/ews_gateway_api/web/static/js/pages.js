@@ -114,3 +114,53 @@
     else fallback();
   });
 })();
+
+/* multi-site (a hub's pages) — the chosen site stays with the page: <meta name="ews-site"> names it, and
+ * every HTMX request, same-site link and form of the page that does not name a site gets ?site=<id> (the
+ * ews_site cookie does the same without JavaScript, for the browser's last choice; redirects keep it).
+ */
+(function () {
+  "use strict";
+  function chosen() {
+    const meta = document.querySelector('meta[name="ews-site"]');
+    return meta ? meta.getAttribute("content") : "";
+  }
+  function withSite(href, site) {
+    const url = new URL(href, window.location.href);
+    if (url.origin !== window.location.origin || url.searchParams.has("site") || url.pathname.indexOf("/static/") === 0) {
+      return null;
+    }
+    url.searchParams.set("site", site);
+    return url.pathname + url.search + url.hash;
+  }
+  document.addEventListener("htmx:configRequest", function (event) {
+    const site = chosen();
+    if (!site) return;
+    const path = withSite(event.detail.path, site);
+    if (path) event.detail.path = path;
+  });
+  document.addEventListener("click", function (event) {
+    const site = chosen();
+    const link = site && event.target instanceof Element ? event.target.closest("a[href]") : null;
+    if (!link || link.getAttribute("href").charAt(0) === "#") return;
+    const href = withSite(link.getAttribute("href"), site);
+    if (href) link.setAttribute("href", href);
+  });
+  document.addEventListener("submit", function (event) {
+    const site = chosen();
+    const form = event.target;
+    if (!site || !(form instanceof HTMLFormElement) || form.elements.namedItem("site")) return;
+    if (form.method.toLowerCase() === "get") {
+      const url = new URL(form.action, window.location.href);
+      if (url.origin !== window.location.origin) return;
+      const input = document.createElement("input");
+      input.type = "hidden";
+      input.name = "site";
+      input.value = site;
+      form.appendChild(input);
+    } else {
+      const action = withSite(form.getAttribute("action") || window.location.href, site);
+      if (action) form.setAttribute("action", action);
+    }
+  }, true);
+})();
