@@ -15,6 +15,9 @@ header makes a retried POST answer the first command instead of sending a second
 
 ``GET /api/v1/commands`` is the command log: the most recent commands and their outcomes, read from the
 tail of EWS_COMMANDS (the audit log, kept longer than the records); see its section at the end.
+
+At the hub (``?site=``), a command goes to the site's edge through the leaf node, and its record is the
+hub's own until the edge's arrive in ``EWS_COMMANDS_<site>``: ``hubcommands``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ews_contracts.events import CommandCompleted, CommandExpired, CommandFailed
 from ews_contracts.roles import Permission
 from ews_contracts.site import ID_PATTERN
 from ews_contracts.streamio import StreamIOError, read_stream
+from ews_contracts.streamnames import BOX
 from ews_contracts.streams import COMMANDS
 from ews_contracts.subjects import PREFIX, Kind, pattern, subject
 from faststream import AckPolicy
@@ -55,6 +59,8 @@ from ..errors import ApiError
 from ..guards import current_role, requires
 from ..i18n import N_
 from ..openapi import error
+from ..sites import SITE_PARAMETER, is_hub, site_state
+from . import hubcommands
 
 log = logging.getLogger("ews.gateway-api.commands")
 
@@ -163,7 +169,9 @@ async def apply_outcome(redis: Any, site: str, outcome: Outcome) -> CommandStatu
     "deadline; poll GET /api/v1/commands/{id} for the outcome. 202 whenever the request may reach the bus "
     "(it then ends completed, failed or expired, never executed twice). With an `Idempotency-Key` header "
     "a retried POST (same key, same role) answers the first command instead of sending a second; the "
-    "same key with a different command is 409. 503 only when the request certainly went nowhere.",
+    "same key with a different command is 409. 503 only when the request certainly went nowhere. At a hub "
+    "(`?site=`) the command goes to the site's own server, and is sent again until its deadline while that "
+    "server cannot be reached (it then reads expired: never executed after its deadline).",
     status_code=202,
     tags=["commands"],
     responses={
@@ -185,7 +193,7 @@ async def request_command(
         ),
     ] = None,
 ) -> CommandStatus:
-    return await submit_command(request.app.state, current_role(request) or "", data, idempotency_key)
+    return await submit_command(site_state(request), current_role(request) or "", data, idempotency_key)
 
 
 def _idempotency_key(site: str, role: str, key: str) -> str:
@@ -193,7 +201,9 @@ def _idempotency_key(site: str, role: str, key: str) -> str:
     return f"ews:{site}:command-key:{digest}"
 
 
-async def _earlier(state: State, role: str, key: str, data: CommandBody, command_id: str) -> CommandStatus | None:
+async def _earlier(
+    state: State, role: str, key: str, data: CommandBody, command_id: str
+) -> CommandStatus | None:
     """Claim ``key`` for ``command_id``; when a command already holds it, that command's status (409 when
     the key was used for a different command)."""
     fingerprint = data.model_dump_json()
@@ -258,6 +268,9 @@ async def submit_command(
         requested_at=event.occurred_at,
         deadline=event.deadline,
     )
+    if is_hub(state):
+        await _send_from_hub(state, event, status)
+        return status
     # The record exists before the request is published, so an outcome can never arrive before it.
     await _save(state.redis, site.site, status)
     try:
@@ -307,10 +320,129 @@ def _republish_later(state: State, event: CommandRequested) -> None:
     task.add_done_callback(tasks.discard)
 
 
+# --- from the hub ----------------------------------------------------------------------------------
+HUB_SEND_TIMEOUT = 2.0  # seconds the hub waits for the edge's ack of one send
+
+
+async def _publish_from_hub(state: State, event: CommandRequested) -> None:
+    """One send of the request on the edge's subject (stored by the edge's EWS_COMMANDS, acked from there)."""
+    left = (event.deadline - utcnow()).total_seconds() if event.deadline else HUB_SEND_TIMEOUT
+    await state.broker.publish(
+        event.model_dump(mode="json"),
+        subject=event.subject,
+        headers=event.headers(),
+        stream=COMMANDS.name,
+        timeout=max(0.2, min(HUB_SEND_TIMEOUT, left)),
+    )
+
+
+async def _send_from_hub(state: State, event: CommandRequested, status: CommandStatus) -> None:
+    """Record the command at the hub and send it to the edge; unconfirmed (edge or link away), it is sent
+    again in the background (same Nats-Msg-Id: stored once) until its deadline, never after it."""
+    site = state.site.site
+    await hubcommands.remember(
+        state.redis, site, event.command_id, status.model_dump_json(), event.occurred_at
+    )
+    try:
+        await _publish_from_hub(state, event)
+    except Exception as exc:  # NoResponders (no link to the edge) included: the deadline settles it
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        log.warning(
+            "command %s for site %s: not confirmed by the edge (%s); sending it again until its deadline",
+            event.command_id,
+            site,
+            reason,
+        )
+        _resend_until_deadline(state, event)
+
+
+def _resend_until_deadline(state: State, event: CommandRequested) -> None:
+    async def again() -> None:
+        pause = 1.0
+        while event.deadline is not None and utcnow() < event.deadline - timedelta(seconds=0.1):
+            await asyncio.sleep(min(pause, max(0.0, (event.deadline - utcnow()).total_seconds() - 0.1)))
+            pause = min(pause * 1.5, 5.0)
+            if utcnow() >= event.deadline:
+                break
+            try:
+                await _publish_from_hub(state, event)
+            except Exception:  # noqa: S112 - still away; its deadline settles it
+                continue
+            log.info("command %s: CommandRequested confirmed by site %s", event.command_id, event.site)
+            return
+        log.warning(
+            "command %s: site %s not reached before the deadline; it reads expired",
+            event.command_id,
+            event.site,
+        )
+
+    tasks: set[asyncio.Task[None]] = state.setdefault("command_retries", set())  # type: ignore[assignment]
+    task = asyncio.get_running_loop().create_task(again())
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+def _unreached(status: CommandStatus) -> CommandStatus:
+    """A hub record the edge never recorded: expired once its deadline and the grace are past."""
+    if (
+        status.status == "requested"
+        and status.deadline is not None
+        and utcnow() > status.deadline + timedelta(seconds=EXPIRY_GRACE)
+    ):
+        return status.model_copy(update={"status": "expired", "error": hubcommands.UNREACHED})
+    return status
+
+
+async def _hub_status(state: State, command_id: str) -> CommandStatus | None:
+    """A command's status at the hub: the edge's records in ``EWS_COMMANDS_<site>`` when they are there,
+    else the hub's record of the command it sent; None when the hub knows neither."""
+    site = state.site.site
+    record = await hubcommands.recall(state.redis, site, command_id)
+    if record is None:  # not sent from the hub (from the site's own server): its log
+        found = [c for c in (await command_log(state, LOG_LIMIT)).commands if c.id == command_id]
+        return found[0] if found else None
+    status = CommandStatus.model_validate(record)
+    if status.status != "requested":  # the edge's outcome, already seen
+        return status
+    nc = getattr(state.broker, "connection", None)
+    try:
+        if nc is None or status.requested_at is None:
+            raise ConnectionError("no connection to NATS")
+        request, outcome = await hubcommands.seen_at_hub(
+            nc, state.names.of(COMMANDS), site, status.device, command_id, status.requested_at
+        )
+    except StreamNotFound:
+        request = outcome = None
+    except Exception as exc:  # the hub's record answers meanwhile
+        log.warning("command %s: site %s's records not readable (%s)", command_id, site, exc)
+        request = outcome = None
+    if request is not None:
+        status = _logged(request, outcome, state.settings.command_deadline)
+    elif outcome is not None:
+        status = status.model_copy(
+            update={
+                "status": _STATUS[type(outcome)],
+                "finished_at": outcome.occurred_at,
+                "readback": outcome.readback if isinstance(outcome, CommandCompleted) else None,
+                "error": None if isinstance(outcome, CommandCompleted) else outcome.error,
+            }
+        )
+    if outcome is not None:  # the edge's outcome stands: kept, the stream need not be read again
+        await hubcommands.remember(
+            state.redis, site, command_id, status.model_dump_json(), status.requested_at
+        )
+        return status
+    return _unreached(status)
+
+
 async def command_status(state: State, command_id: str) -> CommandStatus:
     """A command's record; 404 when unknown or older than the records are kept. A command still
     requested ``EXPIRY_GRACE`` seconds after its deadline reads expired: nothing executes it any more."""
-    record = _decode(await state.redis.get(record_key(state.site.site, command_id)))
+    if is_hub(state):
+        hub_status = await _hub_status(state, command_id)
+        record = None if hub_status is None else hub_status.model_dump(mode="json")
+    else:
+        record = _decode(await state.redis.get(record_key(state.site.site, command_id)))
     if record is None:
         raise ApiError(
             404,
@@ -345,10 +477,10 @@ async def command_status(state: State, command_id: str) -> CommandStatus:
     tags=["commands"],
 )
 async def get_command(request: Request[Any, Any, State], command_id: str) -> CommandStatus:
-    return await command_status(request.app.state, command_id)
+    return await command_status(site_state(request), command_id)
 
 
-router = Router(path="/api/v1", route_handlers=[request_command, get_command])
+router = Router(path="/api/v1", parameters=SITE_PARAMETER, route_handlers=[request_command, get_command])
 
 
 # --- outcomes --------------------------------------------------------------------------------------
@@ -396,6 +528,9 @@ def outcome_broker(app: Litestar) -> NatsBroker:
 
 @asynccontextmanager
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
+    if is_hub(app.state):  # the hub reads the outcomes from EWS_COMMANDS_<site> (hubcommands)
+        yield
+        return
     broker = outcome_broker(app)
     await broker.connect()
     try:
@@ -431,7 +566,7 @@ class CommandLog(BaseModel):
     more: bool = Field(description="Older commands are recorded too (ask for a larger limit, up to 500).")
 
 
-async def _count_from(js: Any, filter_subject: str, start: int) -> int:
+async def _count_from(js: Any, filter_subject: str, start: int, stream: str = COMMANDS.name) -> int:
     """How many messages matching ``filter_subject`` EWS_COMMANDS holds from sequence ``start`` on."""
     config = ConsumerConfig(
         filter_subject=filter_subject,
@@ -441,13 +576,15 @@ async def _count_from(js: Any, filter_subject: str, start: int) -> int:
         inactive_threshold=10.0,
         mem_storage=True,
     )
-    info = await js.add_consumer(COMMANDS.name, config)
+    info = await js.add_consumer(stream, config)
     with contextlib.suppress(Exception):
-        await js.delete_consumer(COMMANDS.name, info.name)
+        await js.delete_consumer(stream, info.name)
     return int(info.num_pending or 0)
 
 
-async def _tail_start(js: Any, filter_subject: str, first: int, last: int, total: int, want: int) -> int:
+async def _tail_start(
+    js: Any, filter_subject: str, first: int, last: int, total: int, want: int, stream: str = COMMANDS.name
+) -> int:
     """A sequence from which the stream holds at least ``want`` messages matching ``filter_subject`` (of
     ``total`` in all) and at most about twice as many; ``first`` when it holds few."""
     most = 2 * want
@@ -459,7 +596,7 @@ async def _tail_start(js: Any, filter_subject: str, first: int, last: int, total
         if above - below <= 1:
             break
         start = max(below + 1, last + 1 - span) if growing else (below + above) // 2
-        count = await _count_from(js, filter_subject, start)
+        count = await _count_from(js, filter_subject, start, stream)
         if count < want:
             above, span = start, span * 4
         elif count > most:
@@ -503,8 +640,30 @@ def _logged(request: CommandRequested, outcome: Outcome | None, default_deadline
 
 async def command_log(state: State, limit: int = 50, device: str | None = None) -> CommandLog:
     """The ``limit`` most recent commands of the site (of ``device`` only when given), newest first, from
-    the tail of EWS_COMMANDS. 503 when the event bus cannot be read."""
+    the tail of EWS_COMMANDS. 503 when the event bus cannot be read. At the hub, with the commands it sent
+    that the site's records do not hold (yet): the hub's records (``hubcommands``)."""
+    logged = await _stream_log(state, limit, device)
+    if not is_hub(state):
+        return logged
+    seen = {c.id for c in logged.commands}
+    mine = [
+        _unreached(CommandStatus.model_validate(r))
+        for r in await hubcommands.recent(state.redis, state.site.site, limit)
+        if r.get("id") not in seen and (device is None or r.get("device") == device)
+    ]
+    if not mine:
+        return logged
+    both = sorted(
+        [*logged.commands, *mine],
+        key=lambda c: c.requested_at.timestamp() if c.requested_at else 0.0,
+        reverse=True,
+    )
+    return CommandLog(commands=both[:limit], more=logged.more or len(both) > limit)
+
+
+async def _stream_log(state: State, limit: int, device: str | None) -> CommandLog:
     site = state.site.site
+    stream = getattr(state, "names", BOX).of(COMMANDS)  # EWS_COMMANDS, or the site's copy at the hub
     token = device or "*"
     requests_subject = subject(site, Kind.COMMAND_REQUESTED, token)
     nc = getattr(state.broker, "connection", None)
@@ -514,15 +673,15 @@ async def command_log(state: State, limit: int = 50, device: str | None = None) 
     requests: dict[str, CommandRequested] = {}
     outcomes: dict[str, Outcome] = {}
     try:
-        info = await js.stream_info(COMMANDS.name, subjects_filter=requests_subject)
+        info = await js.stream_info(stream, subjects_filter=requests_subject)
         total = sum((info.state.subjects or {}).values())
         first, last = int(info.state.first_seq or 0), int(info.state.last_seq or 0)
         if not total or not last:
             return CommandLog(commands=[], more=False)
-        start = await _tail_start(js, requests_subject, max(first, 1), last, total, limit)
+        start = await _tail_start(js, requests_subject, max(first, 1), last, total, limit, stream)
         read = 0
         every = f"{PREFIX}.{site}.*.{token}"  # requests and outcomes (the stream holds nothing else)
-        tail = read_stream(nc, COMMANDS.name, every, start=start, upto=last)
+        tail = read_stream(nc, stream, every, start=start, upto=last)
         async with contextlib.aclosing(tail) as batches:
             async for batch in batches:
                 for msg in batch:
@@ -580,7 +739,7 @@ async def list_commands(
         ),
     ] = None,
 ) -> CommandLog:
-    return await command_log(request.app.state, limit, device or None)
+    return await command_log(site_state(request), limit, device or None)
 
 
 router.register(list_commands)
