@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timedelta
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 from typing import Any
 
 import nats
