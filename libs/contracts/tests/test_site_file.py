@@ -88,3 +88,11 @@ def test_tariff_in_force_by_date(tmp_path):
     assert site.tariff_on(date(2019, 5, 1)).electricity_per_kwh == 0.20
     assert site.tariff_on(date(2026, 1, 31)).electricity_per_kwh == 0.20
     assert site.tariff_on(date(2026, 2, 1)).electricity_per_kwh == 0.30
+
+
+def test_the_site_id_hub_is_reserved_for_the_hub(tmp_path):
+    path = write(tmp_path, DEMO.replace("site: demo", "site: hub", 1))
+    with pytest.raises(ConfigFileError) as info:
+        load_site(path)
+    message = str(info.value)
+    assert "\n" not in message and "site" in message and "names the hub" in message

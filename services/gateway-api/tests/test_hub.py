@@ -8,6 +8,7 @@ aggregators write them. The hub's own auth service answers with the hub's codes 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -323,6 +324,21 @@ async def test_hub_has_its_own_codes(
         assert me.status_code == 200 and me.json()["role"] == "administrator"
         for site in two_sites:  # the hub's roles see every site
             assert (await client.get("/api/v1/site", params={"site": site.site})).status_code == 200
+        # the hub's logins are recorded as events in its own audit stream (its subjects only)
+        nc = await nats.connect(hub_settings.nats_url)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info("EWS_AUDIT")
+            assert info.config.subjects == ["ews.hub.audit.*"]
+            events = [
+                json.loads((await js.get_msg("EWS_AUDIT", seq)).data)
+                for seq in range(info.state.first_seq, info.state.last_seq + 1)
+            ]
+        finally:
+            await nc.close()
+        actions = {(e["site"], e["action"], e["role"]) for e in events}
+        assert ("hub", "login-succeeded", "administrator") in actions
+        assert any(site == "hub" and action == "login-failed" for site, action, _ in actions)  # the site's codes
     finally:
         await redis.aclose()
 

@@ -95,13 +95,16 @@ async def ensure_streams(broker: NatsBroker) -> None:
     await ensure_streams_with(broker.connection.jetstream())
 
 
-async def ensure_streams_with(js: JetStreamContext, site: str | None = None) -> None:
+async def ensure_streams_with(
+    js: JetStreamContext, site: str | None = None, specs: tuple[StreamSpec, ...] = ALL_STREAMS
+) -> None:
     """``ensure_streams`` on a plain nats-py JetStream context (a service without a FastStream broker).
-    On an edge box (``ews up --edge``) the streams hold only its site's subjects."""
+    On an edge box (``ews up --edge``) the streams hold only its site's subjects; at the hub, ``site`` is
+    the hub's identity and ``specs`` its own audit stream (``ensure_hub_streams``)."""
     from .hub import edge_site
 
     site = site or edge_site()
-    for spec in ALL_STREAMS:
+    for spec in specs:
         config = _config(spec, site)
         try:
             await js.stream_info(spec.name)
@@ -114,6 +117,17 @@ async def ensure_streams_with(js: JetStreamContext, site: str | None = None) -> 
                     raise
         else:
             await js.update_stream(config)
+
+
+async def ensure_hub_streams(js: JetStreamContext) -> None:
+    """The hub's own stream: ``EWS_AUDIT`` holding the hub's subjects only (``ews.hub.audit.*``: the logins,
+    code changes and refusals of the hub's roles). Every other stream at the hub is a site's copy
+    (``<STREAM>_<site>``, sourced from its edge), never declared by the hub's services; an edge's audit
+    subjects (``ews.<site>.audit.*``) stay out of this one (the site id ``hub`` is reserved)."""
+    from .site import RESERVED_SITE_ID
+    from .streams import AUDIT
+
+    await ensure_streams_with(js, RESERVED_SITE_ID, (AUDIT,))
 
 
 async def publish_event(broker: NatsBroker, event: Event) -> None:

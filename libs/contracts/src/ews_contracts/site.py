@@ -18,6 +18,7 @@ MAX_DEVICES = 255
 RECOMMENDED_DEVICES = 128
 MAX_ADDRESSES_PER_GATEWAY = 32
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+RESERVED_SITE_ID = "hub"  # the hub's own identity (Settings.identity): its codes, sessions and audit
 
 
 class _Strict(BaseModel):
@@ -218,7 +219,9 @@ class Tariff(_Strict):
         media = ("electricity_per_kwh", "water_per_m3", "gas_per_m3")
         for j, later in enumerate(self.time_of_use):
             for i, earlier in enumerate(self.time_of_use[:j]):
-                shared = [m for m in media if getattr(earlier, m) is not None and getattr(later, m) is not None]
+                shared = [
+                    m for m in media if getattr(earlier, m) is not None and getattr(later, m) is not None
+                ]
                 if not shared:
                     continue
                 for weekday in range(7):
@@ -292,6 +295,16 @@ class Site(_Strict):
     retired_devices: list[RetiredDevice] = Field(
         default_factory=list, description="Removed devices whose history still counts (not polled)."
     )
+
+    @field_validator("site")
+    @classmethod
+    def _not_the_hub(cls, value: str) -> str:
+        if value == RESERVED_SITE_ID:
+            raise ValueError(
+                f"{RESERVED_SITE_ID!r} names the hub of a multi-site installation (its codes, its audit): "
+                "choose another site id"
+            )
+        return value
 
     @field_validator("timezone")
     @classmethod

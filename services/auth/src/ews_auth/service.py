@@ -35,7 +35,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 from argon2 import PasswordHasher
-from ews_contracts.bus import ensure_streams, make_broker, publish_event
+from ews_contracts.bus import ensure_hub_streams, ensure_streams, make_broker, publish_event
 from ews_contracts.events import (
     AuditAction,
     AuditRecorded,
@@ -117,7 +117,6 @@ class AuthService:
         self.settings = settings
         # whose codes these are: the site's on a box or an edge, the hub's own at the hub (Settings.identity)
         self.site = settings.identity
-        self.publishes_audit = not settings.hub  # the hub declares no streams of its own (audit: logged)
         self.redis = redis if redis is not None else aioredis.from_url(settings.redis_url)
         self._own_redis = redis is None
         self.codes = CodeStore(self.redis, self.site, hasher)
@@ -132,7 +131,7 @@ class AuthService:
             site=self.site, action=action, role=role or "unknown", client=client, detail=detail
         )
         log.info("audit: %s role=%s client=%s %s", action, event.role, client, detail)
-        if self.broker is None or not self.publishes_audit:
+        if self.broker is None:
             return
         try:
             await publish_event(self.broker, event)
@@ -448,7 +447,9 @@ async def serve(settings: Settings) -> None:
         if created:
             log.info("created the factory codes of %s (change them in Configuration)", ", ".join(created))
         await broker.connect()
-        if not settings.hub:  # the hub's streams are the edges' (ews_contracts.streamnames)
+        if settings.hub:  # the hub's own audit stream; its other streams are the edges' (streamnames)
+            await ensure_hub_streams(broker.connection.jetstream())
+        else:
             await ensure_streams(broker)
         await broker.start()
         log.info("auth: answering %s", auth_rpc(service.site, "*"))

@@ -30,7 +30,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
-from ews_contracts.bus import ensure_streams, make_broker
+from ews_contracts.bus import ensure_hub_streams, ensure_streams, make_broker
 from ews_contracts.profiles import load_profiles
 from ews_contracts.settings import Settings
 from ews_contracts.siteconfig import LiveSite
@@ -183,6 +183,7 @@ def create_app(settings: Settings) -> Litestar:
             async with AsyncExitStack() as stack:
                 js = broker.connection.jetstream()
                 if hub:
+                    await ensure_hub_streams(js)  # the hub's own audit (token refusals)
                     # every site whose streams reach the hub, each followed live from EWS_CONFIG_<site>
                     registry = HubSites(js, on_change=lambda site_id: forget_summaries(app.state, site_id))
                     app.state.hub_sites = await stack.enter_async_context(registry.running())
