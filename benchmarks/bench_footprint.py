@@ -47,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 from ews_runtime.servers import free_port  # noqa: E402
 
-from tests.browser.product import START_TIMEOUT, ews_command, tail  # noqa: E402
-from tests.helpers import clean_env, demo_site_on_port, stop  # noqa: E402
+from tests.browser.product import START_TIMEOUT, tail  # noqa: E402
+from tests.helpers import clean_env, demo_site_on_port, start_ews, stop  # noqa: E402
 
 MIB = 1024 * 1024
 GOAL_RSS_MIB = 450
@@ -137,17 +137,8 @@ def run_stack(seconds: float, history: bool) -> tuple[float, dict[str, tuple[int
         )
         base = f"http://127.0.0.1:{http_port}"
         log = folder / "ews-up.log"
-        with open(log, "ab") as out:
-            started = time.monotonic()
-            proc = subprocess.Popen(
-                [*ews_command(), "up"],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        started = time.monotonic()
+        proc = start_ews(["up"], env, log)
         try:
             with httpx.Client(base_url=base, timeout=2) as client:
                 while True:

@@ -35,7 +35,6 @@ import asyncio
 import json
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,8 +53,8 @@ from ews_runtime.servers import free_port  # noqa: E402
 from nats.js.api import DeliverPolicy  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from tests.browser.product import START_TIMEOUT, ews_command, is_ready, tail  # noqa: E402
-from tests.helpers import clean_env, demo_site_on_port, stop  # noqa: E402
+from tests.browser.product import START_TIMEOUT, is_ready, tail  # noqa: E402
+from tests.helpers import clean_env, demo_site_on_port, start_ews, stop  # noqa: E402
 
 SITE = "demo"
 TIMEZONE = ZoneInfo("Europe/Paris")  # the demo site's
@@ -316,16 +315,7 @@ def main() -> None:
         base = f"http://127.0.0.1:{http_port}"
         log = folder / "ews-up.log"
         print("starting `ews up`…", file=sys.stderr)
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                [*ews_command(), "up"],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        proc = start_ews(["up"], env, log)
         try:
             deadline = time.monotonic() + START_TIMEOUT
             while True:

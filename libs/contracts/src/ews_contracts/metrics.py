@@ -63,7 +63,3 @@ def allowed_reader(host: str | None, networks: tuple[str, ...]) -> bool:
         address = address.ipv4_mapped
     return any(address in ipaddress.ip_network(n, strict=False) for n in networks)
 
-
-def process_dead(pid: int, path: str) -> None:
-    """Forget a dead process's live gauges (``ews up`` calls it when a child exits)."""
-    multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]

@@ -110,16 +110,6 @@ def record_key(site: str, command_id: str) -> str:
     return f"ews:{site}:command:{command_id}"
 
 
-def _decode(raw: Any) -> dict[str, Any] | None:
-    if raw is None:
-        return None
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
-
-
 async def _save(redis: Any, site: str, status: CommandStatus) -> None:
     await redis.set(record_key(site, status.id), status.model_dump_json(), ex=RECORD_TTL)
 
@@ -135,7 +125,7 @@ _STATUS = {CommandCompleted: "completed", CommandFailed: "failed", CommandExpire
 
 async def apply_outcome(redis: Any, site: str, outcome: Outcome) -> CommandStatus:
     """Record an outcome. Idempotent: a redelivered outcome leaves a finished record as it is."""
-    existing = _decode(await redis.get(record_key(site, outcome.command_id)))
+    existing = hubcommands.decode_record(await redis.get(record_key(site, outcome.command_id)))
     if existing is not None and existing.get("status") in ("completed", "failed", "expired"):
         return CommandStatus.model_validate(existing)
     base = existing or {}
@@ -212,7 +202,7 @@ async def _earlier(
     for _ in range(3):
         if await state.redis.set(redis_key, claim, nx=True, ex=RECORD_TTL):
             return None
-        held = _decode(await state.redis.get(redis_key))
+        held = hubcommands.decode_record(await state.redis.get(redis_key))
         if held is None:  # expired between the two calls: claim again
             continue
         if held.get("request") != fingerprint:
@@ -442,7 +432,7 @@ async def command_status(state: State, command_id: str) -> CommandStatus:
         hub_status = await _hub_status(state, command_id)
         record = None if hub_status is None else hub_status.model_dump(mode="json")
     else:
-        record = _decode(await state.redis.get(record_key(state.site.site, command_id)))
+        record = hubcommands.decode_record(await state.redis.get(record_key(state.site.site, command_id)))
     if record is None:
         raise ApiError(
             404,

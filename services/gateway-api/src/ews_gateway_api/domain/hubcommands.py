@@ -58,8 +58,8 @@ async def remember(redis: Any, site: str, command_id: str, record: str, requeste
     await redis.expire(index_key(site), HUB_TTL)
 
 
-async def recall(redis: Any, site: str, command_id: str) -> dict[str, Any] | None:
-    raw = await redis.get(record_key(site, command_id))
+def decode_record(raw: Any) -> dict[str, Any] | None:
+    """A JSON object kept in Redis (a command's record), None when absent or not an object."""
     if raw is None:
         return None
     try:
@@ -67,6 +67,10 @@ async def recall(redis: Any, site: str, command_id: str) -> dict[str, Any] | Non
     except ValueError:
         return None
     return record if isinstance(record, dict) else None
+
+
+async def recall(redis: Any, site: str, command_id: str) -> dict[str, Any] | None:
+    return decode_record(await redis.get(record_key(site, command_id)))
 
 
 async def recent(redis: Any, site: str, limit: int) -> list[dict[str, Any]]:
