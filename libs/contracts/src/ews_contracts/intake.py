@@ -52,6 +52,7 @@ from .events import (
 from .quantities import Quantity
 from .site import Device, Site
 from .subjects import PREFIX, Kind
+from .text import one_line
 
 SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1,)
 OPEN_TO_OUTSIDERS: tuple[Kind, ...] = (Kind.READING,)  # kinds anyone may publish (the AsyncAPI document)
@@ -242,6 +243,42 @@ class Declarations:
 
 
 # --- the rules -----------------------------------------------------------------------------------------
+
+
+async def stored_declarations(
+    store: Any, fallback: Site, logger: logging.Logger, whose: str = ""
+) -> Declarations:
+    """Every version of a site's configuration stored in ``store`` (a ``siteconfig.ConfigStore``), with its
+    stream time; ``fallback`` (the configuration in force) when none is stored or the history cannot be
+    read: its first version counts from the beginning, so nothing of it is refused. Shared by the
+    aggregator (``Gate``, replay) and the hub's live state (``hublive``); ``whose`` names the site in their
+    log lines ("" on a single box)."""
+    from .siteconfig import site_of  # (siteconfig's stores are NATS-bound; the rules above are not)
+
+    timeline: list[tuple[int, int, Site]] = []
+    if store is not None:
+        try:
+            stored = await store.timeline()
+        except Exception as exc:
+            logger.warning(
+                "configuration history%s not read (%s): checking devices against the one in force",
+                whose,
+                one_line(exc),
+            )
+            stored = []
+        for ns, event in stored:
+            try:
+                timeline.append((event.version, ns, site_of(event)))
+            except ValueError as exc:  # stored by an older version under rules that changed since
+                logger.warning(
+                    "configuration version %d%s left out of the checks: %s",
+                    event.version,
+                    whose,
+                    one_line(exc),
+                )
+    if not timeline:
+        return Declarations.of(fallback)
+    return Declarations.from_timeline(fallback.site, timeline)
 
 
 def _field(loc: Sequence[Any]) -> str:

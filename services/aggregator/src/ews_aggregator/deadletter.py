@@ -34,10 +34,11 @@ from ews_contracts.intake import (
     Rejected,
     RejectionLog,
     record,
+    stored_declarations,
 )
 from ews_contracts.natsclient import FastHeaderClient, Frames
 from ews_contracts.site import Site
-from ews_contracts.siteconfig import ConfigStore, site_of
+from ews_contracts.siteconfig import ConfigStore
 from ews_contracts.streams import DEAD_LETTER
 from ews_contracts.subjects import PREFIX, pattern
 from ews_contracts.text import one_line
@@ -72,28 +73,8 @@ def intake_executor() -> ThreadPoolExecutor:
 
 
 async def load_declarations(store: ConfigStore | None, fallback: Site) -> Declarations:
-    """Every stored configuration version with its stream time; the site file when none is stored (or the
-    store cannot be read: the first version counts from the beginning, so nothing of it is lost)."""
-    timeline: list[tuple[int, int, Site]] = []
-    if store is not None:
-        try:
-            stored = await store.timeline()
-        except Exception as exc:
-            log.warning(
-                "configuration history not read (%s): checking devices against the one in force",
-                one_line(exc),
-            )
-            stored = []
-        for ns, event in stored:
-            try:
-                timeline.append((event.version, ns, site_of(event)))
-            except ValueError as exc:  # stored by an older version under rules that changed since
-                log.warning(
-                    "configuration version %d left out of the checks: %s", event.version, one_line(exc)
-                )
-    if not timeline:
-        return Declarations.of(fallback)
-    return Declarations.from_timeline(fallback.site, timeline)
+    """Every stored configuration version with its stream time (``intake.stored_declarations``)."""
+    return await stored_declarations(store, fallback, log)
 
 
 class Gate:
