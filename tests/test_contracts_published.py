@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 from ews_contracts.catalogue import EVENTS, catalogue_json
 from ews_contracts.events import AUTH_OPERATIONS, POLLER_OPERATIONS, DeviceStatusChanged, ReadingTaken
+from ews_contracts.hub import hub_stream_name
 from ews_contracts.intake import CAUSES, SUPPORTED_SCHEMA_VERSIONS, Declarations, Intake, Rejected
 from ews_contracts.quantities import Quantity, unit_of
 from ews_contracts.settings import BUNDLED_DEMO_SITE
 from ews_contracts.site import load_site
+from ews_contracts.streamnames import BOX, streams_for
 from ews_contracts.streams import ALL_STREAMS, DEAD_LETTER
 from ews_contracts.subjects import auth_rpc
 
@@ -179,3 +181,115 @@ def test_the_pollers_status_events_validate_against_the_document():
     )
     assert problems(event.subject, event.model_dump_json().encode(), event.headers()) == []
     assert problems(event.subject, event.model_dump_json().encode(), {"Ews-Producer": "me"}) != []
+
+
+def test_no_description_points_at_python_code():
+    """An integrator has the document, not the code: units and causes are named by the document's own parts."""
+    text = COMMITTED.read_text(encoding="utf-8")
+    assert "ews_contracts" not in text and ".py" not in text
+    reading = document()["components"]["schemas"]["ReadingTaken"]
+    assert "`Quantity`" in reading["description"] and "x-ews-units" in reading["description"]
+
+
+def test_the_status_header_is_not_a_security_boundary():
+    status = document()["operations"]["receiveDeviceStatusChanged"]["description"]
+    assert "not a security boundary" in status and "NATS" in status and "ews.*.status.*" in status
+
+
+def test_hub_streams_are_named_per_site_and_readings_are_published_at_the_edge():
+    doc = document()
+    at_hub = streams_for("demo", hub=True)
+    for spec, described in zip(ALL_STREAMS, doc["x-ews-streams"], strict=True):
+        assert described["name"] == spec.name == BOX.of(spec)
+        assert described["hub_name"].format(site="demo") == at_hub.of(spec) == hub_stream_name(spec, "demo")
+    for model in EVENTS:
+        stream = doc["channels"][model.__name__]["x-ews-stream"]
+        assert stream["hub_name"] == f"{stream['name']}_{{site}}", model.__name__
+    hub = doc["x-ews-hub"]
+    assert hub["streams"] == {spec.name: hub_stream_name(spec, "{site}") for spec in ALL_STREAMS}
+    assert hub["aggregator_durable"].format(site="demo") == at_hub.aggregator_durable
+    assert hub["publish"] == "edge"
+    described = doc["servers"]["hub"]["description"]
+    for spec in ALL_STREAMS:
+        assert f"{spec.name}_<site>" in described
+    assert "at its edge" in described and "ews.hub.audit.*" in described
+    assert "at its edge" in doc["operations"]["publishReadingTaken"]["description"]
+
+
+async def test_the_hubs_own_streams_are_those_it_declares(nats_url: str):
+    """``ensure_hub_streams`` on a real nats-server: the streams the hub's services create are the document's."""
+    import nats
+    from ews_contracts.bus import ensure_hub_streams
+
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        await ensure_hub_streams(js)
+        created = {info.config.name: info.config.subjects for info in await js.streams_info()}
+    finally:
+        await nc.close()
+    assert created == {s["name"]: s["subjects"] for s in document()["x-ews-hub"]["own_streams"]}
+
+
+def test_the_hubs_lease_bucket_is_documented_as_internal():
+    from ews_aggregator import group, lease
+
+    (bucket,) = document()["x-ews-kv-buckets"]
+    assert bucket["bucket"] == lease.BUCKET and bucket["stream"] == f"KV_{lease.BUCKET}"
+    assert bucket["subjects"] == [f"$KV.{lease.BUCKET}.>"]
+    assert bucket["keys"] == [f"{group.SITE_KEY}<site>", f"{group.MEMBER_KEY}<member>"]
+    assert bucket["ttl_seconds"] == group.LEASE_TTL
+    assert bucket["x-ews-access"] == "internal" and bucket["deployment"] == "hub"
+
+
+def test_the_aggregators_request_reply_subjects_are_those_it_answers():
+    """The subject the aggregator subscribes to and the operations its handler answers are the document's."""
+    import asyncio
+
+    from ews_aggregator.service import AggregatorService
+    from ews_contracts.rebuild import RPC_QUEUE, RebuildStatus, aggregator_rpc
+
+    doc = document()
+    documented = {
+        channel["title"].removeprefix("rpc-aggregator."): channel
+        for channel in doc["channels"].values()
+        if channel["title"].startswith("rpc-aggregator.") and channel.get("address")
+    }
+    assert set(documented) == {"rebuild", "status"}
+    for op, channel in documented.items():
+        assert channel["address"] == aggregator_rpc("{site}", op)
+        assert RPC_QUEUE in channel["description"] and "hub" in channel["description"]
+    source = (ROOT / "services/aggregator/src/ews_aggregator/service.py").read_text()
+    assert 'self.nc.subscribe(aggregator_rpc(self.site_id, "*"), queue=RPC_QUEUE' in source
+
+    class Request:  # the one thing of a nats-py Msg the handler uses
+        def __init__(self, subject: str) -> None:
+            self.subject, self.reply, self.answer = subject, "_INBOX.x", None
+
+        async def respond(self, data: bytes) -> None:
+            self.answer = json.loads(data)
+
+    async def no_marker():
+        return None
+
+    service = AggregatorService.__new__(AggregatorService)
+    service.status = RebuildStatus(state="idle")
+    service.marker = no_marker
+    for op in [*documented, "unknown-op"]:
+        request = Request(aggregator_rpc("demo", op))
+        asyncio.run(service.on_request(request))
+        if op in documented:
+            assert request.answer["state"] == "idle", op  # answered, not "unknown operation"
+            operation = doc["operations"][f"requestAggregator{op.capitalize()}"]
+            assert operation["x-ews-access"] == "internal"
+            (reply,) = operation["reply"]["messages"]
+            name = reply["$ref"].rsplit("/", 1)[1]
+            assert problems_of_schema(name, request.answer) == [], op
+        else:
+            assert "unknown operation" in request.answer["error"]
+
+
+def problems_of_schema(name: str, payload) -> list[str]:
+    from tests.contract import validator
+
+    return [e.message for e in validator(f"#/components/schemas/{name}").iter_errors(payload)]

@@ -6,10 +6,13 @@ services declare theirs); this module assembles the rest from the code that deci
 the document says what the product does:
 
 - channels and their parameters from ``subjects`` (events ``ews.<site>.<kind>.<device>``, request/reply
-  ``ews.<site>.rpc-auth.<op>`` and ``ews.<site>.rpc-poller.<op>`` with ``events.AUTH_OPERATIONS`` and
-  ``events.POLLER_OPERATIONS``);
+  ``ews.<site>.rpc-auth.<op>``, ``ews.<site>.rpc-poller.<op>`` and ``ews.<site>.rpc-aggregator.<op>`` with
+  ``events.AUTH_OPERATIONS``, ``events.POLLER_OPERATIONS`` and ``AGGREGATOR_OPERATIONS``);
 - streams (name, subjects, retention, limits, dedupe window) from ``streams``, as ``x-ews-stream`` on each
-  channel and ``x-ews-streams``; the ``Nats-Msg-Id`` (and ``Ews-Producer``) headers in each message;
+  channel and ``x-ews-streams``, with their names at a hub from ``streamnames`` (``x-ews-hub``, and the
+  ``hub`` server); the ``Nats-Msg-Id`` (and ``Ews-Producer``) headers in each message;
+- the hub's lease bucket (``x-ews-kv-buckets``, internal; its constants live in the aggregator service,
+  which this library does not import: tests/test_contracts_published.py compares them);
 - who may publish what from ``intake`` (``OPEN_TO_OUTSIDERS``, its causes, ``SUPPORTED_SCHEMA_VERSIONS``):
   operations are written **from an integrator's point of view** (AsyncAPI 3: ``send`` = you may publish,
   ``receive`` = you may subscribe), with ``x-ews-access`` = ``open`` / ``read`` / ``internal``;
@@ -25,7 +28,7 @@ from typing import Any
 
 from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .events import (
     AUTH_OPERATIONS,
@@ -43,6 +46,7 @@ from .events import (
     ReadingTaken,
     SiteConfigured,
 )
+from .hub import HUB_DOMAIN, edge_domain
 from .intake import (
     CAUSE_DESCRIPTIONS,
     ID_MAX,
@@ -52,7 +56,10 @@ from .intake import (
     SUPPORTED_SCHEMA_VERSIONS,
 )
 from .quantities import COUNTERS, Quantity, unit_of
-from .streams import ALL_STREAMS, DEAD_LETTER, READINGS, StreamSpec, stream_for
+from .rebuild import RPC_QUEUE, RebuildStatus, aggregator_rpc
+from .site import RESERVED_SITE_ID
+from .streamnames import BOX, StreamNames
+from .streams import ALL_STREAMS, AUDIT, DEAD_LETTER, READINGS, StreamSpec, stream_for
 from .subjects import PREFIX, Kind
 
 EVENTS: tuple[type[Event], ...] = (
@@ -78,6 +85,33 @@ PARAMETERS = {
     "kind": {"description": "Kind token of the rejected message's subject: `reading` or `status`."},
 }
 
+HUB = StreamNames("{site}", hub=True)  # a site's streams at the hub, the site id left as a parameter
+HUB_OWN_STREAMS: tuple[StreamSpec, ...] = (AUDIT,)  # what ``bus.ensure_hub_streams`` declares, for site "hub"
+
+
+class AggregatorRebuildRequest(BaseModel):
+    """Rebuild now: sent by a restore once it has republished the readings (``ews restore``,
+    ``POST /api/v1/restore``). The marker in place of the aggregator's durable consumer says what to
+    rebuild; the aggregator answers at once and rebuilds in the background."""
+
+    restore: str = Field(default="", description="Id of the restore (informational).")
+
+
+class AggregatorStatusRequest(BaseModel):
+    """The aggregator's rebuild progress (an empty object)."""
+
+
+AGGREGATOR_OPERATIONS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
+    "rebuild": (AggregatorRebuildRequest, RebuildStatus),
+    "status": (AggregatorStatusRequest, RebuildStatus),
+}
+"""Answered by the aggregator of a box or an edge on ``rebuild.aggregator_rpc(site, operation)``."""
+
+# The hub's aggregator group (services/aggregator: lease.BUCKET, group.SITE_KEY, MEMBER_KEY, LEASE_TTL)
+LEASE_BUCKET = "ews-hub-aggregators"
+LEASE_KEYS = ("site.<site>", "member.<member>")
+LEASE_TTL = 15.0
+
 # who produces and who consumes each kind inside the product (documentation)
 PRODUCT = {
     Kind.READING: ("poller; gateway-api (CSV import); simulator (demo history); integrators", "aggregator"),
@@ -96,7 +130,10 @@ PRODUCT = {
 }
 READ_NOTES = {
     Kind.STATUS: f"Produced by the poller only (header `{PRODUCER_HEADER}: {POLLER}`): one you publish is "
-    f'not accepted, it is dead-lettered with the reason "{STATUS_FROM_OUTSIDE}".',
+    f'not accepted, it is dead-lettered with the reason "{STATUS_FROM_OUTSIDE}". The header is not a security '
+    f"boundary: anyone allowed to publish on `{PREFIX}.*.{Kind.STATUS}.*` can set it. Who may publish there "
+    "is decided by NATS permissions: give the poller's user alone publish rights on "
+    f"`{PREFIX}.*.{Kind.STATUS}.*`, and integrators publish rights on `{PREFIX}.*.{Kind.READING}.*` only.",
     Kind.COMMAND_REQUESTED: "Read only: command devices with `POST /api/v1/commands` (roles, audit). The commands "
     "service executes what arrives on this subject without a role check: deny integrators the right to "
     "publish here (NATS authorization).",
@@ -118,7 +155,8 @@ within the stream's dedupe window), `site`, `occurred_at` (UTC, RFC 3339 with it
 `schema_version`. Events are kept in JetStream streams (`x-ews-streams`, and `x-ews-stream` on each
 channel: name, subjects, retention, limits, dedupe window).
 
-**Publishing readings** (`ews.<site>.reading.<device>`, stream EWS_READINGS): publish with JetStream (the
+**Publishing readings** (`ews.<site>.reading.<device>`, stream EWS_READINGS; in a multi-site deployment at
+the site's edge, never at the hub: see the `hub` server): publish with JetStream (the
 reading is stored once the publish is acknowledged) and a deterministic `event_id` sent as `Nats-Msg-Id`
 (e.g. `<site>.<device>.<epoch ms>`), so a retry is dropped as a duplicate. Each reading is checked
 strictly: every envelope field present, the subject's site and device equal to the payload's, a supported
@@ -137,7 +175,8 @@ ack after processing: it resumes where it stopped after a restart or an outage, 
 retention (EWS_READINGS keeps everything; EWS_DEAD_LETTER 30 days). Delivery is at least once: dedupe by
 `event_id`. Readings may arrive out of time order (late readings, imported history): order by
 `occurred_at`. For a live view only, an ordered ephemeral consumer is enough. Tolerate fields you do not
-know (see the version policy).
+know (see the version policy). At a hub the streams are named per site (`hub_name` of `x-ews-stream`, e.g.
+EWS_READINGS_<site>): the same consumer, on the site's stream.
 
 **schema_version policy**: an additive change (a new optional field, a new quantity, a new kind of event)
 keeps the version; consumers must ignore what they do not know. A breaking change (a field removed,
@@ -148,7 +187,9 @@ current version (`additionalProperties: false` is what the product accepts from 
 
 **Access**: the product's NATS has no accounts by default; give integrators their own user with publish
 rights on `ews.*.reading.*` only and subscribe rights on what they read (the `x-ews-access` of each
-operation), and keep `internal` subjects to the product's services.
+operation), and keep `internal` subjects and key-value buckets (`x-ews-kv-buckets`) to the product's
+services. Headers such as `Ews-Producer` say who produced an event; they prove nothing: NATS permissions
+decide who may publish on a subject.
 """
 
 
@@ -160,10 +201,10 @@ def _schemas() -> dict[str, Any]:
     """The payload schemas, generated by FastStream from the models (one publisher per message)."""
     broker = NatsBroker("nats://127.0.0.1:4222")
     models: list[type[BaseModel]] = [*EVENTS]
-    for operations in (AUTH_OPERATIONS, POLLER_OPERATIONS):
+    for operations in (AUTH_OPERATIONS, POLLER_OPERATIONS, AGGREGATOR_OPERATIONS):
         for request, reply in operations.values():
             models += [request, reply]
-    for model in models:
+    for model in dict.fromkeys(models):  # once each (a reply may answer several operations)
         broker.publisher(f"schema.{model.__name__}", title=model.__name__, schema=model)
     spec = AsyncAPI(broker, schema_version="3.0.0").to_specification()
     schemas: dict[str, Any] = json.loads(spec.to_json())["components"]["schemas"]
@@ -193,7 +234,8 @@ def _schemas() -> dict[str, Any]:
 
 def _stream(spec: StreamSpec) -> dict[str, Any]:
     return {
-        "name": spec.name,
+        "name": BOX.of(spec),
+        "hub_name": HUB.of(spec),  # the hub's copy of the site's stream, sourced from its edge
         "subjects": spec.subjects,
         "description": spec.description,
         "storage": "file",
@@ -217,7 +259,8 @@ def _headers(model: type[Event], spec: StreamSpec) -> dict[str, Any]:
     if model is DeviceStatusChanged:
         properties[PRODUCER_HEADER] = {
             "const": POLLER,
-            "description": "The product service that produced the event: status events come from the poller.",
+            "description": "The product service that produced the event: status events come from the poller. "
+            "Not a proof of origin: NATS permissions decide who may publish on the subject.",
         }
     return {"type": "object", "properties": properties}
 
@@ -270,7 +313,9 @@ def _event_operations(model: type[Event]) -> dict[str, Any]:
             "summary": "Anyone may publish readings for a device of the site's configuration.",
             "description": "Checked strictly (see the document's description and `x-ews-dead-letter`): a "
             "reading that fails is not stored but dead-lettered with its reason. Publish through JetStream "
-            "and wait for the acknowledgement; send the event_id as `Nats-Msg-Id`.",
+            "and wait for the acknowledgement; send the event_id as `Nats-Msg-Id`. In a multi-site "
+            f"deployment publish a site's readings at its edge (the site's box, stream {READINGS.name}), "
+            "never at the hub (`x-ews-hub`).",
             "channel": {"$ref": f"#/channels/{channel}"},
             "messages": messages,
             "x-ews-access": "open",
@@ -292,6 +337,80 @@ def _event_operations(model: type[Event]) -> dict[str, Any]:
     return out
 
 
+def _rpc_address(service: str, operation: str) -> str:
+    if service == "aggregator":
+        return aggregator_rpc("{site}", operation)
+    return f"{PREFIX}.{{site}}.rpc-{service}.{operation}"
+
+
+def _hub_name(spec: StreamSpec) -> str:
+    """A site's stream at the hub, as the prose writes it (``EWS_READINGS_<site>``)."""
+    return StreamNames("<site>", hub=True).of(spec)
+
+
+def _hub_server() -> str:
+    per_site = ", ".join(f"`{_hub_name(spec)}`" for spec in ALL_STREAMS)
+    own = ", ".join(
+        f"`{spec.name}` holding `{'`, `'.join(spec.subjects_of(RESERVED_SITE_ID))}`"
+        for spec in HUB_OWN_STREAMS
+    )
+    return (
+        "The hub of a multi-site deployment (`ews up --hub`; docker-compose.yml, deploy/nats/nats.conf): clients "
+        f"on port 4222, JetStream domain `{HUB_DOMAIN}`; each site's box (an edge, JetStream domain "
+        f"`{edge_domain('<site>')}`) joins as a leaf node on port 7422. **Streams are named per site** at the "
+        f"hub: {per_site} (`hub_name` in `x-ews-stream`, `x-ews-hub`). Each sources the edge's stream of the "
+        "same name without the suffix: its messages keep their subjects (and site token), so a consumer at the "
+        "hub is the one of a box on the site's stream, e.g. a durable consumer on "
+        f"`{_hub_name(READINGS)}` filtered on `{PREFIX}.<site>.{Kind.READING}.*`. The hub's own audit (its "
+        f"roles' logins, code changes and refusals) is {own}. **Publishing**: a site's readings must be "
+        "published at its edge (the site's box, its stream "
+        f"`{READINGS.name}`), which checks them, dead-letters what it refuses (copied to "
+        f"`{_hub_name(DEAD_LETTER)}`) and forwards the rest, also after a WAN outage. No stream at the hub "
+        "stores a reading (the per-site streams only source the edges'): a JetStream publish made at the hub "
+        "is stored by the edge only while its leaf link is up, and is refused (no stream answers) when it is "
+        "not. Everything at the hub is read-only for integrators."
+    )
+
+
+def _hub() -> dict[str, Any]:
+    return {
+        "description": "A multi-site deployment's hub: its JetStream domain, the name of each site's stream "
+        "there (sourced from the site's edge, JetStream domain `edge_jetstream_domain`), the hub's own "
+        "streams, and where readings are published (`edge`: at the site's box, never at the hub).",
+        "jetstream_domain": HUB_DOMAIN,
+        "edge_jetstream_domain": edge_domain("{site}"),
+        "streams": {spec.name: HUB.of(spec) for spec in ALL_STREAMS},
+        "own_streams": [
+            {
+                "name": spec.name,
+                "subjects": spec.subjects_of(RESERVED_SITE_ID),
+                "description": spec.description,
+            }
+            for spec in HUB_OWN_STREAMS
+        ],
+        "aggregator_durable": HUB.aggregator_durable,
+        "publish": "edge",
+    }
+
+
+def _kv_buckets() -> list[dict[str, Any]]:
+    return [
+        {
+            "bucket": LEASE_BUCKET,
+            "stream": f"KV_{LEASE_BUCKET}",
+            "subjects": [f"$KV.{LEASE_BUCKET}.>"],
+            "keys": list(LEASE_KEYS),
+            "ttl_seconds": LEASE_TTL,
+            "deployment": "hub",
+            "description": "Leases of the hub's aggregator group: `site.<site>` names the member accounting the "
+            "site, `member.<member>` counts the members; a key not renewed within `ttl_seconds` expires. "
+            "Internal: keep it to the hub's aggregators (NATS permissions on its subjects and on the "
+            "JetStream API).",
+            "x-ews-access": "internal",
+        }
+    ]
+
+
 def _rpc(
     service: str, operations: dict[str, tuple[type[BaseModel], type[BaseModel]]], served_by: str
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -301,7 +420,7 @@ def _rpc(
     for operation, (request, reply) in operations.items():
         name = "".join(part.capitalize() for part in [service, *operation.split("-")])
         channels[name] = {
-            "address": f"{PREFIX}.{{site}}.rpc-{service}.{operation}",
+            "address": _rpc_address(service, operation),
             "title": f"rpc-{service}.{operation}",
             "description": f"Request/reply (core NATS, not persisted), answered by the {served_by}: "
             f"{request.__name__} -> {reply.__name__}. Internal to the product.",
@@ -348,6 +467,12 @@ def build_document(version: str = "1") -> dict[str, Any]:
     for service, table, served_by in (
         ("auth", AUTH_OPERATIONS, "auth service (queue group auth)"),
         ("poller", POLLER_OPERATIONS, "bus owner (the poller)"),
+        (
+            "aggregator",
+            AGGREGATOR_OPERATIONS,
+            f"aggregator of a single box or an edge after a restore (queue group {RPC_QUEUE}; the hub's "
+            "aggregators answer none)",
+        ),
     ):
         more_channels, more_operations, more_messages = _rpc(service, table, served_by)
         channels.update(more_channels)
@@ -374,10 +499,7 @@ def build_document(version: str = "1") -> dict[str, Any]:
             "hub": {
                 "host": "{hub}:4222",
                 "protocol": "nats",
-                "description": "The hub of a multi-site deployment (docker-compose.yml, deploy/nats/nats.conf): "
-                "clients on port 4222; each site's box (an edge) joins as a leaf node on port 7422 and its "
-                "streams are sourced into the hub's, so subjects keep their site token and one connection "
-                "reads every site.",
+                "description": _hub_server(),
                 "variables": {"hub": {"description": "The hub's address."}},
             },
         },
@@ -385,6 +507,8 @@ def build_document(version: str = "1") -> dict[str, Any]:
         "operations": operations,
         "components": {"schemas": _schemas(), "messages": dict(sorted(messages.items()))},
         "x-ews-streams": [_stream(spec) for spec in ALL_STREAMS],
+        "x-ews-hub": _hub(),
+        "x-ews-kv-buckets": _kv_buckets(),
         "x-ews-schema-versions": {
             "supported": list(SUPPORTED_SCHEMA_VERSIONS),
             "additive_change": "keeps the version (consumers ignore unknown fields)",

@@ -60,15 +60,22 @@ class Event(BaseModel):
 
 
 class ReadingTaken(Event):
-    """One poll of one device: decoded values in canonical units (see ``ews_contracts.quantities``)."""
+    """One poll of one device: its values named by the `Quantity` enumeration, each in that quantity's fixed
+    unit (`x-ews-units` of `Quantity` in the AsyncAPI document; the counters are cumulative)."""
 
     KIND: ClassVar[Kind] = Kind.READING
 
-    device: str = Field(description="Device id in the site file.", examples=["m1"])
-    profile: str = Field(description="Device profile id.", examples=["multifunction-meter-412045"])
+    device: str = Field(
+        description="Device id of the site's configuration (`GET /api/v1/site`).", examples=["m1"]
+    )
+    profile: str = Field(
+        description="The device's profile id, as `GET /api/v1/site` gives it.",
+        examples=["multifunction-meter-412045"],
+    )
     values: dict[str, float] = Field(
         default_factory=dict,
-        description="Quantity name -> value in the quantity's canonical unit (Wh, W, V, A, dm³ ...).",
+        description="Quantity name (`Quantity`) -> value in that quantity's unit (`x-ews-units`: Wh, W, V, A, "
+        "dm³ ...).",
         examples=[{"energy_active_import": 1234560.0, "power_active": 5230.5}],
     )
     states: dict[str, str] = Field(
@@ -236,7 +243,7 @@ RejectCause = Literal[
 
 
 class MessageRejected(Event):
-    """A message the product did not accept (see ``ews_contracts.intake``): nothing of it was stored. Kept
+    """A message the product did not accept (causes: `x-ews-dead-letter`): nothing of it was stored. Kept
     on ``ews.<site>.dead-letter.<kind>`` (stream EWS_DEAD_LETTER, 30 days) with the reason and the
     original subject, headers and payload; its ``event_id`` is ``<site>.rejected.<stream>.<sequence>`` of
     the original, so a redelivered message is recorded once."""
