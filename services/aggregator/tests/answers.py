@@ -1,6 +1,7 @@
 """Every consumption answer of a site, as the API's JSON text: each scope (totals, zones, circuits, panels,
 gateways, every device, virtual and retired ones included) × period (each day given, and the month, year and
-decade around them), plus the "Data" summary of each scope. Two databases that give the same answers, byte
+decade around them), plus the "Data" summary of each scope and its comparison with the global total by month
+(``datalogger.csv`` is the consumption answer's buckets written as CSV by the gateway-api). Two databases that give the same answers, byte
 for byte, give the same figures everywhere.
 
 Also a script (chDB opens one folder per process): ``python answers.py DSN DATABASE SITE.json TODAY DAY…``
@@ -14,7 +15,7 @@ import json
 import sys
 from datetime import date
 
-from ews_analytics import consumption, summary
+from ews_analytics import compare, consumption, summary
 from ews_contracts.site import Site
 from ews_contracts.store import Store, get_store
 
@@ -53,6 +54,9 @@ async def answers(store: Store, database: str, site: Site, today: date, days: li
                 consumption(store, database, site, scope, period, middle, today)
             )
         out[f"{scope} summary"] = await _text(summary(store, database, site, scope, today))
+        out[f"{scope} compare total-global month {middle}"] = await _text(
+            compare(store, database, site, "total-global", scope, "month", middle, today=today)
+        )
     return out
 
 
