@@ -96,3 +96,55 @@ def test_the_site_id_hub_is_reserved_for_the_hub(tmp_path):
         load_site(path)
     message = str(info.value)
     assert "\n" not in message and "site" in message and "names the hub" in message
+
+
+GATEWAY = '  - {id: gw1, name: "Gateway TCP/RS485 – main board", host: 127.0.0.1, port: 5020, timeout: 1.0}\n'
+
+
+@pytest.mark.parametrize(
+    ("second", "field", "endpoint"),
+    [
+        ("{id: gw2, host: 127.0.0.1, port: 5020}", "gateways.1.port", "127.0.0.1:5020"),
+        (  # another transport on the same host and port is still the same connection
+            "{id: gw2, transport: rtu-over-tcp, host: 127.0.0.1, port: 5020}",
+            "gateways.1.port",
+            "127.0.0.1:5020",
+        ),
+        (  # a serial line reached through a pyserial socket:// URL
+            "{id: gw2, transport: rtu, serial: {port: 'socket://127.0.0.1:5020'}}",
+            "gateways.1.serial.port",
+            "socket://127.0.0.1:5020",
+        ),
+    ],
+    ids=["tcp", "rtu-over-tcp", "socket-url"],
+)
+def test_two_gateways_on_one_tcp_endpoint_are_refused(tmp_path, second, field, endpoint):
+    assert GATEWAY in DEMO
+    path = write(tmp_path, DEMO.replace(GATEWAY, GATEWAY + f"  - {second}\n"))
+    with pytest.raises(ConfigFileError) as info:
+        load_site(path)
+    message = str(info.value)
+    assert "\n" not in message and f"{path}:12:" in message and field in message
+    assert f"gateway 'gw2' is on {endpoint}, already gateway 'gw1''s" in message, message
+
+
+def test_two_gateways_on_one_serial_port_are_refused(tmp_path):
+    serial = "{id: %s, transport: rtu, serial: {port: /dev/ttyUSB0, baudrate: %d}}"
+    lines = f"  - {serial % ('rs1', 9600)}\n  - {serial % ('rs2', 19200)}\n"
+    path = write(tmp_path, DEMO.replace(GATEWAY, GATEWAY + lines))
+    with pytest.raises(ConfigFileError) as info:
+        load_site(path)
+    message = str(info.value)
+    assert "\n" not in message and "gateways.2.serial.port" in message
+    assert "gateway 'rs2' is on /dev/ttyUSB0, already gateway 'rs1''s" in message, message
+
+
+def test_gateways_on_other_ports_or_hosts_load(tmp_path):
+    others = (
+        "  - {id: gw2, host: 127.0.0.1, port: 5021}\n"
+        "  - {id: gw3, host: 10.0.0.2, port: 5020}\n"
+        "  - {id: rs1, transport: rtu, serial: {port: /dev/ttyUSB0}}\n"
+        "  - {id: rs2, transport: rtu, serial: {port: /dev/ttyUSB1}}\n"
+    )
+    site = load_site(write(tmp_path, DEMO.replace(GATEWAY, GATEWAY + others)))
+    assert len({g.line for g in site.gateways}) == 5

@@ -9,7 +9,7 @@ import pytest
 import serial
 from ews_fieldbus import FieldbusError, ModbusGateway
 
-SETTINGS = "9600 baud, parity E, 8 data bits, 1 stop bit"
+SETTINGS = "9600 baud, 8 data bits, parity E, 1 stop bit"
 
 
 def line(port: str, **kwargs) -> ModbusGateway:
@@ -57,16 +57,58 @@ async def test_a_refused_setting_names_the_port_and_the_settings(monkeypatch, re
         f"gw-b: cannot connect to serial port /dev/ttyUSB0 ({SETTINGS}): "
         "[Errno 22] Invalid argument — the port or its driver refuses one of these settings"
     )
-    # the probe opened the port the way pymodbus does (same settings, exclusive)
-    url, kwargs = calls[-1]
-    assert url == "/dev/ttyUSB0"
-    assert {k: kwargs[k] for k in ("baudrate", "parity", "stopbits", "bytesize", "exclusive")} == {
-        "baudrate": 9600,
-        "parity": "E",
-        "stopbits": 1,
-        "bytesize": 8,
-        "exclusive": True,
-    }
+    # the probe opened the port the way pymodbus does (same settings, exclusive), then tried the one
+    # setting that is not the default (parity N) alone: refused too, so no setting is named
+    settings = [
+        {k: kwargs[k] for k in ("baudrate", "parity", "stopbits", "bytesize", "exclusive")}
+        for _, kwargs in calls
+    ]
+    assert {url for url, _ in calls} == {"/dev/ttyUSB0"}
+    assert settings[-2:] == [
+        {"baudrate": 9600, "parity": "E", "stopbits": 1, "bytesize": 8, "exclusive": True},
+        {"baudrate": 9600, "parity": "N", "stopbits": 1, "bytesize": 8, "exclusive": True},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("options", "refused", "settings"),
+    [
+        ({"parity": "O"}, "parity O", "9600 baud, 8 data bits, parity O, 1 stop bit"),
+        ({"parity": "N", "stopbits": 2}, "2 stop bits", "9600 baud, 8 data bits, parity N, 2 stop bits"),
+        ({"parity": "N", "bytesize": 7}, "7 data bits", "9600 baud, 7 data bits, parity N, 1 stop bit"),
+        ({"parity": "N", "baudrate": 14400}, "14400 baud", "14400 baud, 8 data bits, parity N, 1 stop bit"),
+    ],
+    ids=["parity", "stopbits", "bytesize", "baudrate"],
+)
+async def test_the_refused_setting_is_named(monkeypatch, options, refused, settings):
+    """A driver that refuses one setting: each other value tried alone (and closed at once) finds it."""
+    bad = {"parity": "O", "stopbits": 2, "bytesize": 7, "baudrate": 14400}
+    opened = []
+
+    class Port:
+        def __init__(self, url, **kwargs):
+            self.kwargs = kwargs
+            self.timeout = self.write_timeout = None
+
+        def close(self):
+            opened.remove(self)
+
+    def driver(url, *args, **kwargs):
+        if any(kwargs.get(k) == v for k, v in bad.items()):
+            raise termios.error(22, "Invalid argument")
+        port = Port(url, **kwargs)
+        opened.append(port)
+        return port
+
+    monkeypatch.setattr(serial, "serial_for_url", driver)
+    gateway = line("/dev/ttyUSB0", **options)
+    with pytest.raises(FieldbusError) as caught:
+        await gateway._ensure_connected()
+    assert str(caught.value) == (
+        f"gw-b: cannot connect: serial port /dev/ttyUSB0 refuses {refused} ({settings}): "
+        "[Errno 22] Invalid argument"
+    )
+    assert opened == []  # every port opened to find it was closed again
 
 
 async def test_permission_denied_suggests_the_dialout_group(monkeypatch):
@@ -76,7 +118,7 @@ async def test_permission_denied_suggests_the_dialout_group(monkeypatch):
     monkeypatch.setattr(serial, "serial_for_url", denied)
     text = await failure(line("/dev/ttyUSB0", parity="N", stopbits=2, baudrate=19200))
     assert text.startswith(
-        "gw-b: cannot connect to serial port /dev/ttyUSB0 (19200 baud, parity N, 8 data bits, 2 stop bits): "
+        "gw-b: cannot connect to serial port /dev/ttyUSB0 (19200 baud, 8 data bits, parity N, 2 stop bits): "
         "[Errno 13] Permission denied — "
     ), text
     assert "dialout" in text
@@ -116,10 +158,7 @@ def pty_port():
 
 async def test_a_pty_refusing_parity_names_the_port_and_the_settings(pty_port):
     gateway = line(pty_port)
-    expected = (
-        f"gw-b: cannot connect to serial port {pty_port} ({SETTINGS}): "
-        "[Errno 22] Invalid argument — the port or its driver refuses one of these settings"
-    )
+    expected = f"gw-b: cannot connect: serial port {pty_port} refuses parity E ({SETTINGS}): [Errno 22] Invalid argument"
     try:
         for _ in range(3):  # and again: the port pymodbus opened before failing is not left locked
             with pytest.raises(FieldbusError) as caught:

@@ -84,6 +84,18 @@ class Gateway(_Strict):
     def endpoint(self) -> str:
         return self.serial.port if self.serial is not None else f"{self.host}:{self.port}"
 
+    @property
+    def line(self) -> str:
+        """What a connection opens, whatever the transport: ``tcp <host>:<port>`` (tcp, rtu-over-tcp, and
+        an rtu line reached through a pyserial ``socket://`` URL) or ``serial <port>``. Two gateways on one
+        line would open it twice (one owner per bus): a site refuses them."""
+        if self.serial is None:
+            return f"tcp {(self.host or '').lower()}:{self.port}"
+        port = self.serial.port
+        if port.lower().startswith("socket://"):
+            return f"tcp {port[len('socket://') :].split('?')[0].rstrip('/').lower()}"
+        return f"serial {port}"
+
 
 class Panel(_Strict):
     id: str = Field(pattern=ID_PATTERN)
@@ -326,6 +338,15 @@ class Site(_Strict):
             return seen
 
         gateways = unique("gateway", self.gateways)
+        lines: dict[str, str] = {}
+        for n, g in enumerate(self.gateways):
+            other = lines.setdefault(g.line, g.id)
+            if other != g.id:
+                raise LocatedError(
+                    ("gateways", n, "serial", "port") if g.serial is not None else ("gateways", n, "port"),
+                    f"gateway {g.id!r} is on {g.endpoint}, already gateway {other!r}'s: one bus, one "
+                    f"gateway (it would be opened twice); put the devices of both on {other!r}",
+                )
         panels = unique("panel", self.panels)
         zones = unique("zone", self.zones)
         circuits = unique("circuit", self.circuits)

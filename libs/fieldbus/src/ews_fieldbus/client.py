@@ -87,6 +87,25 @@ def rtu_frame_sizes(function_code: int, count: int, *, error: bool = False) -> t
 
 _PYMODBUS_LOG = logging.getLogger("pymodbus.logging")
 
+STANDARD_BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+
+
+def _setting_text(key: str, value: Any) -> str:
+    """One serial setting in words: "19200 baud", "8 data bits", "parity E", "2 stop bits"."""
+    if key == "baudrate":
+        return f"{value} baud"
+    if key == "bytesize":
+        return f"{value} data bits"
+    if key == "parity":
+        return f"parity {value}"
+    return f"{value:g} stop bit{'' if value == 1 else 's'}"
+
+
+def _serial_text(settings: dict[str, Any]) -> str:
+    """A serial line's settings in the usual order: "19200 baud, 8 data bits, parity E, 1 stop bit"."""
+    order = ("baudrate", "bytesize", "parity", "stopbits")
+    return ", ".join(_setting_text(key, settings[key]) for key in order if key in settings)
+
 
 class _FastRegisters:
     """FC3/FC4 answers decoded with one ``struct.unpack`` instead of one per register, and described
@@ -181,6 +200,10 @@ class ModbusGateway:
         self.inter_frame_delay = inter_frame_delay
         self.lock = asyncio.Lock()
         self._holder: asyncio.Task[Any] | None = None
+        self._holder_admitted = True  # the hold in progress began before retire()
+        self._retired = False
+        self.retired = asyncio.Event()  # set once retire() has closed the connection for good
+        self._predecessor: ModbusGateway | None = None
         self._free_at = 0.0
         # accounting (for logs and the bus-time bound of a poll cycle)
         self.transactions = 0
@@ -231,30 +254,17 @@ class ModbusGateway:
         """Why the serial port does not open, in one line that names the port and its settings. pymodbus
         lets termios's bare "(22, 'Invalid argument')" through (``failure``), or only logs what happened
         and returns False (``None``): then open the port once more with pyserial, the way pymodbus does,
-        to see the error (and close it at once)."""
+        to see the error (and close it at once). A refused setting (EINVAL) is named when one alone
+        explains it: "serial port /dev/ttyUSB0 refuses parity E (…)"."""
         import errno
         import os
 
-        import serial
-
         s = self.serial_settings or {}
-        stopbits = s.get("stopbits", 1)
-        where = (
-            f"{self.name}: cannot connect to serial port {self.endpoint} ({s.get('baudrate')} baud, "
-            f"parity {s.get('parity')}, {s.get('bytesize')} data bits, "
-            f"{stopbits:g} stop bit{'' if stopbits == 1 else 's'})"
-        )
+        settings = _serial_text(s)
+        where = f"{self.name}: cannot connect to serial port {self.endpoint} ({settings})"
         if failure is None:
-            try:
-                port = serial.serial_for_url(self.endpoint, exclusive=True, do_not_open=False, **s)
-                try:
-                    port.timeout = 0  # pymodbus's next step: a second tcsetattr, which some drivers refuse
-                    port.write_timeout = 0
-                finally:
-                    port.close()
-            except Exception as exc:
-                failure = exc
-            else:
+            failure = self._open_serial(s)
+            if failure is None:
                 return f"{where}: pymodbus could not open it (it opens now; retrying)"
         code = getattr(failure, "errno", None)
         if code is None and failure.args and isinstance(failure.args[0], int):
@@ -263,6 +273,13 @@ class ModbusGateway:
             detail = f"[Errno {code}] {os.strerror(code)}"
         else:
             detail = " ".join((str(failure) or type(failure).__name__).split())
+        if code == errno.EINVAL:
+            refused = self._refused_setting(s)
+            if refused is not None:
+                return (
+                    f"{self.name}: cannot connect: serial port {self.endpoint} refuses {refused} "
+                    f"({settings}): {detail}"
+                )
         hints = {
             errno.ENOENT: "no such serial port",
             errno.EACCES: "permission denied: add the user running ews to the dialout group",
@@ -278,6 +295,36 @@ class ModbusGateway:
         if hint is None and isinstance(failure, ValueError):
             hint = "one of these settings is not valid for this port"
         return f"{where}: {detail} — {hint}" if hint else f"{where}: {detail}"
+
+    def _open_serial(self, settings: dict[str, Any]) -> BaseException | None:
+        """Open the serial port with ``settings`` the way pymodbus does (exclusive, then timeouts set: a
+        second tcsetattr, which some drivers refuse) and close it at once: None when it opens, else why."""
+        import serial
+
+        try:
+            port = serial.serial_for_url(self.endpoint, exclusive=True, do_not_open=False, **settings)
+            try:
+                port.timeout = 0
+                port.write_timeout = 0
+            finally:
+                port.close()
+        except Exception as exc:
+            return exc
+        return None
+
+    def _refused_setting(self, settings: dict[str, Any]) -> str | None:
+        """The setting the port refuses (EINVAL), e.g. "parity E": each one not at its usual value (parity
+        N, 1 stop bit, 8 data bits, a standard baud rate) is tried at that value alone, the others kept;
+        the first that lets the port open is the one refused. None when no single setting explains it."""
+        usual = {"parity": "N", "stopbits": 1, "bytesize": 8}
+        baudrate = settings.get("baudrate", 19200)
+        standard = min(STANDARD_BAUDRATES, key=lambda rate: abs(rate - baudrate))
+        for key, value in (*usual.items(), ("baudrate", standard)):
+            if key not in settings or settings[key] == value:
+                continue
+            if self._open_serial({**settings, key: value}) is None:
+                return _setting_text(key, settings[key])
+        return None
 
     async def _quiet(self) -> None:
         if self.inter_frame_delay:
@@ -295,6 +342,43 @@ class ModbusGateway:
         if self.inter_frame_delay:
             self._free_at = time.monotonic() + self.inter_frame_delay
 
+    def follows(self, previous: ModbusGateway) -> None:
+        """``previous`` is the client of the same line and is being retired: this one opens its connection
+        only once ``previous`` has closed its own (a gateway never sees two connections of the product)."""
+        if not previous.retired.is_set():
+            self._predecessor = previous
+
+    def retire(self, timeout: float) -> Awaitable[bool]:
+        """Close for good, between two transactions (a new configuration). From this call on, a transaction
+        waiting for the bus, or asked later, fails with "not sent" instead of opening the connection again
+        (a hold already in progress finishes); the connection is closed once the transaction or hold in
+        progress ends, or after ``timeout`` seconds under it (a stuck transaction cannot hang the caller).
+        Awaiting the result gives True when it closed between two transactions."""
+        self._retired = True
+        return self._close_when_free(timeout)
+
+    async def _close_when_free(self, within: float) -> bool:
+        try:
+            try:
+                async with asyncio.timeout(within):
+                    await self.lock.acquire()
+            except TimeoutError:
+                log.warning(
+                    "%s: a transaction on %s still runs after %.0f s; its connection is closed under it",
+                    self.name,
+                    self.endpoint,
+                    within,
+                )
+                self._client.close()
+                return False
+            try:
+                self._client.close()
+            finally:
+                self.lock.release()
+            return True
+        finally:
+            self.retired.set()
+
     @contextlib.asynccontextmanager
     async def hold(self) -> AsyncIterator[ModbusGateway]:
         """Hold the bus for several transactions in a row (a command's write and its read-back): inside,
@@ -303,6 +387,7 @@ class ModbusGateway:
         after the poll's transaction in progress."""
         async with self.lock:
             self._holder = asyncio.current_task()
+            self._holder_admitted = not self._retired
             try:
                 yield self
             finally:
@@ -325,7 +410,14 @@ class ModbusGateway:
 
     async def _exchange(self, function_code: int, count: int, where: str, call: Callable[[], Awaitable[Any]]):
         """The transaction itself; the caller holds the lock."""
+        if self._retired and not (self._holder_admitted and self._holder is asyncio.current_task()):
+            raise FieldbusError(
+                f"{where}: not sent: the connection to {self.endpoint} was closed (new configuration)"
+            )
         if not self._client.connected:
+            if self._predecessor is not None:  # the same line's previous client closes first
+                await self._predecessor.retired.wait()
+                self._predecessor = None
             await self._ensure_connected()
         if self.inter_frame_delay:
             await self._quiet()

@@ -1,10 +1,13 @@
 """Read one device once, through the bus owner, before it is saved (the Configuration "Test" button).
 
 The poller answers ``ews.<site>.rpc-poller.test-device`` (core NATS request/reply): the device is read
-with the read plan and decoder the polling loop uses. On a configured gateway whose settings are
-unchanged, or changed in the form but on the same host and port (or serial port), the read goes through
-the poller's own connection, whose lock serializes it between two poll transactions (never a second
-connection to the bus); a gateway that is new in the form gets a connection of its own for this one read.
+with the read plan and decoder the polling loop uses. One owner per bus: when the gateway of the form
+(configured or new, whatever its id) is on the line of a configured gateway (same host and port, or same
+serial port), the read goes through that gateway's connection, whose lock serializes it between two poll
+transactions (never a second connection to the bus; the configured timeout and retries apply). When it
+would speak another way on that line (another transport, or other serial settings), the test read is
+refused with the reason: save the gateway first. Only a gateway on a line no configured gateway uses gets
+a connection of its own, for this one read, closed after it.
 """
 
 from __future__ import annotations
@@ -59,10 +62,19 @@ async def test_device(poller: Poller, request: ProbeRequest) -> ProbeReply:
     reads = plan_reads(profile, device, max_gap=gap_worth_bridging(gateway.bus_baudrate))
     if not reads:
         return ProbeReply(ok=False, error=f"profile {profile.id!r} has nothing to read")
-    client = poller.shared_bus(gateway)
-    own = client is None
-    if own:
+    shared = poller.shared_bus(gateway)
+    own = shared is None
+    if shared is None:
         client = ModbusGateway.for_gateway(gateway)
+    else:
+        configured, client = shared
+        if _framing(configured) != _framing(gateway):
+            return ProbeReply(
+                ok=False,
+                error=f"gateway {gateway.id!r} is on {gateway.endpoint} as {_framing_text(gateway)}, but the "
+                f"poller holds it for gateway {configured.id!r} as {_framing_text(configured)}: save the "
+                "gateway first, then test (the bus is never opened twice)",
+            )
     try:
         blocks = {}
         for block in reads:
@@ -86,3 +98,18 @@ async def test_device(poller: Poller, request: ProbeRequest) -> ProbeReply:
         problems=decoded.problems,
         transactions=len(blocks),
     )
+
+
+def _framing(gateway: Gateway) -> tuple[object, ...]:
+    """How a client speaks on its line: the transport, and a serial line's settings."""
+    serial = gateway.serial
+    settings = (serial.baudrate, serial.parity, serial.stopbits, serial.bytesize) if serial else None
+    return (gateway.transport, settings)
+
+
+def _framing_text(gateway: Gateway) -> str:
+    serial = gateway.serial
+    if serial is None:
+        return gateway.transport
+    stop = f"{serial.stopbits} stop bit{'' if serial.stopbits == 1 else 's'}"
+    return f"rtu ({serial.baudrate} baud, {serial.bytesize} data bits, parity {serial.parity}, {stop})"

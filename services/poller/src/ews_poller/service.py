@@ -190,6 +190,8 @@ class Poller:
         self._forget: set[str] = set()  # removed devices whose live state is deleted
         self._dirty_event = asyncio.Event()
         self._gateways: dict[str, ModbusGateway] = {}
+        self._lines: dict[str, str] = {}  # gateway id -> the line its client opens (Gateway.line)
+        self._retiring: dict[str, ModbusGateway] = {}  # line -> a client being closed (new configuration)
         self._polls: dict[str, asyncio.Task[None]] = {}  # gateway id -> its bus loop
         self._workers: list[asyncio.Task[None]] = []
         self._nats_connected = False
@@ -210,19 +212,26 @@ class Poller:
 
     def bus(self, gateway: Gateway) -> ModbusGateway:
         """The one client of a gateway's bus, opened when first needed: polls, commands and test reads all
-        go through it (its lock serializes them), so the product never holds two connections to a bus."""
+        go through it (its lock serializes them), so the product never holds two connections to a bus. A
+        client of a line whose previous client is still being closed (a new configuration) connects only
+        once that one has closed."""
         client = self._gateways.get(gateway.id)
         if client is None:
             client = self._gateways[gateway.id] = ModbusGateway.for_gateway(gateway)
+            self._lines[gateway.id] = gateway.line
+            previous = self._retiring.get(gateway.line)
+            if previous is not None:
+                client.follows(previous)
         return client
 
-    def shared_bus(self, gateway: Gateway) -> ModbusGateway | None:
-        """For a gateway as edited in a form: the configured bus when it is the same line (same id and
-        endpoint), else None (a gateway new in the form is read on a connection of its own)."""
-        configured = next((g for g in self.site.gateways if g.id == gateway.id), None)
-        if configured is None or _endpoint(configured) != _endpoint(gateway):
+    def shared_bus(self, gateway: Gateway) -> tuple[Gateway, ModbusGateway] | None:
+        """For a gateway as edited in a form (any id, new or configured): the configured gateway on the same
+        line (host and port, or serial port; one at most, the site refuses two) and its client, through
+        which a test read goes; None when no configured gateway is on that line."""
+        configured = next((g for g in self.site.gateways if g.line == gateway.line), None)
+        if configured is None:
             return None
-        return self.bus(configured)
+        return configured, self.bus(configured)
 
     def _start_gateway(self, gateway: Gateway) -> None:
         targets = self.targets.setdefault(gateway.id, [])
@@ -243,20 +252,36 @@ class Poller:
             counter,
         )
 
-    async def _stop_gateway(self, gateway_id: str) -> None:
-        task = self._polls.pop(gateway_id, None)
-        if task is not None:
-            await _cancel([task])
-        client = self._gateways.pop(gateway_id, None)
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.close(), STOP_TIMEOUT)
+    async def _stop_gateways(self, gateway_ids: list[str]) -> None:
+        """Stop these gateways' bus loops and close their connections, each between two transactions (a
+        command holding the bus finishes first, a stuck transaction at most STOP_TIMEOUT); a transaction
+        asked meanwhile on them fails "not sent" rather than opening the connection again, and a new client
+        of the same line connects only once the old one has closed."""
+        clients = []
+        for gateway_id in gateway_ids:  # (no await before every one is marked: see bus())
+            client = self._gateways.pop(gateway_id, None)
+            line = self._lines.pop(gateway_id, None)
+            if client is not None and line is not None:
+                self._retiring[line] = client
+                # a task of its own: it completes (and lets the line's next client connect) even if
+                # this reconfiguration is cancelled
+                clients.append((line, client, asyncio.ensure_future(client.retire(STOP_TIMEOUT))))
+        try:
+            await _cancel([t for t in (self._polls.pop(g, None) for g in gateway_ids) if t is not None])
+            await asyncio.gather(*(closing for _, _, closing in clients), return_exceptions=True)
+        finally:
+            for line, client, _ in clients:
+                if self._retiring.get(line) is client:
+                    del self._retiring[line]
 
     async def apply_site(self, site: Site) -> None:
         """A new configuration, live: a gateway whose settings are unchanged keeps its bus loop and
         connection and gets its new device list before its next round (a new device is polled within one
         poll cycle, an Off or removed one is not polled again); a changed gateway restarts its loop; a
-        removed one stops. Devices whose settings are unchanged keep their state (no new status event)."""
+        removed one stops. Devices whose settings are unchanged keep their state (no new status event).
+        The changed and removed gateways' connections are closed first (between two transactions, see
+        ``_stop_gateways``), then the new and changed ones start: a gateway renamed or changed on the same
+        line never holds two connections at once."""
         old_site, self.site = self.site, site
         fresh = build_targets(site, self.profiles, threshold=self.failure_threshold, max_gap=self.max_gap)
         before = {t.device.id: t for ts in self.targets.values() for t in ts}
@@ -283,6 +308,9 @@ class Poller:
                 self._switched_off(target)
         self._dirty_event.set()
         old_gateways = {g.id: g for g in old_site.gateways}
+        new_ids = {g.id for g in site.gateways}
+        removed = [gateway_id for gateway_id in old_gateways if gateway_id not in new_ids]
+        stopping, starting = list(removed), []
         for gateway in site.gateways:
             targets = fresh[gateway.id]
             running = gateway.id in self._polls
@@ -291,13 +319,17 @@ class Poller:
                 self.targets[gateway.id][:] = targets  # the loop reads it at its next round
                 continue
             if running or not unchanged:  # (a bus opened only for commands is closed when it changes)
-                await self._stop_gateway(gateway.id)
-            self.targets[gateway.id] = targets
-            self._start_gateway(gateway)
-        for gateway_id in set(old_gateways) - {g.id for g in site.gateways}:
-            await self._stop_gateway(gateway_id)
+                stopping.append(gateway.id)
+            starting.append((gateway, targets))
+        # closed first, then started: a gateway renamed, or changed, on the same line never has its new
+        # connection open while the old one still is
+        await self._stop_gateways(stopping)
+        for gateway_id in removed:
             self.targets.pop(gateway_id, None)
             log.info("poller: gateway %s removed from the configuration; its bus is closed", gateway_id)
+        for gateway, targets in starting:
+            self.targets[gateway.id] = targets
+            self._start_gateway(gateway)
 
     def _switched_off(self, target: Target) -> None:
         at = _now_ms()
@@ -330,6 +362,7 @@ class Poller:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.close(), STOP_TIMEOUT)
         self._gateways = {}
+        self._lines = {}
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(self.nc.drain() if self.nc.is_connected else self.nc.close(), 5)
         with contextlib.suppress(Exception):
@@ -619,12 +652,6 @@ class Poller:
                 continue
             self.complaints.clear("redis", "writing live state again")
             await asyncio.sleep(LIVE_EVERY)  # the states changing meanwhile go in the next write
-
-
-def _endpoint(gateway: Gateway) -> tuple[object, ...]:
-    """What identifies the physical line: the transport and its address (not timing or poll periods)."""
-    serial = gateway.serial.port if gateway.serial else None
-    return (gateway.transport, gateway.host, gateway.port, serial)
 
 
 STOP_TIMEOUT = 5.0  # seconds a task or a connection gets to finish when the poller stops
