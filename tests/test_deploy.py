@@ -94,3 +94,21 @@ def test_dockerfile_installs_the_locked_workspace_and_runs_ews():
     nats = SERVICES["nats"]
     assert "./deploy/nats/nats.conf:/etc/nats/nats.conf:ro" in nats["volumes"]
     assert "jetstream" in (ROOT / "deploy/nats/nats.conf").read_text()
+
+
+def test_every_service_container_serves_its_metrics_on_the_compose_network():
+    """No shared multiprocess folder between containers: each ews process serves its own metrics
+    (EWS_METRICS_PORT, ews_contracts.metrics.serve_own) on every interface of its container."""
+    services = ews_services()
+    assert {"poller", "aggregator", "commands", "auth", "gateway-api"} <= set(services)
+    for name, svc in services.items():
+        env = svc["environment"]
+        port = env.get("EWS_METRICS_PORT")
+        assert port is not None and 0 < int(port) < 65536, f"{name}: no EWS_METRICS_PORT"
+        assert env.get("EWS_METRICS_HOST") == "0.0.0.0", (
+            f"{name}: metrics reachable only inside the container"
+        )
+        assert "PROMETHEUS_MULTIPROC_DIR" not in env, name
+        assert port != env.get("EWS_HTTP_PORT"), f"{name}: the metrics port is the web port"
+        settings = Settings(**{k: v for k, v in env.items() if k.startswith("EWS_METRICS")})
+        assert (settings.metrics_port, settings.metrics_host) == (int(port), "0.0.0.0")

@@ -194,6 +194,8 @@ async def test_no_data_previous_buckets_and_split(client: AsyncClient, settings:
         ({"split": "circuit", "scope": "total-global"}, "split=circuit needs a scope in units"),
         ({"date": "0001-01-01"}, "date 0001-01-01 is out of range: use a date from 1970-01-01 to 2200-12-31"),
         ({"date": "9999-12-31"}, "date 9999-12-31 is out of range"),
+        ({"period": "month", "date": "0001-01-01"}, "date 0001-01-01 is out of range"),  # month of year 1
+        ({"period": "year", "date": "9999-12-31"}, "date 9999-12-31 is out of range"),
         ({"date": "1975-01-01", "period": "decade"}, "the decade of date 1975-01-01"),
         ({"date": "2025-13-01"}, "invalid date '2025-13-01'"),
         ({"period": "week"}, "unknown period 'week'"),

@@ -3,9 +3,13 @@ the browser's choice, else Accept-Language), the identifiers left as they are; p
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+from ews_gateway_api.domain import devices
 from ews_gateway_api.errors import ApiError, error_code
 from ews_gateway_api.i18n import translations
+from ews_gateway_api.pages import installation
 from httpx import AsyncClient
 from litestar import Litestar
 from litestar.exceptions import HTTPException
@@ -94,3 +98,50 @@ async def test_hostile_requests_get_a_client_error_not_a_500(client: AsyncClient
     assert (await client.get("/static/app.js%00.png")).status_code == 404
     assert (await client.get("/static/" + "a" * 300)).status_code == 404
     assert (await client.get("/static/css/app.css")).status_code == 200  # real files still served
+
+
+async def test_an_unhandled_exception_is_one_log_line_and_a_bare_500(
+    client: AsyncClient, app: Litestar, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in a route: the API answers a JSON 500 (a page: the error page) that reveals nothing of it; the
+    log has one line at ERROR naming the exception and the route, the traceback only at DEBUG."""
+    secret = "password=hunter2 in /srv/ews/secret.db\nsecond line"
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise LookupError(secret)
+
+    monkeypatch.setattr(devices, "device_views", broken)
+    monkeypatch.setattr(installation, "device_views", broken)
+    cookies = await session_for(app, "administrator")
+
+    def own(level: int) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name.startswith("ews") and r.levelno == level]
+
+    caplog.set_level(logging.INFO)
+    resp = await client.get("/api/v1/devices", cookies=cookies)
+    assert resp.status_code == 500 and resp.headers["content-type"].startswith("application/json")
+    assert resp.json()["code"] == "internal-error"
+    for word in ("hunter2", "secret", "LookupError", "Traceback", "device_views"):
+        assert word not in resp.text
+    errors = own(logging.ERROR)
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    line = caplog.handler.format(errors[0])  # as the process's handler writes it
+    assert "\n" not in line and "Traceback" not in line, line
+    assert "GET /api/v1/devices" in line and "LookupError" in line and "hunter2" in line
+    assert not [r for r in caplog.records if r.exc_info or r.levelno > logging.ERROR]
+
+    caplog.clear()
+    caplog.set_level(logging.DEBUG)
+    resp = await client.get("/api/v1/devices", cookies=cookies)
+    assert resp.status_code == 500
+    assert len(own(logging.ERROR)) == 1
+    traced = [r for r in caplog.records if r.exc_info and r.exc_info[1] is not None]
+    assert [r.levelno for r in traced] == [logging.DEBUG]
+    assert "Traceback" in caplog.handler.format(traced[0]) and "broken" in caplog.handler.format(traced[0])
+
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    page = await client.get("/installation", cookies=cookies)
+    assert page.status_code == 500 and page.headers["content-type"].startswith("text/html")
+    assert "hunter2" not in page.text and "LookupError" not in page.text
+    assert len(own(logging.ERROR)) == 1 and "GET /installation:" in own(logging.ERROR)[0].getMessage()

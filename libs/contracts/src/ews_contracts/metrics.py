@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
 
@@ -34,12 +35,15 @@ def registry() -> CollectorRegistry:
     return REGISTRY
 
 
-def serve_own(settings: Settings) -> None:
-    """Serve this process's metrics on EWS_METRICS_PORT when set (never fatal: a taken port is logged)."""
+def serve_own(settings: Settings) -> WSGIServer | None:
+    """Serve this process's metrics on EWS_METRICS_PORT when set, from a daemon thread (never fatal: a
+    taken port is logged). Returns the server (``shutdown()`` stops it), None when nothing is served."""
     if settings.metrics_port is None:
-        return
+        return None
     try:
-        start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry())
+        server, _thread = start_http_server(
+            settings.metrics_port, addr=settings.metrics_host, registry=registry()
+        )
     except OSError as exc:
         log.error(
             "metrics: cannot listen on %s:%s (%s); metrics not served",
@@ -47,8 +51,9 @@ def serve_own(settings: Settings) -> None:
             settings.metrics_port,
             exc.strerror or exc,
         )
-        return
+        return None
     log.info("metrics on http://%s:%s/metrics", settings.metrics_host, settings.metrics_port)
+    return server
 
 
 def allowed_reader(host: str | None, networks: tuple[str, ...]) -> bool:
@@ -62,4 +67,3 @@ def allowed_reader(host: str | None, networks: tuple[str, ...]) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return any(address in ipaddress.ip_network(n, strict=False) for n in networks)
-

@@ -112,9 +112,15 @@ def too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[A
 
 
 def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """A bug or an unforeseen failure: logged once with its traceback, answered in one line (a page
-    for a page, JSON for the API) — never a traceback for the person."""
-    log.error("%s %s: %s", request.method, request.url.path, one_line(exc), exc_info=exc)
+    """A bug or an unforeseen failure: logged on one line at ERROR (the request, its route template, the
+    exception's type and message), the traceback only at DEBUG; answered with a page for a page, JSON for
+    the API, that reveals nothing of it."""
+    where = one_line(f"{request.method} {request.url.path}", limit=200)  # a %0A in the path stays one line
+    template = request.scope.get("path_template")
+    if template and template != request.url.path:
+        where += f" (route {one_line(template, limit=200)})"
+    log.error("%s: unhandled %s: %s", where, type(exc).__name__, one_line(exc))
+    log.debug("%s: traceback of the %s above", where, type(exc).__name__, exc_info=exc)
     if is_page(request):
         return _page.error_page(request, exc)
     return Response(

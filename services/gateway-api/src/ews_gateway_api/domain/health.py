@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Literal
 
 from litestar import Request, Response, Router, get
@@ -13,7 +14,10 @@ from pydantic import BaseModel, Field
 
 from ..guards import public
 from ..sites import all_site_states
-from ..storage import analytics_status
+from ..storage import analytics_status, open_store
+
+REOPEN_EVERY = 15.0  # seconds between attempts to open a store that could not be opened (each logs a warning)
+REOPEN_WAIT = 2.0  # seconds a health check waits for such an attempt
 
 
 class Health(BaseModel):
@@ -45,7 +49,25 @@ async def health(request: Request[Any, Any, State]) -> Health:
     return await health_of(request.app.state)
 
 
+async def _reopen_store(state: State) -> None:
+    """The store could not be opened (ClickHouse unreachable when the gateway started, say): try again,
+    at most every ``REOPEN_EVERY`` seconds, so /ready turns 200 once it answers — not only after a request
+    that needs it (``storage.require_store``) happened to open it."""
+    now = time.monotonic()
+    if now < getattr(state, "store_retry_at", 0.0):
+        return
+    state.store_retry_at = now + REOPEN_EVERY
+    try:  # (an attempt left running past the wait still fills get_store's cache for the next one)
+        store = await asyncio.wait_for(open_store(state.settings), timeout=REOPEN_WAIT)
+    except TimeoutError:
+        return
+    if store is not None and state.store is None:
+        state.store = store
+
+
 async def health_of(state: State) -> Health:
+    if state.store is None:
+        await _reopen_store(state)
     broker = state.broker
     connection = getattr(broker, "_connection", None) if broker is not None else None
     nats_ok = bool(connection is not None and getattr(connection, "is_connected", False))
