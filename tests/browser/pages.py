@@ -261,3 +261,44 @@ def compare_csv_with_json(rows: list[dict[str, str]], before: dict | None, after
             if not (min(low, high) - 1e-9 <= got <= high + 1e-9):
                 problems.append(f"{row['start']}: {column} {got} not within JSON [{low}, {high}]")
     return problems
+
+
+# --- command buttons and the command log -----------------------------------------------------------
+
+
+def command_done(scope: Page | Locator, value: str) -> Locator:
+    """The outcome line of a command whose button is ``value`` once it is done ("Start" → "… → Start: done")."""
+    return scope.get_by_role("status").filter(has_text=re.compile(rf"→ {re.escape(value)}: done\b"))
+
+
+def send_command(scope: Page | Locator, outcome: Page | Locator, value: str, double: bool = False) -> None:
+    """Click (or double-click, fast) the command button ``value`` in ``scope``; wait until ``outcome``
+    shows it done."""
+    button = scope.get_by_role("button", name=value, exact=True)
+    expect(button).to_be_enabled(timeout=PAGE_TIMEOUT)
+    if double:
+        button.dblclick()
+    else:
+        button.click()
+    expect(command_done(outcome, value)).to_be_visible(timeout=COMMAND_TIMEOUT)
+
+
+@dataclass(frozen=True)
+class LoggedCommand:
+    id: str
+    device: str  # the device cell: its name and id
+    command: str  # "Relay output 1 → On"
+    who: str
+    outcome: str  # "Done (read back: On)"
+
+
+def command_log(page: Page) -> list[LoggedCommand]:
+    """The rows of the Command log page (open), newest first."""
+    table = page.get_by_role("table", name="Commands")
+    expect(table).to_be_visible(timeout=PAGE_TIMEOUT)
+    out = []
+    for row in table.get_by_role("row").all()[1:]:  # the header row first
+        cells = [" ".join(c.split()) for c in row.get_by_role("cell").all_inner_texts()]
+        if len(cells) == 5:
+            out.append(LoggedCommand((row.get_attribute("id") or "").removeprefix("command-"), *cells[1:]))
+    return out

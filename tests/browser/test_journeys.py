@@ -1,7 +1,11 @@
 """Each role's day with the product, on a phone and on a computer: sign in, visit every page, mode,
 period and tab the navigation offers, download datalogger.csv and check it against the JSON API,
 command a charging station (Green'Up), keep the layout usable at 375 and 320 px, then Logout
-(PIN alone signs in again) and Lock (the PUK is asked again)."""
+(PIN alone signs in again) and Lock (the PUK is asked again).
+
+And the commands as a new user sends them while the stack polls: a relay output (installer) and a
+station's Start / Wait (Green'Up), one of each double-clicked, then the Command log: one entry per
+intended command, done, and one write each in the poller's log."""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
+from .chromium import ProblemWatcher, new_context
 from .pages import (
     ACCOUNTS,
     COMMAND_TIMEOUT,
@@ -25,6 +30,8 @@ from .pages import (
     PAGE_TIMEOUT,
     PERIODS,
     Account,
+    LoggedCommand,
+    command_log,
     compare_csv_with_json,
     control,
     csv_rows,
@@ -37,6 +44,7 @@ from .pages import (
     pin_field,
     puk_field,
     query_of,
+    send_command,
     sign_in_button,
     submit_codes,
 )
@@ -196,3 +204,68 @@ def test_role_journey(ui_page: Page, ews_base: str, viewport: str, role: str):
     leave_and_return(j)
 
     assert not j.layout, f"layout problems on {viewport}:\n  " + "\n  ".join(dict.fromkeys(j.layout))
+
+
+# a relay: io2 (programmable-outputs) declares output-1 on/off; a station: ev2b's charge start/wait
+RELAY = ("Load-shedding outputs", "Outputs", "Relay output 1", "io2")
+STATION = ("Visitors charger (side B)", "ev2b")
+
+
+def open_command_log(page: Page) -> list[LoggedCommand]:
+    navigation(page).get_by_role("link", name="Configuration", exact=True).click()
+    page.wait_for_load_state("load")
+    open_control(page, "Command log")
+    return command_log(page)
+
+
+def poller_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`ews up`'s output (conftest's ews_base keeps it in its ews-up folder)."""
+    (log,) = tmp_path_factory.getbasetemp().glob("ews-up[0-9]*/ews-up.log")  # not the -current link
+    return log
+
+
+def test_page_commands_run_once_each_and_the_command_log_shows_them(
+    chromium: Browser, ews_base: str, problems: ProblemWatcher, tmp_path_factory: pytest.TempPathFactory
+):
+    installer = problems.watch(new_context(chromium, "desktop", ews_base).new_page())
+    login_as(installer, ews_base, ACCOUNTS["installer"])
+    before = {c.id for c in open_command_log(installer)}
+
+    # installer: a relay output On (double-clicked), then Off
+    device, tab, output, relay_id = RELAY
+    installer.goto(ews_base + "/installation?by=all")
+    installer.get_by_role("main").get_by_role("link", name=device).first.click()
+    installer.wait_for_url(re.compile(r"/installation/devices/"))
+    open_control(installer, tab)
+    group = installer.get_by_role("main").get_by_role("group", name=output, exact=True)
+    send_command(group, installer.get_by_role("main"), "On", double=True)
+    send_command(group, installer.get_by_role("main"), "Off")
+
+    # Green'Up: a station's Start (double-clicked), then Wait
+    greenup = problems.watch(new_context(chromium, "desktop", ews_base).new_page())
+    login_as(greenup, ews_base, ACCOUNTS["greenUp"])
+    name, station_id = STATION
+    station = greenup.get_by_role("main").get_by_role("group", name=name, exact=True)
+    send_command(station, station, "Start", double=True)
+    send_command(station, station, "Wait")
+    greenup.context.close()
+
+    # the Command log: one entry per intended command, each done
+    new = [c for c in open_command_log(installer) if c.id not in before]
+    got = sorted((c.device.split()[-1], c.command, c.outcome.split(" (")[0]) for c in new)
+    assert got == sorted(
+        [
+            (relay_id, f"{output} → On", "Done"),
+            (relay_id, f"{output} → Off", "Done"),
+            (station_id, "Current charge → Start", "Done"),
+            (station_id, "Current charge → Wait", "Done"),
+        ]
+    ), "\n".join(map(str, new))
+    assert {c.who for c in new if c.device.endswith(relay_id)} == {"Installer"}
+    # the bus owner wrote each command once
+    text = poller_log(tmp_path_factory).read_text(errors="replace")
+    writes = {c.id: len(re.findall(rf"command {c.id}: wrote ", text)) for c in new}
+    assert set(writes.values()) == {1}, writes
+    installer.context.close()
+    found = problems.report()
+    assert not found, "the pages reported problems:\n  " + "\n  ".join(found)

@@ -366,3 +366,109 @@ def test_routes_declare_permission_and_operation_id() -> None:
     for h in handlers:
         assert [getattr(g, "permission", None) for g in h.guards] == ["command-devices"]
     json.dumps([h.operation_id for h in handlers])
+
+
+async def test_an_inferred_expiry_is_recorded_and_only_a_real_outcome_replaces_it(
+    app_client: AsyncTestClient, nats_url: str, redis_clean: str, monkeypatch, caplog
+) -> None:
+    """GET records the expiry it infers from the silence after the deadline and the grace (it reads the
+    same every time); the bus owner's real outcome arriving later (held up past the grace) replaces it —
+    what happened wins — with one line saying so; a redelivery of that outcome changes nothing more."""
+    monkeypatch.setattr(commands, "EXPIRY_GRACE", 0.2)
+    await login(app_client, "greenUp")
+    sent = []
+    for device, seconds in (("ev1", 0.2), ("ev2a", 30)):
+        body = {"device": device, "action": "charge", "value": "start", "deadline_seconds": seconds}
+        sent.append((await app_client.post("/api/v1/commands", json=body)).json())
+    late, marker = sent
+    expired = await wait_status(app_client, late["id"], "expired")
+    # the expiry is recorded, not only computed for the answer
+    r = aioredis.from_url(redis_clean)
+    try:
+        stored = json.loads(await r.get(commands.record_key("demo", late["id"])))
+    finally:
+        await r.aclose()
+    assert stored["status"] == "expired" and stored["finished_at"]
+
+    broker = make_broker(nats_url, "fake-commands-service")
+    await broker.connect()
+    try:
+        for command, device in ((late, "ev1"), (marker, "ev2a")):
+            await publish_event(
+                broker,
+                CommandCompleted(
+                    event_id=f"{command['id']}.outcome",
+                    site="demo",
+                    command_id=command["id"],
+                    device=device,
+                    action="charge",
+                    value="start",
+                    readback="start",
+                ),
+            )
+        # the consumer handles the outcomes in order: once the marker's is recorded, the late one was seen
+        await wait_status(app_client, marker["id"], "completed")
+    finally:
+        await broker.stop()
+    assert expired["error"] == commands.NO_OUTCOME
+    after = (await app_client.get(f"/api/v1/commands/{late['id']}")).json()
+    assert (after["status"], after["readback"], after["error"]) == ("completed", "start", None)
+    replaced = [
+        r.getMessage() for r in caplog.records if r.levelname == "WARNING" and late["id"] in r.getMessage()
+    ]
+    assert len(replaced) == 1 and "replaces the expiry" in replaced[0], replaced
+    # a real expiry decided by the bus owner is not replaced by a contradicting outcome
+    r = aioredis.from_url(redis_clean)
+    try:
+        decided = await commands.apply_outcome(
+            r,
+            "demo",
+            CommandExpired(
+                event_id=f"{marker['id']}.x",
+                site="demo",
+                command_id="c-real",
+                device="ev2a",
+                action="charge",
+                value="start",
+                deadline=commands.utcnow(),
+                error="past its deadline",
+            ),
+        )
+        again = await commands.apply_outcome(
+            r,
+            "demo",
+            CommandCompleted(
+                event_id=f"{marker['id']}.y",
+                site="demo",
+                command_id="c-real",
+                device="ev2a",
+                action="charge",
+                value="start",
+                readback="start",
+            ),
+        )
+    finally:
+        await r.aclose()
+    assert decided.status == again.status == "expired"
+
+
+async def test_the_first_outcome_sticks_against_a_racing_expiry(redis_clean: str) -> None:
+    """apply_outcome and the expiry decide on the same record at once: whichever is stored first stands."""
+    r = aioredis.from_url(redis_clean)
+    try:
+        now = datetime.now(tz=commands.utcnow().tzinfo)
+        record = commands.CommandStatus(
+            id="c1", status="requested", device="ev1", action="charge", value="start",
+            requested_at=now - timedelta(seconds=120), deadline=now - timedelta(seconds=90),
+        )  # fmt: skip
+        await r.set(commands.record_key("demo", "c1"), record.model_dump_json())
+        outcome = CommandCompleted(
+            site="demo", command_id="c1", device="ev1", action="charge", value="start", readback="start"
+        )
+        results = await asyncio.gather(
+            commands.apply_outcome(r, "demo", outcome), commands.expire_record(r, "demo", record)
+        )
+        stored = json.loads(await r.get(commands.record_key("demo", "c1")))
+        assert results[0].status == results[1].status == stored["status"]
+    finally:
+        await r.aclose()

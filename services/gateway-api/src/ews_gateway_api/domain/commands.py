@@ -10,8 +10,11 @@ Exactly once or expired: every command carries a deadline. When the event bus do
 request, it may still have reached it, so the answer is 202 ``requested`` and the same message (same
 ``Nats-Msg-Id``: JetStream stores it once) is sent again in the background; whatever happens, the
 executor refuses it after its deadline. A record still ``requested`` ``EXPIRY_GRACE`` seconds after its
-deadline therefore reads ``expired`` (a late real outcome still replaces it). An ``Idempotency-Key``
-header makes a retried POST answer the first command instead of sending a second one.
+deadline is therefore recorded ``expired`` when it is read (an *inferred* expiry). The first finished
+status sticks — a redelivered or contradicting outcome is not stored, one log line names the conflict —
+with one exception: a real outcome replaces an inferred expiry (the bus owner may have executed the
+command before its deadline while its outcome was held up past the grace: what happened wins, logged). An
+``Idempotency-Key`` header makes a retried POST answer the first command instead of sending a second one.
 
 ``GET /api/v1/commands`` is the command log: the most recent commands and their outcomes, read from the
 tail of EWS_COMMANDS (the audit log, kept longer than the records); see its section at the end.
@@ -124,26 +127,85 @@ _STATUS = {CommandCompleted: "completed", CommandFailed: "failed", CommandExpire
 
 
 async def apply_outcome(redis: Any, site: str, outcome: Outcome) -> CommandStatus:
-    """Record an outcome. Idempotent: a redelivered outcome leaves a finished record as it is."""
-    existing = hubcommands.decode_record(await redis.get(record_key(site, outcome.command_id)))
-    if existing is not None and existing.get("status") in ("completed", "failed", "expired"):
-        return CommandStatus.model_validate(existing)
-    base = existing or {}
-    status = CommandStatus(
-        id=outcome.command_id,
-        status=_STATUS[type(outcome)],
-        device=outcome.device,
-        action=outcome.action,
-        value=outcome.value if outcome.value is not None else base.get("value"),
-        requested_by=base.get("requested_by"),
-        requested_at=base.get("requested_at"),
-        deadline=outcome.deadline if isinstance(outcome, CommandExpired) else base.get("deadline"),
-        finished_at=outcome.occurred_at,
-        readback=outcome.readback if isinstance(outcome, CommandCompleted) else None,
-        error=None if isinstance(outcome, CommandCompleted) else outcome.error,
+    """Record an outcome. The first finished status sticks: a redelivered outcome leaves a finished record
+    as it is, and an outcome that contradicts it is logged in one line and not stored — except an expiry
+    the gateway inferred (``hubcommands.inferred``), which the bus owner's real outcome replaces (logged)."""
+    replaced: list[dict[str, Any]] = []
+
+    def finished(existing: dict[str, Any] | None) -> str:
+        base = existing or {}
+        if hubcommands.inferred(existing):
+            replaced.append(base)
+        return CommandStatus(
+            id=outcome.command_id,
+            status=_STATUS[type(outcome)],
+            device=outcome.device,
+            action=outcome.action,
+            value=outcome.value if outcome.value is not None else base.get("value"),
+            requested_by=base.get("requested_by"),
+            requested_at=base.get("requested_at"),
+            deadline=outcome.deadline if isinstance(outcome, CommandExpired) else base.get("deadline"),
+            finished_at=outcome.occurred_at,
+            readback=outcome.readback if isinstance(outcome, CommandCompleted) else None,
+            error=None if isinstance(outcome, CommandCompleted) else outcome.error,
+        ).model_dump_json()
+
+    record, stored = await hubcommands.settle(
+        redis, record_key(site, outcome.command_id), RECORD_TTL, finished, replaces=hubcommands.inferred
     )
-    await _save(redis, site, status)
+    status = CommandStatus.model_validate(record)
+    if stored and replaced:
+        log.warning(
+            "command %s: its %s outcome arrived after the deadline and the grace; it replaces the expiry "
+            "inferred meanwhile",
+            outcome.command_id,
+            _STATUS[type(outcome)],
+        )
+    if not stored and status.status != _STATUS[type(outcome)]:
+        log.warning(
+            "command %s: %s outcome ignored, it was already recorded %s",
+            outcome.command_id,
+            _STATUS[type(outcome)],
+            status.status,
+        )
     return status
+
+
+NO_OUTCOME = hubcommands.NO_OUTCOME
+
+
+def _past_grace(status: CommandStatus) -> bool:
+    return (
+        status.status == "requested"
+        and status.deadline is not None
+        and utcnow() > status.deadline + timedelta(seconds=EXPIRY_GRACE)
+    )
+
+
+async def expire_record(
+    redis: Any,
+    site: str,
+    status: CommandStatus,
+    error: str = NO_OUTCOME,
+    key: str | None = None,
+    ttl: int = RECORD_TTL,
+) -> CommandStatus:
+    """Record ``status`` (still requested, its deadline and the grace past) as expired with ``error``,
+    unless an outcome was recorded meanwhile (that one stands). ``key``/``ttl``: the hub's record of a
+    command it sent instead of the site's record."""
+
+    def expired(existing: dict[str, Any] | None) -> str:
+        base = CommandStatus.model_validate(existing) if existing is not None else status
+        return base.model_copy(
+            update={"status": "expired", "error": error, "finished_at": utcnow()}
+        ).model_dump_json()
+
+    record, stored = await hubcommands.settle(redis, key or record_key(site, status.id), ttl, expired)
+    if stored:
+        log.info(
+            "command %s: no outcome %.0f s after its deadline, recorded expired", status.id, EXPIRY_GRACE
+        )
+    return CommandStatus.model_validate(record)
 
 
 # --- routes ----------------------------------------------------------------------------------------
@@ -374,11 +436,7 @@ def _resend_until_deadline(state: State, event: CommandRequested) -> None:
 
 def _unreached(status: CommandStatus) -> CommandStatus:
     """A hub record the edge never recorded: expired once its deadline and the grace are past."""
-    if (
-        status.status == "requested"
-        and status.deadline is not None
-        and utcnow() > status.deadline + timedelta(seconds=EXPIRY_GRACE)
-    ):
+    if _past_grace(status):
         return status.model_copy(update={"status": "expired", "error": hubcommands.UNREACHED})
     return status
 
@@ -392,7 +450,7 @@ async def _hub_status(state: State, command_id: str) -> CommandStatus | None:
         found = [c for c in (await command_log(state, LOG_LIMIT)).commands if c.id == command_id]
         return found[0] if found else None
     status = CommandStatus.model_validate(record)
-    if status.status != "requested":  # the edge's outcome, already seen
+    if status.status != "requested" and not hubcommands.inferred(record):  # the edge's outcome, seen
         return status
     nc = getattr(state.broker, "connection", None)
     try:
@@ -417,17 +475,23 @@ async def _hub_status(state: State, command_id: str) -> CommandStatus | None:
                 "error": None if isinstance(outcome, CommandCompleted) else outcome.error,
             }
         )
-    if outcome is not None:  # the edge's outcome stands: kept, the stream need not be read again
-        await hubcommands.remember(
-            state.redis, site, command_id, status.model_dump_json(), status.requested_at
+    key = hubcommands.record_key(site, command_id)
+    if outcome is not None:  # the edge's outcome: kept, the stream need not be read again
+        edge = status.model_dump_json()
+        kept, _ = await hubcommands.settle(
+            state.redis, key, hubcommands.HUB_TTL, lambda _: edge, replaces=hubcommands.inferred
         )
-        return status
-    return _unreached(status)
+        return CommandStatus.model_validate(kept)
+    if status.status == "expired" or _past_grace(status):  # recorded; only the edge's outcome replaces it
+        error = NO_OUTCOME if request is not None else hubcommands.UNREACHED
+        return await expire_record(state.redis, site, status, error, key, hubcommands.HUB_TTL)
+    return status
 
 
 async def command_status(state: State, command_id: str) -> CommandStatus:
     """A command's record; 404 when unknown or older than the records are kept. A command still
-    requested ``EXPIRY_GRACE`` seconds after its deadline reads expired: nothing executes it any more."""
+    requested ``EXPIRY_GRACE`` seconds after its deadline is recorded expired (nothing executes it any
+    more) and stays so."""
     if is_hub(state):
         hub_status = await _hub_status(state, command_id)
         record = None if hub_status is None else hub_status.model_dump(mode="json")
@@ -442,17 +506,8 @@ async def command_status(state: State, command_id: str) -> CommandStatus:
             days=RECORD_TTL // 86_400,
         )
     status = CommandStatus.model_validate(record)
-    if (
-        status.status == "requested"
-        and status.deadline is not None
-        and utcnow() > status.deadline + timedelta(seconds=EXPIRY_GRACE)
-    ):
-        return status.model_copy(
-            update={
-                "status": "expired",
-                "error": "no outcome by its deadline: the command never reached the bus owner",
-            }
-        )
+    if not is_hub(state) and _past_grace(status):  # decided once, recorded: the first finished state sticks
+        return await expire_record(state.redis, state.site.site, status)
     return status
 
 
@@ -619,12 +674,7 @@ def _logged(request: CommandRequested, outcome: Outcome | None, default_deadline
             }
         )
     if utcnow() > deadline + timedelta(seconds=EXPIRY_GRACE):
-        return status.model_copy(
-            update={
-                "status": "expired",
-                "error": "no outcome by its deadline: the command never reached the bus owner",
-            }
-        )
+        return status.model_copy(update={"status": "expired", "error": NO_OUTCOME})
     return status
 
 

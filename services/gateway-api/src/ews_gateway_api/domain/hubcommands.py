@@ -10,7 +10,8 @@ every command it sent (``ews:hub:commands:<site>:<id>``, the command's status as
 the sorted set ``ews:hub:commands:<site>`` lists them by request time) and re-sends an unconfirmed request
 (same ``Nats-Msg-Id``) until its deadline, never after it. What the edge recorded wins: ``seen_at_hub``
 looks for the request and its outcome in ``EWS_COMMANDS_<site>``; without them the record answers
-``requested`` until the deadline and the grace, then ``expired`` (the site could not be reached).
+``requested`` until the deadline and the grace, then is recorded ``expired`` (the site could not be
+reached). As at the edge, the first finished status of a record sticks (``settle``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +27,7 @@ from ews_contracts.events import CommandCompleted, CommandExpired, CommandFailed
 from ews_contracts.subjects import PREFIX, Kind
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
+from redis.exceptions import WatchError
 
 log = logging.getLogger("ews.gateway-api.hubcommands")
 
@@ -67,6 +70,46 @@ def decode_record(raw: Any) -> dict[str, Any] | None:
     except ValueError:
         return None
     return record if isinstance(record, dict) else None
+
+
+FINISHED = ("completed", "failed", "expired")
+NO_OUTCOME = "no outcome by its deadline: the command never reached the bus owner"
+INFERRED = (NO_OUTCOME, UNREACHED)  # expiries read from the silence after the deadline and its grace
+
+
+def inferred(record: dict[str, Any] | None) -> bool:
+    """Whether a record is an expiry the gateway inferred (no outcome within the deadline and the grace),
+    not one the bus owner decided: the only finished state a real outcome may still replace, because the
+    bus owner could have executed the command before its deadline while its outcome was held up."""
+    return record is not None and record.get("status") == "expired" and record.get("error") in INFERRED
+
+
+async def settle(
+    redis: Any,
+    key: str,
+    ttl: int,
+    build: Callable[[dict[str, Any] | None], str],
+    replaces: Callable[[dict[str, Any]], bool] = lambda _: False,
+) -> tuple[dict[str, Any] | None, bool]:
+    """Store ``build(current record)`` (JSON) at ``key`` unless the record there is already finished (and
+    not one ``replaces`` accepts: a real outcome replaces an ``inferred`` expiry): the first finished status
+    sticks. Atomic (WATCH/MULTI): an outcome and an expiry deciding at once cannot both be stored. Returns
+    the record that stands and whether it is the one built here."""
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(key)
+                current = decode_record(await pipe.get(key))
+                if current is not None and current.get("status") in FINISHED and not replaces(current):
+                    await pipe.reset()
+                    return current, False
+                record = build(current)
+                pipe.multi()
+                pipe.set(key, record, ex=ttl)
+                await pipe.execute()
+                return decode_record(record), True
+            except WatchError:  # written meanwhile: decide again on what is there now
+                continue
 
 
 async def recall(redis: Any, site: str, command_id: str) -> dict[str, Any] | None:

@@ -29,6 +29,7 @@ from ..guards import requires
 from ..i18n import N_
 from ..sites import site_state
 from ._page import may, redirect, render, translator
+from .commands import command_key
 from .installation import poll_seconds
 
 DETAILS = [requires(Permission.GREENUP_DETAILS)]
@@ -89,6 +90,7 @@ def _common(request: Request[Any, Any, Any]) -> dict[str, Any]:
         "poll": poll_seconds(request),
         "zone_of": lambda d: zone_name(site_state(request).site, d),
         "can_command": may(request, Permission.COMMAND_DEVICES),
+        "command_key": command_key,  # each command form's own key (pages/commands.py)
     }
 
 

@@ -28,6 +28,7 @@ from ..guards import current_role, requires
 from ..i18n import N_
 from ..sites import site_state
 from ._page import may, render
+from .commands import command_key
 
 VIEW = [requires(Permission.VIEW_INSTALLATION)]
 FILTERS = {"gateways": N_("Gateways"), "panels": N_("Electrical panels"), "all": N_("All devices")}
@@ -198,6 +199,7 @@ async def _tab_context(
         "tabs": [(t, TABS[t]) for t in tabs],
         "tab": tab,
         "can_command": may(request, Permission.COMMAND_DEVICES),
+        "command_key": command_key,  # each command form's own key (pages/commands.py)
         "labels": _labels,
         "poll": poll_seconds(request),
         "group_key": group,
