@@ -4,21 +4,30 @@ The bus of bench_poller_rs485.py (the simulator in its own process: an RS485 lin
 20 ms reply delay behind a Modbus TCP gateway; the same 32-device site, seven of its devices accept
 commands) polled by the poller's own loop (``Poller.start()``, real nats-server and redis-server, a poll
 period far below the round's length so rounds run back to back and the bus is never idle), and every 2 s
-a command through ``poller.commands.handle(ExecuteRequest(...))``, the bus owner's entry point: a write
-(FC6) and its read-back (FC3), the bus held between two poll transactions. Commands go round the command
-devices, each write changing its register (the values alternate; the read-back is checked).
+a command sent the product's way: a ``CommandRequested`` published to JetStream (EWS_COMMANDS, as the API
+does once it has recorded the command), taken by the commands service (its own process, as under
+`ews up`), which checks it and asks the bus owner over NATS (``ews.<site>.rpc-poller.execute``, answered by
+``serve_requests`` in the poller's process, as under `ews up`); the poller's ``CommandRunner.handle`` runs
+a write (FC6) and its read-back (FC3), the bus held between two poll transactions, and the commands
+service publishes the outcome (``CommandCompleted`` with the read-back), which this script receives.
+Commands go round the command devices, each write changing its register (the values alternate; the
+read-back is checked in the bus owner's reply and in the outcome).
 
 - Cycle: from the first transaction of a poll round to the first of the next; its bound is the RS485 wire
   time of every transaction in it, the commands' writes and read-backs included (they hold the same bus);
   both parts are printed, and where the time beyond the bound goes (inside transactions: localhost TCP,
   pymodbus, the simulator; between them: the poller's Python, the bus idle). Goal: median cycle ≤ 1.03 ×
   its bound (the worst cycle is printed too).
-- Latency: from the call to ``handle`` to its reply, and the part spent waiting for the bus
-  (``ExecuteReply.queued_ms``). Unit: one transaction time, the mean wire time of the poll transactions
-  of the window (printed). A command waits at most for the poll transaction in progress, then holds the
-  bus for its write and read-back: checked as no poll transaction starting while a command waits and
-  every latency within 1.10 × (the longest poll transaction + the write + the read-back); the p50/p99 are
-  reported (the site's longest reads, 110–124 registers, are ~3 units: p99 ≈ 3.4–3.8 units).
+- Latency at the bus owner: from the call to ``handle`` to its reply, and the part spent waiting for the
+  bus (``ExecuteReply.queued_ms``). Unit: one transaction time, the mean wire time of the poll
+  transactions of the window (printed). A command waits at most for the poll transaction in progress,
+  then holds the bus for its write and read-back: checked as no poll transaction starting while a command
+  waits and every latency within 1.10 × (the longest poll transaction + the write + the read-back); the
+  p50/p99 are reported (the site's longest reads, 110–124 registers, are ~3 units: p99 ≈ 3.4–3.8 units).
+- Latency end to end: from publishing the ``CommandRequested`` to receiving its outcome, in the same units,
+  split into: stored (JetStream's ack), to the bus owner (the commands service's pull, check and request),
+  at the bus owner (the figure above), back (the reply, the outcome stored and delivered). Left out: the
+  API's own part before the publish (checking the request, recording it in Redis).
 
     .venv/bin/python benchmarks/bench_commands_rs485.py [--seconds 60] [--every 2] [--baud 19200] [--delay 0.02]
 """
@@ -33,7 +42,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,7 +49,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _sites import write_site  # noqa: E402
-from ews_contracts.events import ExecuteReply, ExecuteRequest  # noqa: E402
+from ews_contracts.bus import make_broker, publish_event  # noqa: E402
+from ews_contracts.events import (  # noqa: E402
+    CommandCompleted,
+    CommandExpired,
+    CommandFailed,
+    CommandRequested,
+    ExecuteReply,
+    ExecuteRequest,
+)
 from ews_contracts.profiles import Command, load_profiles, resolve  # noqa: E402
 from ews_contracts.settings import Settings  # noqa: E402
 from ews_contracts.site import load_site  # noqa: E402
@@ -50,7 +66,8 @@ from ews_fieldbus.client import rtu_frame_sizes  # noqa: E402
 from ews_runtime.servers import NatsServer, RedisServer, free_port, wait_for_port  # noqa: E402
 
 CYCLE_GOAL = 1.03  # median cycle / its bus-time bound
-LATENCY_GOAL = 3.0  # reference line for the p99 command latency, transaction units (reported, not a pass mark)
+# reference line for the p99 command latency, transaction units (reported, not a pass mark)
+LATENCY_GOAL = 3.0
 POLL_INTERVAL = 0.001  # s: far below a round (~2.5 s): rounds run back to back (the loop sleeps ≤ 1 ms)
 
 
@@ -93,6 +110,26 @@ def simulate(site_file: str, baud: int, delay: float, conn) -> None:
         site = load_site(Path(site_file))
         async with SimulatedSite(site, load_profiles(), timing={g.id: timing for g in site.gateways}):
             await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def commands_service(site_file: str, nats_url: str, redis_url: str, data: str, conn) -> None:
+    """The commands service, in its process (as under `ews up`); sends "ready" over ``conn`` once it
+    consumes requests (its consumer takes the requests published from then on)."""
+    from ews_commands.service import CommandsService
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = Settings(EWS_DATA_DIR=data, NATS_URL=nats_url, REDIS_URL=redis_url)
+
+    async def main() -> None:
+        service = CommandsService(settings, site=load_site(Path(site_file)), profiles=load_profiles())
+        await service.start()
+        conn.send("ready")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await service.stop()
 
     asyncio.run(main())
 
@@ -151,9 +188,18 @@ class Sent:
     action: str
     value: str
     raw: int
-    at: float  # perf_counter of the call
-    latency: float = 0.0  # s, call to reply
-    reply: ExecuteReply | None = None
+    published: float  # perf_counter when its CommandRequested is published
+    stored: float = 0.0  # … when JetStream acked it
+    at: float = 0.0  # … of the bus owner's ``handle`` call (the commands service's request)
+    latency: float = 0.0  # s, ``handle``'s call to its reply
+    reply: ExecuteReply | None = None  # the bus owner's answer (its first, were it asked twice)
+    asked: int = 0  # requests of the commands service to the bus owner for this command
+    outcome_at: float = 0.0  # perf_counter when its outcome arrived here
+    outcome: CommandCompleted | CommandFailed | CommandExpired | None = None
+
+    @property
+    def end_to_end(self) -> float:
+        return self.outcome_at - self.published
 
 
 def command_devices(site, profiles) -> list[tuple[str, Command]]:
@@ -166,7 +212,11 @@ def command_devices(site, profiles) -> list[tuple[str, Command]]:
     return out
 
 
-async def bench(site_file: Path, nats_url: str, redis_url: str, data: Path, args, timing: BusTiming) -> dict:
+async def bench(
+    site_file: Path, nats_url: str, redis_url: str, data: Path, args, timing: BusTiming, commands_ready
+) -> dict:
+    import nats
+    from ews_poller.rpc import serve_requests
     from ews_poller.service import Poller
 
     site = load_site(site_file)
@@ -188,26 +238,73 @@ async def bench(site_file: Path, nats_url: str, redis_url: str, data: Path, args
 
     poller.poll_round = marked_round  # type: ignore[method-assign]
 
+    # the bus owner's entry point, timed: from the commands service's request for a command to its reply
+    pending: dict[str, Sent] = {}
+    real_handle = poller.commands.handle
+
+    async def timed_handle(request: ExecuteRequest) -> ExecuteReply:
+        sent = pending.get(request.command_id)
+        at = time.perf_counter()
+        reply = await real_handle(request)
+        if sent is not None:
+            sent.asked += 1
+            if sent.reply is None:
+                sent.at, sent.latency, sent.reply = at, time.perf_counter() - at, reply
+        return reply
+
+    poller.commands.handle = timed_handle  # type: ignore[method-assign]  # (serve_requests calls it)
+
+    outcomes: dict[str, asyncio.Future] = {}
+    models = {"completed": CommandCompleted, "failed": CommandFailed, "expired": CommandExpired}
+
+    async def on_outcome(msg) -> None:  # noqa: ANN001
+        now = time.perf_counter()
+        outcome = models[msg.subject.split(".")[2].removeprefix("command-")].model_validate_json(msg.data)
+        future = outcomes.get(outcome.command_id)
+        if future is not None and not future.done():
+            future.set_result((now, outcome))
+
     async def send(device: str, command: Command, value: str) -> Sent:
-        sent = Sent(device, command.action, value, command.values[value], time.perf_counter())
-        request = ExecuteRequest(
-            command_id=str(uuid.uuid4()),
+        request = CommandRequested(
+            site=site.site,
             device=device,
             action=command.action,
             value=value,
+            requested_by="bench",
             deadline=datetime.now(UTC) + timedelta(seconds=30),
         )
-        sent.reply = await poller.commands.handle(request)
-        sent.latency = time.perf_counter() - sent.at
+        sent = Sent(device, command.action, value, command.values[value], time.perf_counter())
+        pending[request.command_id] = sent
+        outcomes[request.command_id] = asyncio.get_running_loop().create_future()
+        await publish_event(broker, request)
+        sent.stored = time.perf_counter()
+        sent.outcome_at, sent.outcome = await asyncio.wait_for(outcomes[request.command_id], 60)
+        del outcomes[request.command_id]
         return sent
 
     def check(sent: Sent) -> None:
-        reply = sent.reply
+        reply, outcome = sent.reply, sent.outcome
         assert reply is not None and reply.status == "written", f"{sent.device} {sent.action}: {reply}"
         assert reply.readback == sent.raw, f"{sent.device}: read back {reply.readback}, wrote {sent.raw}"
+        assert isinstance(outcome, CommandCompleted), f"{sent.device} {sent.action}: {outcome}"
+        assert outcome.readback == sent.value, f"{sent.device}: outcome read back {outcome.readback}"
+        assert sent.asked == 1, f"{sent.device}: the bus owner was asked {sent.asked} times"
 
     await poller.start()
+    rpc = asyncio.create_task(serve_requests(poller, poller.commands, nats_url))
+    nc = await nats.connect(nats_url)
+    broker = make_broker(nats_url, "bench")
+    await broker.connect()
     try:
+        for kind in models:
+            await nc.subscribe(f"ews.{site.site}.command-{kind}.*", cb=on_outcome)
+        while True:  # the bus owner answers requests
+            try:
+                await nc.request(f"ews.{site.site}.rpc-poller.execute", b"{}", timeout=1)
+                break
+            except (nats.errors.NoRespondersError, TimeoutError):
+                await asyncio.sleep(0.05)
+        await asyncio.to_thread(commands_ready)  # the commands service consumes requests
         while poller.rounds.get(gateway.id, 0) < 1:  # noqa: ASYNC110 — connected, every device polled once
             await asyncio.sleep(0.05)
         values = {d: list(c.values) for d, c in commandable}
@@ -229,6 +326,10 @@ async def bench(site_file: Path, nats_url: str, redis_url: str, data: Path, args
         await asyncio.sleep(max(0.0, begin + args.seconds - loop.time()))
         t_end = time.perf_counter()
     finally:
+        await broker.stop()
+        await nc.close()
+        rpc.cancel()
+        await asyncio.gather(rpc, return_exceptions=True)
         await poller.stop()
     assert client.failures == 0, f"{client.failures} failed transactions"
     # every transaction the client counted was timed, with the same wire time
@@ -431,6 +532,21 @@ def report(result: dict, args, timing: BusTiming) -> bool:
     )
     for name, xs in parts.items():
         print(f"| … {name} | {stats(xs, unit)} |")
+    e2e = [s.end_to_end for s in sent]
+    print(f"| **end to end (CommandRequested published → its outcome received)** | {stats(e2e, unit)} |")
+    for name, xs in (
+        ("published → stored (JetStream's ack)", [s.stored - s.published for s in sent]),
+        (
+            "stored → at the bus owner (commands service: pull, check, request)",
+            [s.at - s.stored for s in sent],
+        ),
+        ("at the bus owner (call → reply, as above)", latency),
+        (
+            "reply → outcome received (reply, outcome stored and delivered)",
+            [s.outcome_at - s.at - s.latency for s in sent],
+        ),
+    ):
+        print(f"| … {name} | {stats(xs, unit)} |")
     print(
         f"\npoll transactions that started while a command waited for the bus: {sum(ahead)} "
         f"(over {len(ahead)} commands: each waited for the transaction in progress only)"
@@ -454,6 +570,11 @@ def report(result: dict, args, timing: BusTiming) -> bool:
     print(
         f"command latency: p50 {p50:.2f}, p99 **{p99:.2f}** units ({percentile(latency, 99) * 1000:.1f} ms) "
         f"(reference: {LATENCY_GOAL:g} units)"
+    )
+    print(
+        f"command latency end to end (published → outcome): p50 {percentile(e2e, 50) / unit:.2f}, p99 "
+        f"**{percentile(e2e, 99) / unit:.2f}** units ({percentile(e2e, 50) * 1000:.1f} / "
+        f"{percentile(e2e, 99) * 1000:.1f} ms), max {max(e2e) * 1000:.1f} ms"
     )
     print(
         f"max latency {max(latency) * 1000:.1f} ms; worst case by design {worst_case * 1000:.1f} ms "
@@ -494,9 +615,39 @@ def main() -> None:
                 RedisServer(folder / "redis", free_port(), log=folder / "redis.log") as redis_server,
             ):
                 wait_for_port("127.0.0.1", port, 60)
-                result = asyncio.run(
-                    bench(site_file, nats_server.url, redis_server.url, folder / "data", args, timing)
+                commands_in, commands_out = context.Pipe()
+                commands = context.Process(
+                    target=commands_service,
+                    args=(
+                        str(site_file),
+                        nats_server.url,
+                        redis_server.url,
+                        str(folder / "cmd"),
+                        commands_out,
+                    ),
                 )
+                commands.start()
+
+                def commands_ready() -> None:
+                    if not commands_in.poll(60):
+                        raise SystemExit("the commands service did not start within 60 s")
+                    commands_in.recv()
+
+                try:
+                    result = asyncio.run(
+                        bench(
+                            site_file,
+                            nats_server.url,
+                            redis_server.url,
+                            folder / "data",
+                            args,
+                            timing,
+                            commands_ready,
+                        )
+                    )
+                finally:
+                    commands.terminate()
+                    commands.join()
                 ours.send("spent")
                 spent = ours.recv() if ours.poll(10) else []
                 cycles = result["cycles"]
