@@ -4,6 +4,7 @@ them, EV commands drive the charger state. Modbus tests talk to the real pymodbu
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 from datetime import UTC, datetime, timedelta
@@ -303,3 +304,29 @@ def test_load_curve_integral_and_shape():
     assert curve.rate(local(1, 19)) > 1.2 * curve.rate(local(1, 23))  # evening peak
     assert curve.rate(local(5, 11)) < curve.rate(local(1, 11))  # Saturday below Tuesday
     assert min(curve.rate(local(d, h)) for d in range(7) for h in range(24)) > 0.9 * FEEDER.base
+
+
+async def test_a_restarted_simulator_serves_the_stations_counter_from_where_it_was(tmp_path):
+    """An EV station's counter depends on the charges commanded, so a curve cannot give it again: the
+    simulator keeps it (as the station's meter does across a power cycle) and a restarted one never serves
+    less than the last value served; the meters' counters are their curves' integral and need nothing
+    kept. A damaged file is logged and the estimate used."""
+    kept = tmp_path / "simulator" / "kept.json"
+    sim = SimulatedSite(
+        demo_site(free_port()), PROFILES, speed=7200, start_time=TUESDAY_MORNING, state_file=kept
+    )
+    for _ in range(20):  # a morning charge: the counter climbs above the estimate from the origin
+        await asyncio.sleep(0.01)
+        sim.advance()
+    served = sim.counter("ev1", EA)
+    estimate = SimulatedSite(demo_site(free_port()), PROFILES, start_time=sim.now).counter("ev1", EA)
+    assert served > estimate + 100, (served, estimate)
+    assert set(json.loads(kept.read_text())) == {"ev1"}
+
+    again = SimulatedSite(demo_site(free_port()), PROFILES, start_time=sim.now, state_file=kept)
+    assert again.counter("ev1", EA) == served
+    assert again.counter("m1", EA) == sim.counter("m1", EA)  # (the curve's integral: nothing kept)
+
+    kept.write_text("{not json")
+    damaged = SimulatedSite(demo_site(free_port()), PROFILES, start_time=sim.now, state_file=kept)
+    assert damaged.counter("ev1", EA) == pytest.approx(estimate)

@@ -27,13 +27,23 @@ async def serve(settings: Settings) -> None:
     profiles = load_profiles(settings.profiles_dir)
     plan = await history.plan(settings)
     published = await history.run(settings, profiles, plan) if plan.publish else None
-    simulator = SimulatedSite(settings.site, profiles, settings.simulator_bind, origin=plan.origin)
+    simulator = SimulatedSite(
+        settings.site,
+        profiles,
+        settings.simulator_bind,
+        origin=plan.origin,
+        state_file=settings.data_dir / "simulator" / "kept.json",
+    )
     reporter = follower = None
     try:
         await simulator.start()
         follower = asyncio.create_task(
             follow_configuration(
-                settings.nats_url, settings.site_path, "simulator", lambda: simulator.site, simulator.apply_site
+                settings.nats_url,
+                settings.site_path,
+                "simulator",
+                lambda: simulator.site,
+                simulator.apply_site,
             ),
             name="simulator-configuration",
         )

@@ -13,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import json
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 from ews_contracts.profiles import Profile, ProfileError, check_device
@@ -65,11 +68,16 @@ class SimulatedSite:
         timing: dict[str, BusTiming] | None = None,
         origin: datetime | None = None,
         serial_lines: dict[str, str] | None = None,
+        state_file: Path | None = None,
     ) -> None:
         """``origin``: when the simulated counters started from 0 (default: the curves' epoch, 2020-01-06;
         a demo with generated history counts from its start, see ``history.py``). ``serial_lines``: gateway
         id -> the simulator's end of a real serial line (an ``rtu`` gateway's devices answer there, with the
-        gateway's serial settings; e.g. one pty of a ``socat`` pair whose other end is the gateway's port)."""
+        gateway's serial settings; e.g. one pty of a ``socat`` pair whose other end is the gateway's port).
+        ``state_file``: where the twins keep what a real device keeps across a power cycle (an EV station's
+        energy counter, which depends on the charges commanded): read at start, written after each tick
+        that changed it, before any register shows the new value — so a restarted simulator never serves
+        a counter below one it served (``Twin.kept``)."""
         if speed <= 0 or tick <= 0:
             raise ValueError("speed and tick must be positive")
         self.site = site
@@ -81,6 +89,9 @@ class SimulatedSite:
         self._frozen = False
         self.profiles = profiles
         self.origin = origin
+        self.state_file = state_file
+        self._kept = _read_kept(state_file)
+        self._kept_written: dict[str, dict[str, float]] = dict(self._kept)
         self.units: dict[str, dict[int, UnitImage]] = {g.id: {} for g in site.gateways}
         self._image_of: dict[str, UnitImage] = {}
         for gateway in site.gateways:
@@ -105,6 +116,7 @@ class SimulatedSite:
             except ProfileError as exc:
                 raise SimulatorError(str(exc)) from None
             twin = make_twin(device, profile, site.tz, self._sim_time, self.origin)
+            twin.resume(self._kept.get(device.id, {}))
             image = units.setdefault(device.address, UnitImage(device.address))
             try:
                 image.add(device, profile, twin)
@@ -128,7 +140,9 @@ class SimulatedSite:
             self.units.pop(gateway_id, None)
         self.site = site
         for gateway in site.gateways:
-            if old_gateways.get(gateway.id) == gateway and devices_on(old, gateway.id) == devices_on(site, gateway.id):
+            if old_gateways.get(gateway.id) == gateway and devices_on(old, gateway.id) == devices_on(
+                site, gateway.id
+            ):
                 continue
             await self._stop_gateway(gateway.id)
             self.units[gateway.id] = self._images(site, gateway.id)
@@ -190,7 +204,9 @@ class SimulatedSite:
         host, port, framer = where
         _check_port(host, port, gateway.id)
         self._bus[gateway.id] = asyncio.Lock()
-        server = _FaultyServer(self, gateway.id, self._devices(gateway.id), framer=framer, address=(host, port))
+        server = _FaultyServer(
+            self, gateway.id, self._devices(gateway.id), framer=framer, address=(host, port)
+        )
         try:
             await server.serve_forever(background=True)
         except RuntimeError as exc:
@@ -304,12 +320,38 @@ class SimulatedSite:
         elapsed, self._last = now - self._last, now
         dt = 0.0 if self._frozen else elapsed * self.speed
         self._sim_time += timedelta(seconds=dt)
-        for image in self._image_of.values():
+        for image in self._unique_images():  # (devices sharing an address share an image: once each)
             for member in image.members.values():
                 member.twin.advance(self._sim_time, dt / 3600.0)
+        self._keep()  # before the registers show the new values (no request is served in between)
         for units in self.units.values():
             for image in units.values():
                 image.encode()
+
+    def _unique_images(self) -> list[UnitImage]:
+        return list({id(image): image for image in self._image_of.values()}.values())
+
+    def _keep(self) -> None:
+        """Write the twins' ``kept()`` values to ``state_file`` when they changed (atomically: a kill leaves
+        the previous file or the new one)."""
+        if self.state_file is None:
+            return
+        kept = {
+            member.device.id: values
+            for image in self._unique_images()
+            for member in image.members.values()
+            if (values := member.twin.kept())
+        }
+        if kept == self._kept_written:
+            return
+        try:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.state_file.with_suffix(".partial")
+            partial.write_text(json.dumps(kept), encoding="utf-8")
+            os.replace(partial, self.state_file)
+            self._kept_written = kept
+        except OSError as exc:
+            log.warning("simulator: cannot keep the counters in %s: %s", self.state_file, exc)
 
     async def _run_clock(self) -> None:
         while True:
@@ -581,6 +623,23 @@ class _FaultyServer(_Faulty, ModbusTcpServer):
 
 class _FaultySerialServer(_Faulty, ModbusSerialServer):
     """A serial line."""
+
+
+def _read_kept(path: Path | None) -> dict[str, dict[str, float]]:
+    """The ``state_file`` of an earlier run: device -> quantity -> value; empty when there is none or it
+    cannot be read (logged: the twins start from their estimates)."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {
+            str(device): {str(q): float(v) for q, v in values.items()}
+            for device, values in data.items()
+            if isinstance(values, dict)
+        }
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        log.warning("simulator: counters in %s not read (%s): starting from estimates", path, exc)
+        return {}
 
 
 def _check_port(host: str, port: int, gateway_id: str) -> None:

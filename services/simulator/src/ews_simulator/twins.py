@@ -68,6 +68,17 @@ class Twin:
         self._t = t
         self._update_states(t)
 
+    # --- kept across restarts ------------------------------------------------------------------------
+
+    def kept(self) -> dict[str, float]:
+        """What a real device keeps in non-volatile memory and a curve cannot give again (a counter that
+        depends on what happened): quantity -> value. The meters' counters are the exact integral of their
+        load curve, so they need nothing kept."""
+        return {}
+
+    def resume(self, kept: dict[str, float]) -> None:
+        """Take back ``kept()`` of an earlier run (the simulator restarted)."""
+
     # --- states ---------------------------------------------------------------------------------------
 
     @property
@@ -386,6 +397,16 @@ class EvStationTwin(Twin):
             self.states[name] = raw
             self._held.add(name)
         self._derive()
+
+    def kept(self) -> dict[str, float]:
+        """The energy counter depends on the charges commanded: kept, as the station's meter keeps it."""
+        return {Q.ENERGY_ACTIVE_IMPORT: self.energy}
+
+    def resume(self, kept: dict[str, float]) -> None:
+        energy = kept.get(Q.ENERGY_ACTIVE_IMPORT)
+        if isinstance(energy, (int, float)) and math.isfinite(energy) and energy > self.energy:
+            self.energy = float(energy)  # (never below the estimate from the origin: it only grows)
+            self._derive()
 
     def set_value(self, quantity: str, value: float, t: datetime) -> None:
         if quantity == Q.ENERGY_ACTIVE_IMPORT:
