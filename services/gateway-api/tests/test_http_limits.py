@@ -269,7 +269,9 @@ async def test_requests_above_the_limit_get_a_json_503() -> None:
     await asyncio.sleep(0)  # both admitted and waiting inside the app
     await call(2)
     assert sent[2][0]["status"] == 503
-    assert dict(sent[2][0]["headers"])[b"retry-after"] == b"1"
+    headers = dict(sent[2][0]["headers"])
+    assert headers[b"retry-after"] == b"1"
+    assert (headers[b"x-content-type-options"], headers[b"x-frame-options"]) == (b"nosniff", b"DENY")
     assert b'"code": "busy"' in sent[2][1]["body"]
     release.set()
     await asyncio.gather(first, second)

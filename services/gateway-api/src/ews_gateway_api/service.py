@@ -17,6 +17,7 @@ from ews_contracts.settings import Settings
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .app import create_app
+from .web import SECURITY_HEADERS
 
 log = logging.getLogger("ews.gateway-api")
 SHUTDOWN_GRACE = 15.0  # seconds for open requests and the lifespan shutdown
@@ -72,7 +73,7 @@ async def send_busy(send: Send) -> None:
         (b"content-type", b"application/json"),
         (b"content-length", str(len(BUSY_BODY)).encode()),
         (b"retry-after", b"1"),
-        (b"x-content-type-options", b"nosniff"),
+        *((name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()),
         (b"connection", b"close"),
     ]
     await send({"type": "http.response.start", "status": 503, "headers": headers})
