@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import nats
 import pytest
@@ -97,16 +98,34 @@ def having(redis, site: str, device: str, quantity: str, value: float):
     return check
 
 
-@pytest.mark.integration
-async def test_every_sites_live_state_reaches_the_hubs_redis(
-    nats_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path
-):
+@pytest.fixture
+async def hub(nats_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path):
+    """The hub's NATS with site north's streams and configuration, its Redis emptied, and ``start()`` to run
+    hub-live on them (stopped at the end)."""
     monkeypatch.setattr(hublive, "DISCOVER_EVERY", 0.5)
     nc = await nats.connect(nats_url)
-    js = nc.jetstream()
     redis = aioredis.from_url(redis_url)
     await redis.flushdb()
-    await hub_streams(js, "north")
+    await hub_streams(nc.jetstream(), "north")
+    tasks: list[asyncio.Task] = []
+    settings = Settings(NATS_URL=nats_url, REDIS_URL=redis_url, EWS_DATA_DIR=str(tmp_path))
+    try:
+        yield SimpleNamespace(
+            js=nc.jetstream(),
+            redis=redis,
+            start=lambda: tasks.append(asyncio.create_task(hublive.serve(settings))),
+        )
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await redis.aclose()
+        await nc.close()
+
+
+@pytest.mark.integration
+async def test_every_sites_live_state_reaches_the_hubs_redis(hub):
+    js, redis = hub.js, hub.redis
     # before the hub starts: the latest reading and status of each device are taken at once
     await send(js, reading("north", "m1", T0, energy_active_import=10.0, power_active=5.0))
     await send(js, reading("north", "m1", T0 + timedelta(seconds=1), power_active=7.0))
@@ -115,34 +134,27 @@ async def test_every_sites_live_state_reaches_the_hubs_redis(
     )
     await send(js, status)
     await js.publish("ews.north.reading.m1", b"{not an event")  # skipped, never stops the others
-    settings = Settings(NATS_URL=nats_url, REDIS_URL=redis_url, EWS_DATA_DIR=str(tmp_path))
-    task = asyncio.create_task(hublive.serve(settings))
-    try:
-        ev1 = await until(lambda: live(redis, "north", "ev1"))
-        assert ev1.state == "comm-error" and ev1.reason == "timeout"
-        # the last message of m1's subject was the bad one: its values come with its next reading
-        assert await live(redis, "north", "m1") is None
-        await send(js, reading("north", "m1", T0 + timedelta(seconds=2), power_active=9.0))
-        m1 = await until(having(redis, "north", "m1", "power_active", 9.0))
-        assert m1.updated_at == T0 + timedelta(seconds=2) and m1.state == "on"
+    hub.start()
+    ev1 = await until(lambda: live(redis, "north", "ev1"))
+    assert ev1.state == "comm-error" and ev1.reason == "timeout"
+    # the last message of m1's subject was the bad one: its values come with its next reading
+    assert await live(redis, "north", "m1") is None
+    await send(js, reading("north", "m1", T0 + timedelta(seconds=2), power_active=9.0))
+    m1 = await until(having(redis, "north", "m1", "power_active", 9.0))
+    assert m1.updated_at == T0 + timedelta(seconds=2) and m1.state == "on"
 
-        # a new edge: found without anything configured at the hub, its devices under its own site id
-        await hub_streams(js, "south")
-        await send(js, reading("south", "m1", T0, energy_active_import=3.0))
-        south = await until(lambda: live(redis, "south", "m1"))
-        assert south.values == {"energy_active_import": 3.0}
-        assert (await live(redis, "north", "m1")).values == {"power_active": 9.0}
+    # a new edge: found without anything configured at the hub, its devices under its own site id
+    await hub_streams(js, "south")
+    await send(js, reading("south", "m1", T0, energy_active_import=3.0))
+    south = await until(lambda: live(redis, "south", "m1"))
+    assert south.values == {"energy_active_import": 3.0}
+    assert (await live(redis, "north", "m1")).values == {"power_active": 9.0}
 
-        # an older reading (a back-filled hour) does not replace the newest
-        await send(js, reading("south", "m1", T0 - timedelta(hours=1), energy_active_import=1.0))
-        await send(js, reading("south", "e2", T0, energy_active_import=4.0))
-        await until(lambda: live(redis, "south", "e2"))
-        assert (await live(redis, "south", "m1")).values == {"energy_active_import": 3.0}
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await redis.aclose()
-        await nc.close()
+    # an older reading (a back-filled hour) does not replace the newest
+    await send(js, reading("south", "m1", T0 - timedelta(hours=1), energy_active_import=1.0))
+    await send(js, reading("south", "e2", T0, energy_active_import=4.0))
+    await until(lambda: live(redis, "south", "e2"))
+    assert (await live(redis, "south", "m1")).values == {"energy_active_import": 3.0}
 
 
 def payload(event: ReadingTaken | DeviceStatusChanged, **changes) -> bytes:
@@ -158,129 +170,105 @@ def payload(event: ReadingTaken | DeviceStatusChanged, **changes) -> bytes:
 
 @pytest.mark.integration
 async def test_the_hub_takes_only_what_the_edges_aggregator_accepts(
-    nats_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path, caplog: pytest.LogCaptureFixture
+    hub, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
     """Each kind of message the edge's aggregator dead-letters, sent twice on the edge's subjects at the
     hub: none changes the hub's live state, and the log has one line per cause (then one summary line per
     cause with the count), never one per message."""
-    monkeypatch.setattr(hublive, "DISCOVER_EVERY", 0.5)
     monkeypatch.setattr(hublive, "SUMMARY_EVERY", 2.0)
     caplog.set_level(logging.INFO, logger="ews.hub-live")
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    redis = aioredis.from_url(redis_url)
-    await redis.flushdb()
-    await hub_streams(js, "north")
-    settings = Settings(NATS_URL=nats_url, REDIS_URL=redis_url, EWS_DATA_DIR=str(tmp_path))
-    task = asyncio.create_task(hublive.serve(settings))
-    try:
-        good = reading("north", "m1", T0, energy_active_import=10.0, power_active=5.0)
-        await send(js, good)
-        await send(js, reading("north", "e2", T0, power_active=1.0))
-        fault = DeviceStatusChanged(
-            site="north", device="ev1", state="fault", previous="on", reason="breaker", occurred_at=T0
-        )
-        await send(js, fault)
-        await until(lambda: live(redis, "north", "ev1"))
-        await until(having(redis, "north", "e2", "power_active", 1.0))
-        await until(having(redis, "north", "m1", "power_active", 5.0))
+    js, redis = hub.js, hub.redis
+    hub.start()
+    good = reading("north", "m1", T0, energy_active_import=10.0, power_active=5.0)
+    await send(js, good)
+    await send(js, reading("north", "e2", T0, power_active=1.0))
+    fault = DeviceStatusChanged(
+        site="north", device="ev1", state="fault", previous="on", reason="breaker", occurred_at=T0
+    )
+    await send(js, fault)
+    await until(lambda: live(redis, "north", "ev1"))
+    await until(having(redis, "north", "e2", "power_active", 1.0))
+    await until(having(redis, "north", "m1", "power_active", 5.0))
 
-        later = T0 + timedelta(seconds=10)
-        m1 = reading("north", "m1", later, power_active=666.0)
-        other_device = reading("north", "e2", later, power_active=666.0)  # its payload, on m1's subject
-        other_site = reading("south", "m1", later, power_active=666.0)  # its payload, on north's subject
-        ghost = reading("north", "ghost", later, power_active=666.0)
-        outsider = DeviceStatusChanged(  # a status from outside: no Ews-Producer header
-            site="north", device="ev1", state="on", previous="fault", reason="", occurred_at=later
-        )
-        bad: dict[str, tuple[str, bytes, dict[str, str]]] = {
-            "invalid-field": (m1.subject, payload(m1, values={"power_active": "666"}), {}),
-            "unsupported-schema-version": (m1.subject, payload(m1, schema_version=2), {}),
-            "wrong-profile": (m1.subject, payload(m1, profile="energy-meter-rs485-3ph"), {}),
-            "missing-field": (m1.subject, payload(m1, event_id=None), {}),
-            "unknown-device": (ghost.subject, payload(ghost), {}),
-            "subject-mismatch": (m1.subject, payload(other_device), {}),
-            "not-accepted": (outsider.subject, payload(outsider), {}),
-        }
-        for _ in range(2):
-            for subject, data, headers in bad.values():
-                await js.publish(subject, data, headers=headers or None)
-        await js.publish(m1.subject, payload(other_site))  # a second subject-mismatch: another site
-        await js.publish("ews.north.reading.m1", b"{not an event")  # malformed
-        # the last message: once it is in Redis, every message before it has been taken (in stream order)
-        await send(js, reading("north", "e2", later + timedelta(seconds=1), power_active=2.0))
-        await until(having(redis, "north", "e2", "power_active", 2.0))
+    later = T0 + timedelta(seconds=10)
+    m1 = reading("north", "m1", later, power_active=666.0)
+    other_device = reading("north", "e2", later, power_active=666.0)  # its payload, on m1's subject
+    other_site = reading("south", "m1", later, power_active=666.0)  # its payload, on north's subject
+    ghost = reading("north", "ghost", later, power_active=666.0)
+    outsider = DeviceStatusChanged(  # a status from outside: no Ews-Producer header
+        site="north", device="ev1", state="on", previous="fault", reason="", occurred_at=later
+    )
+    bad: dict[str, tuple[str, bytes, dict[str, str]]] = {
+        "invalid-field": (m1.subject, payload(m1, values={"power_active": "666"}), {}),
+        "unsupported-schema-version": (m1.subject, payload(m1, schema_version=2), {}),
+        "wrong-profile": (m1.subject, payload(m1, profile="energy-meter-rs485-3ph"), {}),
+        "missing-field": (m1.subject, payload(m1, event_id=None), {}),
+        "unknown-device": (ghost.subject, payload(ghost), {}),
+        "subject-mismatch": (m1.subject, payload(other_device), {}),
+        "not-accepted": (outsider.subject, payload(outsider), {}),
+    }
+    for _ in range(2):
+        for subject, data, headers in bad.values():
+            await js.publish(subject, data, headers=headers or None)
+    await js.publish(m1.subject, payload(other_site))  # a second subject-mismatch: another site
+    await js.publish("ews.north.reading.m1", b"{not an event")  # malformed
+    # the last message: once it is in Redis, every message before it has been taken (in stream order)
+    await send(js, reading("north", "e2", later + timedelta(seconds=1), power_active=2.0))
+    await until(having(redis, "north", "e2", "power_active", 2.0))
 
-        assert (await live(redis, "north", "m1")).values == {
-            "energy_active_import": 10.0,
-            "power_active": 5.0,
-        }
-        assert (await live(redis, "north", "m1")).updated_at == T0
-        assert (await live(redis, "north", "ev1")).state == "fault"
-        assert await live(redis, "north", "ghost") is None
-        assert await live(redis, "south", "m1") is None
-        assert (await live(redis, "north", "e2")).updated_at == later + timedelta(seconds=1)
+    assert (await live(redis, "north", "m1")).values == {
+        "energy_active_import": 10.0,
+        "power_active": 5.0,
+    }
+    assert (await live(redis, "north", "m1")).updated_at == T0
+    assert (await live(redis, "north", "ev1")).state == "fault"
+    assert await live(redis, "north", "ghost") is None
+    assert await live(redis, "south", "m1") is None
+    assert (await live(redis, "north", "e2")).updated_at == later + timedelta(seconds=1)
 
-        causes = {*bad, "malformed"}
-        firsts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rejected a message")]
-        assert sorted(m.split("(", 1)[1].split(")", 1)[0] for m in firsts) == sorted(causes), firsts
-        assert all("ews.north." in m for m in firsts)
+    causes = {*bad, "malformed"}
+    firsts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rejected a message")]
+    assert sorted(m.split("(", 1)[1].split(")", 1)[0] for m in firsts) == sorted(causes), firsts
+    assert all("ews.north." in m for m in firsts)
 
-        def summaries() -> dict[str, int]:
-            """The count of the summary lines, per cause (a flush may fall between two messages)."""
-            counts: dict[str, int] = {}
-            for r in caplog.records:
-                m = r.getMessage()
-                if m.startswith("rejected ") and " more messages " in m:
-                    cause = m.split("(", 1)[1].split(")", 1)[0]
-                    counts[cause] = counts.get(cause, 0) + int(m.split()[1])
-            return counts
+    def summaries() -> dict[str, int]:
+        """The count of the summary lines, per cause (a flush may fall between two messages)."""
+        counts: dict[str, int] = {}
+        for r in caplog.records:
+            m = r.getMessage()
+            if m.startswith("rejected ") and " more messages " in m:
+                cause = m.split("(", 1)[1].split(")", 1)[0]
+                counts[cause] = counts.get(cause, 0) + int(m.split()[1])
+        return counts
 
-        expected = {cause: 1 for cause in bad} | {"subject-mismatch": 2}  # after the first, 3 in all
+    expected = {cause: 1 for cause in bad} | {"subject-mismatch": 2}  # after the first, 3 in all
 
-        async def summarised():
-            return summaries() == expected
+    async def summarised():
+        return summaries() == expected
 
-        await until(summarised)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await redis.aclose()
-        await nc.close()
+    await until(summarised)
 
 
 @pytest.mark.integration
 async def test_a_device_counts_from_the_configuration_version_that_declares_it(
-    nats_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+    hub,
 ):
     """As on the edge: a reading of a device stored before the version declaring it stays refused; once
     the version is in the hub's copy of the configuration, its readings are taken."""
-    monkeypatch.setattr(hublive, "DISCOVER_EVERY", 0.5)
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    redis = aioredis.from_url(redis_url)
-    await redis.flushdb()
-    await hub_streams(js, "north")
-    settings = Settings(NATS_URL=nats_url, REDIS_URL=redis_url, EWS_DATA_DIR=str(tmp_path))
-    task = asyncio.create_task(hublive.serve(settings))
-    try:
-        await send(js, reading("north", "m1", T0, power_active=1.0))
-        await until(lambda: live(redis, "north", "m1"))
-        await send(js, reading("north", "e9", T0, power_active=9.0))  # not declared yet
-        await send(js, reading("north", "m1", T0 + timedelta(seconds=1), power_active=2.0))
-        await until(having(redis, "north", "m1", "power_active", 2.0))
-        assert await live(redis, "north", "e9") is None
+    js, redis = hub.js, hub.redis
+    hub.start()
+    await send(js, reading("north", "m1", T0, power_active=1.0))
+    await until(lambda: live(redis, "north", "m1"))
+    await send(js, reading("north", "e9", T0, power_active=9.0))  # not declared yet
+    await send(js, reading("north", "m1", T0 + timedelta(seconds=1), power_active=2.0))
+    await until(having(redis, "north", "m1", "power_active", 2.0))
+    assert await live(redis, "north", "e9") is None
 
-        e2 = next(d for d in DEMO.devices if d.id == "e2").model_dump()
-        await configure(js, site_named("north", {**e2, "id": "e9", "name": "New meter", "address": 77}))
-        await send(js, reading("north", "e9", T0 + timedelta(seconds=2), power_active=9.0))
-        e9 = await until(having(redis, "north", "e9", "power_active", 9.0))
-        assert e9.updated_at == T0 + timedelta(seconds=2)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await redis.aclose()
-        await nc.close()
+    e2 = next(d for d in DEMO.devices if d.id == "e2").model_dump()
+    await configure(js, site_named("north", {**e2, "id": "e9", "name": "New meter", "address": 77}))
+    await send(js, reading("north", "e9", T0 + timedelta(seconds=2), power_active=9.0))
+    e9 = await until(having(redis, "north", "e9", "power_active", 9.0))
+    assert e9.updated_at == T0 + timedelta(seconds=2)
 
 
 @pytest.mark.integration
