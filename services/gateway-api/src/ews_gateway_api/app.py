@@ -54,7 +54,7 @@ from .guards import public
 from .i18n import N_
 from .openapi import document_errors
 from .pages import _page
-from .security import check_request, security_headers
+from .security import check_request, complete_allow, security_headers
 from .sessions import SESSION_COOKIE, HashedKeyStore, session_config
 from .sites import HubSites, forget_summaries, keep_site_in_redirects
 from .storage import open_store
@@ -248,7 +248,7 @@ def create_app(settings: Settings) -> Litestar:
         # security.py: cross-site requests and the API's content types refused (after the guards, before
         # the body is read); the security headers on every response, errors and static files included
         before_request=check_request,
-        before_send=[security_headers, keep_site_in_redirects],
+        before_send=[security_headers, complete_allow, keep_site_in_redirects],
         request_max_body_size=MAX_REQUEST_BODY,
         stores={"sessions": HashedKeyStore(RedisStore(redis_client, namespace=f"ews:{identity}:session"))},
         logging_config=None,  # the process's logging (set up by `ews`) applies: one format for every service

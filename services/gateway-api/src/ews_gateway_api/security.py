@@ -137,3 +137,29 @@ async def security_headers(message: Message, scope: Scope) -> None:  # noqa: ARG
     for name, value in RESPONSE_HEADERS.items():
         if name not in headers:
             headers[name] = value
+
+
+async def complete_allow(message: Message, scope: Scope) -> None:
+    """The app's ``before_send`` hook: an OPTIONS answer's ``Allow`` names every method of its path.
+    Litestar 2 builds its automatic OPTIONS handler from the handlers registered before it, so a path served
+    by two modules (``GET`` in one, ``POST`` in the other) answered half of them (litestar#4169, fixed in
+    Litestar 3 only); the route itself knows them all."""
+    if message["type"] != "http.response.start" or scope.get("method") != "OPTIONS":
+        return
+    template = scope.get("path_template")
+    app = scope.get("litestar_app") or scope.get("app")
+    if not template or app is None:
+        return
+    methods = _methods_of(app, template)
+    if methods:
+        MutableScopeHeaders.from_message(message)["allow"] = ", ".join(methods)
+
+
+def _methods_of(app: Any, template: str) -> list[str]:
+    """The methods of the app's route at ``template``, sorted; computed once per app and path."""
+    cache: dict[str, list[str]] = app.state.setdefault("route_methods", {})
+    if template not in cache:
+        cache[template] = sorted(
+            {m for route in app.routes if route.path == template for m in getattr(route, "methods", ())}
+        )
+    return cache[template]
