@@ -33,7 +33,10 @@ routes a token may never use (``session_only``, and the permissions of ``tokens.
 
 from __future__ import annotations
 
+import calendar
 import re
+from collections.abc import Callable, Iterable
+from datetime import date
 from typing import Any
 
 from ews_contracts.tokens import TOKEN_EXCLUDED
@@ -84,6 +87,51 @@ DEFAULTS: dict[int, str] = {
     503: "A service this request needs is unavailable — Redis (the sessions), the bus, the analytics database "
     "or the auth service: `code` says which; try again (Retry-After).",
 }
+
+
+# --- parameter schemas ----------------------------------------------------------------------------
+# What a query parameter's OpenAPI schema says the server accepts, when the handler checks the value itself
+# (with its own error code and message: unknown-period, invalid-date …) rather than Litestar: these go in a
+# ``Parameter``'s ``schema_extra``, which documents without validating.
+
+
+def enum_schema(values: Iterable[str]) -> dict[str, Any]:
+    """``schema_extra`` of a parameter taking one of ``values`` (the constant the handler checks with)."""
+    return {"enum": list(values)}
+
+
+def _years(years: Iterable[int]) -> str:
+    """A regular expression matching exactly these four-digit years, grouped by decade."""
+    decades: dict[str, str] = {}
+    for year in sorted(years):
+        decades[str(year)[:3]] = decades.get(str(year)[:3], "") + str(year)[3]
+    parts = [
+        prefix + (r"\d" if last == "0123456789" else f"[{last}]" if len(last) > 1 else last)
+        for prefix, last in decades.items()
+    ]
+    return "(?:" + "|".join(parts) + ")"
+
+
+def date_regex(first: date, last: date, accepted: Callable[[date], bool] = lambda d: True) -> str:
+    """An unanchored regular expression of the calendar dates YYYY-MM-DD of the whole years from
+    ``first.year`` to ``last.year`` whose first and last day are ``accepted`` (29 February in leap years
+    only)."""
+    years = [
+        y
+        for y in range(first.year, last.year + 1)
+        if first <= date(y, 1, 1)
+        and date(y, 12, 31) <= last
+        and accepted(date(y, 1, 1))
+        and accepted(date(y, 12, 31))
+    ]
+    common = r"(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1\d|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
+    leap = [y for y in years if calendar.isleap(y)]
+    return f"(?:{_years(years)}-{common}|{_years(leap)}-02-29)"
+
+
+def date_schema(regex: str, *, empty: bool) -> dict[str, Any]:
+    """``schema_extra`` of a date parameter (``date_regex``), where ``empty`` (``date=``) means the default."""
+    return {"pattern": f"^(?:{regex})?$" if empty else f"^{regex}$"}
 
 
 def _guards(handler: HTTPRouteHandler) -> list[Any]:

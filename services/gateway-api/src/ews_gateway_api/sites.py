@@ -16,7 +16,7 @@ The site of a request: ``?site=<id>`` (every site-scoped route takes it, ``SITE_
 ``ews_site`` cookie (set by a page opened with ``?site=``: the links, forms and HTMX requests of the pages
 keep the chosen site without each carrying it), else the only site. Several sites and none chosen: 400
 naming them from the JSON API, the first site on a page (its header names it, beside the picker); an
-unknown ``?site=``: 404.
+empty or malformed ``?site=``: 400 (site: not a site id); an unknown one: 404.
 
 Identity: the codes, sessions and machine tokens belong to ``identity`` (``Settings.identity``): the
 site's id on a box or an edge, ``hub`` at the hub (its own four roles, which see every site).
@@ -134,7 +134,7 @@ def all_site_states(state: Any) -> list[SiteState]:
 def _chosen(request: Request[Any, Any, Any]) -> tuple[str | None, bool]:
     """The site asked for and whether it came from the address (else the cookie)."""
     asked = request.query_params.get("site")
-    if asked:
+    if asked is not None:  # ?site= given, even empty (then refused: not a site id)
         return asked, True
     return request.cookies.get(SITE_COOKIE) or None, False
 
@@ -147,7 +147,7 @@ def site_state(request: Request[Any, Any, Any]) -> SiteState:
         return cached
     state = request.app.state
     asked, explicit = _chosen(request)
-    if asked and not re.match(ID_PATTERN, asked):
+    if asked is not None and not re.match(ID_PATTERN, asked):
         if explicit:
             raise ApiError(
                 400, "invalid-request", N_("site: not a site id (%(pattern)s)"), pattern=ID_PATTERN

@@ -25,12 +25,18 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from ews_analytics import (
+    MAX_DATE,
+    MIN_DATE,
+    PERIODS,
+    QUANTITIES,
     SCOPE_HELP,
+    SPLITS,
     Comparison,
     Consumption,
     Problem,
@@ -46,7 +52,7 @@ from ews_analytics import (
     summary,
 )
 from ews_contracts.roles import Permission
-from ews_contracts.site import Site
+from ews_contracts.site import ID_PATTERN, Site
 from ews_contracts.store import Store
 from ews_contracts.text import one_line
 from litestar import Request, Response, Router, get
@@ -57,6 +63,7 @@ from litestar.params import Parameter
 from ..errors import ApiError
 from ..guards import requires
 from ..i18n import N_
+from ..openapi import date_regex, date_schema, enum_schema
 from ..sites import SITE_PARAMETER, site_state
 from ..storage import require_store, store_error
 
@@ -65,31 +72,84 @@ T = TypeVar("T")
 CSV_HEADER = ("start", "quantity", "unit", "value", "cost", "currency", "unpriced")
 
 SCOPE_TEXT = SCOPE_HELP
-SCOPE = Parameter(str, query="scope", default="total-electricity", description=SCOPE_TEXT)
-SCOPE_A = Parameter(str, query="a", description=f"First scope: {SCOPE_TEXT}")
-SCOPE_B = Parameter(str, query="b", description=f"Second scope: {SCOPE_TEXT}")
-DETAIL = Parameter(
-    str, query="detail", default="detailed", description="total (totals only) or detailed (with buckets)"
+DETAILS: tuple[str, ...] = get_args(Comparison.model_fields["detail"].annotation)
+
+
+def _fits(periods: tuple[str, ...]) -> Any:
+    """Whether ``check_day`` takes a date with each of ``periods`` (a decade ends with the date's year: the
+    first nine years of MIN_DATE … MAX_DATE have no whole decade)."""
+
+    def fits(day: date) -> bool:
+        try:
+            for period in periods:
+                check_day(period, day)
+        except ValueError:
+            return False
+        return True
+
+    return fits
+
+
+# what the handlers take, in the OpenAPI document (schema_extra: the handlers check the values themselves,
+# with their own codes — unknown-scope, unknown-period, invalid-date …)
+SCOPE_PATTERN = "^(?:{}|(?:{}):{})$".format(
+    "|".join(re.findall(r"total-[a-z]+", SCOPE_HELP)),
+    "|".join(re.findall(r"([a-z]+):<id>", SCOPE_HELP)),
+    ID_PATTERN.removeprefix("^").removesuffix("$"),
 )
-PERIOD = Parameter(str, query="period", default="day", description="day, month, year or decade")
+SCOPE_SCHEMA = {"pattern": SCOPE_PATTERN, "max_length": 64}
+ANY_DAY = date_schema(date_regex(MIN_DATE, MAX_DATE, _fits(("year",))), empty=True)
+PERIOD_DAY = date_schema(date_regex(MIN_DATE, MAX_DATE, _fits(PERIODS)), empty=True)
+ID_SCHEMA = {"pattern": ID_PATTERN, "max_length": 32}
+
+SCOPE = Parameter(
+    str, query="scope", default="total-electricity", description=SCOPE_TEXT, schema_extra=SCOPE_SCHEMA
+)
+SCOPE_A = Parameter(str, query="a", description=f"First scope: {SCOPE_TEXT}", schema_extra=SCOPE_SCHEMA)
+SCOPE_B = Parameter(str, query="b", description=f"Second scope: {SCOPE_TEXT}", schema_extra=SCOPE_SCHEMA)
+DETAIL = Parameter(
+    str,
+    query="detail",
+    default="detailed",
+    description="total (totals only) or detailed (with buckets)",
+    schema_extra=enum_schema(DETAILS),
+)
+PERIOD = Parameter(
+    str,
+    query="period",
+    default="day",
+    description="day, month, year or decade",
+    schema_extra=enum_schema(PERIODS),
+)
 DAY = Parameter(
     str,
     query="date",
     default=None,
-    description="A local date (YYYY-MM-DD) in the period, 1970-01-01 … 2200-12-31; default today",
+    description="A local date (YYYY-MM-DD) in the period, 1970-01-01 … 2200-12-31 (the whole period too: "
+    "a decade ends with the date's year, so from 1979 on); empty or absent: today",
+    schema_extra=PERIOD_DAY,
 )
 SPLIT = Parameter(
     str,
     query="split",
     default=None,
-    description="circuit: add series, the buckets split by circuit (scopes in units only)",
+    description="circuit: add series, the buckets split by circuit (scopes in units only); medium: split by "
+    "medium (scopes in money only); empty or absent: no split",
+    schema_extra=enum_schema((*SPLITS, "")),
 )
 TODAY = Parameter(
-    str, query="date", default=None, description="The local date taken as today (YYYY-MM-DD); default today"
+    str,
+    query="date",
+    default=None,
+    description="The local date taken as today (YYYY-MM-DD), 1970-01-01 … 2200-12-31; empty or absent: today",
+    schema_extra=ANY_DAY,
 )
-DEVICE = Parameter(str, query="device", description="A real (non-virtual) device id")
+DEVICE = Parameter(str, query="device", description="A real (non-virtual) device id", schema_extra=ID_SCHEMA)
 QUANTITY = Parameter(
-    list[str], query="quantity", description="A quantity (repeatable), e.g. power_active, voltage_l1"
+    list[str],
+    query="quantity",
+    description="A quantity (repeatable), e.g. power_active, voltage_l1",
+    schema_extra={"min_items": 1, "items": {"type": "string", "enum": sorted(QUANTITIES)}},
 )
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ews_contracts.live import LiveDevice, live_key
 from ews_contracts.profiles import Function, Profile, ProfileError, resolve
 from ews_contracts.quantities import GROUPS, Quantity, group_of, unit_of
-from ews_contracts.site import Device, Site, VirtualDevice
+from ews_contracts.site import ID_PATTERN, Device, Site, VirtualDevice
 from litestar import Request, Router, get
 from litestar.datastructures import State
 from litestar.exceptions import ValidationException
@@ -572,6 +572,10 @@ def in_language(found: list[DeviceView], request: Request[Any, Any, State]) -> l
     ]
 
 
+# the filters in the OpenAPI document: an id of the site's configuration (``select`` checks it: 400 unknown)
+FILTER_SCHEMA = {"pattern": ID_PATTERN, "max_length": 32}
+
+
 @get(
     "/devices",
     guards=[authenticated],
@@ -581,10 +585,18 @@ def in_language(found: list[DeviceView], request: Request[Any, Any, State]) -> l
 )
 async def list_devices(
     request: Request[Any, Any, State],
-    gateway: str | None = Parameter(default=None, description="Only the devices of this gateway."),
-    panel: str | None = Parameter(default=None, description="Only the devices of this electrical panel."),
-    zone: str | None = Parameter(default=None, description="Only the devices of this measurement zone."),
-    circuit: str | None = Parameter(default=None, description="Only the devices of this circuit."),
+    gateway: str | None = Parameter(
+        default=None, description="Only the devices of this gateway.", schema_extra=FILTER_SCHEMA
+    ),
+    panel: str | None = Parameter(
+        default=None, description="Only the devices of this electrical panel.", schema_extra=FILTER_SCHEMA
+    ),
+    zone: str | None = Parameter(
+        default=None, description="Only the devices of this measurement zone.", schema_extra=FILTER_SCHEMA
+    ),
+    circuit: str | None = Parameter(
+        default=None, description="Only the devices of this circuit.", schema_extra=FILTER_SCHEMA
+    ),
 ) -> DeviceList:
     found = await device_views(site_state(request), gateway=gateway, panel=panel, zone=zone, circuit=circuit)
     return DeviceList(devices=in_language(found, request))

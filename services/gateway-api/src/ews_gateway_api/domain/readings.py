@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
+from ews_analytics import MAX_DATE, MIN_DATE
 from ews_analytics.costs import MEDIUM_QUANTITY
 from ews_analytics.export import check_device, export_rows, ordered_quantities, plan_export, stored_values
 from ews_contracts.bus import publish_event
@@ -55,7 +56,7 @@ from ews_contracts.profiles import ProfileError
 from ews_contracts.profiles import resolve as resolve_profile
 from ews_contracts.quantities import COUNTERS, Quantity, unit_of
 from ews_contracts.roles import Permission
-from ews_contracts.site import Device, Site
+from ews_contracts.site import ID_PATTERN, Device, Site
 from ews_contracts.streams import stream_for
 from ews_contracts.text import one_line
 from litestar import Request, Router, get, post
@@ -69,6 +70,7 @@ from pydantic import BaseModel, Field, model_serializer
 from ..errors import ApiError, reader_language
 from ..guards import current_role, requires
 from ..i18n import N_, translations
+from ..openapi import date_regex
 from ..sites import SITE_PARAMETER, require_own_site, site_state
 from ..storage import require_store, store_error
 from .consumption import bad_parameter
@@ -108,20 +110,33 @@ SPACED_OFFSET = re.compile(r"^(.*\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}(?::?\d
 
 # --- export ----------------------------------------------------------------------------------------
 
-DEVICE = Parameter(str, query="device", description="A real (non-virtual) device id")
+# from/to in the OpenAPI document (the handler parses them itself: invalid-date): empty or absent, a date,
+# or a date and time with an optional offset (Z or ±HH:MM), within MIN_DATE … MAX_DATE
+MOMENT_PATTERN = (
+    f"^(?:{date_regex(MIN_DATE, MAX_DATE)}"
+    r"(?:T(?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,6})?)?(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)?)?)?$"
+)
+DEVICE = Parameter(
+    str,
+    query="device",
+    description="A real (non-virtual) device id",
+    schema_extra={"pattern": ID_PATTERN, "max_length": 32},
+)
 FROM = Parameter(
     str,
     query="from",
     default=None,
     description="Start: a date (YYYY-MM-DD, local midnight) or an ISO 8601 date and time (without an offset: "
-    "the site's local time); default today",
+    "the site's local time), 1970-01-01 … 2200-12-31, before to; empty or absent: today",
+    schema_extra={"pattern": MOMENT_PATTERN},
 )
 TO = Parameter(
     str,
     query="to",
     default=None,
-    description="End: a date (the whole day included) or an ISO 8601 date and time (excluded); default the "
-    "end of from's local day",
+    description="End: a date (the whole day included) or an ISO 8601 date and time (excluded), after from; "
+    "empty or absent: the end of from's local day",
+    schema_extra={"pattern": MOMENT_PATTERN},
 )
 
 
