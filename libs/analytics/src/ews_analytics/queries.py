@@ -72,8 +72,10 @@ class Problem(ValueError):
 
 Period = Literal["day", "month", "year", "decade"]
 PERIODS: tuple[str, ...] = ("day", "month", "year", "decade")
+TOTAL_SCOPES: tuple[str, ...] = ("total-electricity", "total-global")
+SCOPE_KINDS: tuple[str, ...] = ("zone", "circuit", "panel", "gateway", "device")  # <kind>:<id>
 SCOPE_HELP = (
-    "total-electricity, total-global, zone:<id>, circuit:<id>, panel:<id>, gateway:<id> or device:<id>"
+    ", ".join((*TOTAL_SCOPES, *(f"{k}:<id>" for k in SCOPE_KINDS[:-1]))) + f" or {SCOPE_KINDS[-1]}:<id>"
 )
 DIGITS = 6  # rounding of values and costs (removes float noise, keeps far more than instruments give)
 MILLI = 1000
@@ -331,7 +333,7 @@ def _resolve_scope(site: Site, scope: str) -> Selection:
             site.currency, True, _group(counted), ("electricity", "water", "gas"), tuple(counted), MEDIA
         )
     kind, sep, ident = scope.partition(":")
-    if not sep or kind not in ("zone", "circuit", "panel", "gateway", "device") or not ident:
+    if not sep or kind not in SCOPE_KINDS or not ident:
         raise Problem(
             "unknown-scope",
             N_("unknown scope %(value)s: use %(choices)s"),

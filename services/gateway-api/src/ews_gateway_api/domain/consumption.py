@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 from typing import Any, TypeVar, get_args
@@ -36,7 +35,9 @@ from ews_analytics import (
     PERIODS,
     QUANTITIES,
     SCOPE_HELP,
+    SCOPE_KINDS,
     SPLITS,
+    TOTAL_SCOPES,
     Comparison,
     Consumption,
     Problem,
@@ -93,9 +94,7 @@ def _fits(periods: tuple[str, ...]) -> Any:
 # what the handlers take, in the OpenAPI document (schema_extra: the handlers check the values themselves,
 # with their own codes — unknown-scope, unknown-period, invalid-date …)
 SCOPE_PATTERN = "^(?:{}|(?:{}):{})$".format(
-    "|".join(re.findall(r"total-[a-z]+", SCOPE_HELP)),
-    "|".join(re.findall(r"([a-z]+):<id>", SCOPE_HELP)),
-    ID_PATTERN.removeprefix("^").removesuffix("$"),
+    "|".join(TOTAL_SCOPES), "|".join(SCOPE_KINDS), ID_PATTERN.removeprefix("^").removesuffix("$")
 )
 SCOPE_SCHEMA = {"pattern": SCOPE_PATTERN, "max_length": 64}
 ANY_DAY = date_schema(date_regex(MIN_DATE, MAX_DATE, _fits(("year",))), empty=True)
