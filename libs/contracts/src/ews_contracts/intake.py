@@ -54,6 +54,8 @@ from .site import Device, Site
 from .subjects import PREFIX, Kind
 from .text import one_line
 
+log = logging.getLogger("ews.intake")
+
 SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1,)
 OPEN_TO_OUTSIDERS: tuple[Kind, ...] = (Kind.READING,)  # kinds anyone may publish (the AsyncAPI document)
 CONSUMED: tuple[Kind, ...] = (Kind.READING, Kind.STATUS)  # kinds the aggregator checks
@@ -389,6 +391,25 @@ class Intake:
             profile = event.profile  # type: ignore[union-attr]
         self.declarations.check(event.device, profile, reply)
         return event
+
+    def verdict(
+        self,
+        subject: str,
+        data: bytes | str,
+        headers: Mapping[str, str] | None = None,
+        reply: str | None = None,
+    ) -> ReadingTaken | DeviceStatusChanged | Rejected:
+        """``check``'s answer as a value, never an exception: a payload no rule foresaw (any other error)
+        is ``malformed``, logged once here — a consumer must not stall on it."""
+        try:
+            return self.check(subject, data, headers, reply)
+        except Rejected as rejected:
+            return rejected
+        except Exception as exc:
+            log.error("a message on %s could not be checked: %s", subject, one_line(exc))
+            return Rejected(
+                "malformed", f"the payload could not be read ({type(exc).__name__}: {one_line(exc, 120)})"
+            )
 
 
 # --- dead-letter records -----------------------------------------------------------------------------

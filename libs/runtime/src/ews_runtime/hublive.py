@@ -157,26 +157,16 @@ class SiteIntake:
         await self.load()
         return True
 
-    def _check(self, msg) -> ReadingTaken | DeviceStatusChanged | Rejected:  # noqa: ANN001
-        try:
-            return self.intake.check(msg.subject, msg.data, msg.headers, msg.reply)
-        except Rejected as rejected:
-            return rejected
-        except Exception as exc:  # a payload no rule foresaw: refused like the aggregator does, never a stall
-            return Rejected(
-                "malformed", f"the payload could not be read ({type(exc).__name__}: {one_line(exc, 120)})"
-            )
-
     async def check(self, msg) -> ReadingTaken | DeviceStatusChanged | None:  # noqa: ANN001
         """The accepted event, or None for a refused message (logged by cause, nothing else: see the
         module doc on dead letters)."""
-        outcome = self._check(msg)
+        outcome = self.intake.verdict(msg.subject, msg.data, msg.headers, msg.reply)
         if (
             isinstance(outcome, Rejected)
             and outcome.cause in CONFIG_DEPENDENT
             and await self._newer_version(outcome.stored_ns)
         ):
-            outcome = self._check(msg)
+            outcome = self.intake.verdict(msg.subject, msg.data, msg.headers, msg.reply)
         if isinstance(outcome, Rejected):
             # not dead-lettered here: the edge's own aggregator applied the same rules to the same message
             # and published its record to the edge's EWS_DEAD_LETTER (sourced to the hub); the hub never

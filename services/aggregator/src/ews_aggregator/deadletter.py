@@ -124,16 +124,8 @@ class Gate:
         return self._fast
 
     def check(self, msg: Msg) -> ReadingTaken | None | Rejected:
-        try:
-            event = self.intake.check(msg.subject, msg.data, msg.headers, msg.reply)
-        except Rejected as rejected:
-            return rejected
-        except Exception as exc:  # a payload no rule foresaw must not take its batch down with it
-            log.error("a message on %s could not be checked: %s", msg.subject, one_line(exc))
-            return Rejected(
-                "malformed", f"the payload could not be read ({type(exc).__name__}: {one_line(exc, 120)})"
-            )
-        return event if isinstance(event, ReadingTaken) else None
+        event = self.intake.verdict(msg.subject, msg.data, msg.headers, msg.reply)
+        return event if isinstance(event, ReadingTaken | Rejected) else None
 
     async def sort(self, messages: Sequence[Msg]) -> tuple[list[ReadingTaken], list[tuple[Msg, Rejected]]]:
         """(accepted readings, rejected messages with their rejection), in delivery order."""
