@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from ews_contracts.hub import HUB_DOMAIN, edge_domain, link_to_hub
 from ews_contracts.settings import BUNDLED_DEMO_SITE
-from ews_runtime.servers import free_port
+from ews_runtime.servers import NatsServer, free_port
 
 T = TypeVar("T")
 
@@ -116,3 +118,43 @@ def supervised(up_pid: int) -> dict[str, int]:
         else:  # redis-server rewrites its command line to "redis-server host:port"
             found[Path(words[0].split()[0]).name] = int(entry.name)
     return found
+
+
+# --- a hub and its edges on this machine (their nats-servers) ---------------------------------------------
+
+
+def hub_nats(folder: Path, leaf_port: int) -> NatsServer:
+    """The hub's nats-server (JetStream domain ``hub``, edges join on ``leaf_port``), not started."""
+    return NatsServer(
+        folder / "hub", free_port(), domain=HUB_DOMAIN, leaf_port=leaf_port, log=folder / "hub.log"
+    )
+
+
+def edge_nats(folder: Path, sites: Iterable[str], leaf_port: int) -> dict[str, NatsServer]:
+    """One nats-server per edge site (its own JetStream domain, a leaf node of the hub on ``leaf_port``), not
+    started; data in ``folder/<site>``, log in ``folder/<site>.log``."""
+    return {
+        site: NatsServer(
+            folder / site,
+            free_port(),
+            domain=edge_domain(site),
+            leaf_remote=f"nats-leaf://127.0.0.1:{leaf_port}",
+            log=folder / f"{site}.log",
+        )
+        for site in sites
+    }
+
+
+async def link_edges(conns: dict[str, Any], seconds: float = 30.0) -> None:
+    """``link_to_hub`` from every edge's connection (site -> nats client), as `ews up --edge` does, tried
+    again every 0.2 s until the leaf-node links are up."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            for site, nc in conns.items():
+                await link_to_hub(nc.jetstream(domain=HUB_DOMAIN, timeout=2), site)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)

@@ -16,7 +16,9 @@ import pytest
 from ews_contracts.bus import ensure_streams_with
 from ews_contracts.hub import HUB_DOMAIN, edge_domain, hub_stream_name, link_to_hub
 from ews_contracts.streams import READINGS
-from ews_runtime.servers import NatsServer, free_port
+from ews_runtime.servers import free_port
+
+from tests.helpers import edge_nats, hub_nats, link_edges
 
 pytestmark = pytest.mark.integration
 
@@ -50,19 +52,8 @@ async def _publish(js, site: str, first: int, n: int) -> None:
 @pytest.mark.timeout(180)
 async def test_edges_stream_into_the_hub_and_catch_up_after_an_outage(tmp_path: Path) -> None:
     leaf = free_port()
-    hub_server = NatsServer(
-        tmp_path / "hub", free_port(), domain=HUB_DOMAIN, leaf_port=leaf, log=tmp_path / "hub.log"
-    )
-    edges = {
-        site: NatsServer(
-            tmp_path / site,
-            free_port(),
-            domain=edge_domain(site),
-            leaf_remote=f"nats-leaf://127.0.0.1:{leaf}",
-            log=tmp_path / f"{site}.log",
-        )
-        for site in SITES
-    }
+    hub_server = hub_nats(tmp_path, leaf)
+    edges = edge_nats(tmp_path, SITES, leaf)
     hub_server.start()
     for server in edges.values():
         server.start()
@@ -75,13 +66,7 @@ async def test_edges_stream_into_the_hub_and_catch_up_after_an_outage(tmp_path: 
             await ensure_streams_with(nc.jetstream(), site=site)  # as `ews up --edge` declares them
             info = await nc.jetstream().stream_info(READINGS.name)
             assert info.config.subjects == [f"ews.{site}.reading.*", f"ews.{site}.status.*"]
-        for _ in range(100):  # until the leaf-node links are up
-            try:
-                for site, nc in conns.items():
-                    await link_to_hub(nc.jetstream(domain=HUB_DOMAIN, timeout=2), site)
-                break
-            except Exception:  # noqa: BLE001
-                await asyncio.sleep(0.2)
+        await link_edges(conns)
         for site, nc in conns.items():
             await _publish(nc.jetstream(), site, 0, 100)
         for site in SITES:

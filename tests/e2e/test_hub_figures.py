@@ -19,11 +19,13 @@ import nats
 import pytest
 from ews_contracts.bus import ensure_streams_with
 from ews_contracts.events import ReadingTaken
-from ews_contracts.hub import EDGE_SITE_ENV, HUB_DOMAIN, edge_domain, hub_database, link_to_hub
+from ews_contracts.hub import EDGE_SITE_ENV, hub_database
 from ews_contracts.site import load_site
 from ews_contracts.siteconfig import ConfigStore
 from ews_contracts.streamnames import BOX, streams_for
-from ews_runtime.servers import NatsServer, free_port
+from ews_runtime.servers import free_port
+
+from tests.helpers import edge_nats, link_edges
 
 pytestmark = pytest.mark.integration
 
@@ -110,16 +112,7 @@ async def connect_when_up(url: str, proc: subprocess.Popen, log: Path, within: f
 async def test_the_hub_holds_every_sites_hourly_consumption_equal_to_the_edges(tmp_path: Path) -> None:
     leaf = free_port()
     hub_url = f"nats://127.0.0.1:{free_port()}"
-    edges = {
-        site: NatsServer(
-            tmp_path / f"{site}-nats",
-            free_port(),
-            domain=edge_domain(site),
-            leaf_remote=f"nats-leaf://127.0.0.1:{leaf}",
-            log=tmp_path / f"{site}-nats.log",
-        )
-        for site in SITES
-    }
+    edges = edge_nats(tmp_path / "nats", SITES, leaf)
     files = {site: site_file(tmp_path, site) for site in SITES}
     procs: dict[str, subprocess.Popen] = {}
     conns = {}
@@ -153,13 +146,7 @@ async def test_the_hub_holds_every_sites_hourly_consumption_equal_to_the_edges(t
             await ensure_streams_with(nc.jetstream(), site=site)
             path = files[site]
             await ConfigStore(nc.jetstream(), site).open(load_site(path), path.read_bytes(), path)
-        for _ in range(150):  # until the leaf-node links are up
-            try:
-                for site, nc in conns.items():
-                    await link_to_hub(nc.jetstream(domain=HUB_DOMAIN, timeout=2), site)
-                break
-            except Exception:  # noqa: BLE001
-                await asyncio.sleep(0.2)
+        await link_edges(conns)
         published = {}
         for site, nc in conns.items():  # the edges' history before their aggregators run
             published[site] = readings(site, 0, 300)

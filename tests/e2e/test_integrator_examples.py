@@ -31,12 +31,21 @@ import httpx
 import nats
 import pytest
 from ews_contracts.bus import ensure_streams_with
-from ews_contracts.hub import HUB_DOMAIN, edge_domain, link_to_hub
-from ews_runtime.servers import NatsServer, free_port
+from ews_runtime.servers import free_port
 from nats.js.errors import BadRequestError
 
 from tests.contract import document, problems, validator
-from tests.helpers import clean_env, demo_site_on_port, login_when_auth_answers, start_ews, stop, wait_until
+from tests.helpers import (
+    clean_env,
+    demo_site_on_port,
+    edge_nats,
+    hub_nats,
+    link_edges,
+    login_when_auth_answers,
+    start_ews,
+    stop,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -259,29 +268,12 @@ def test_the_examples_produce_and_consume_per_the_document(tmp_path: Path, nats_
 async def test_at_a_hub_the_consumer_follows_a_site_by_the_documents_stream_names(tmp_path: Path):
     """The hub's streams are named per site (`hub_name`); the reading is published at the site's edge."""
     leaf = free_port()
-    hub = NatsServer(
-        tmp_path / "hub", free_port(), domain=HUB_DOMAIN, leaf_port=leaf, log=tmp_path / "hub.log"
-    )
-    edge = NatsServer(
-        tmp_path / "demo",
-        free_port(),
-        domain=edge_domain("demo"),
-        leaf_remote=f"nats-leaf://127.0.0.1:{leaf}",
-        log=tmp_path / "edge.log",
-    )
+    hub, edge = hub_nats(tmp_path, leaf), edge_nats(tmp_path, ["demo"], leaf)["demo"]
     with hub, edge:
         nc = await nats.connect(edge.url)
         try:
             await ensure_streams_with(nc.jetstream(), site="demo")  # as `ews up --edge` declares them
-            loop = asyncio.get_running_loop()
-            until = loop.time() + 30
-            while True:  # the hub-link's work, once the leaf-node link is up
-                try:
-                    await link_to_hub(nc.jetstream(domain=HUB_DOMAIN, timeout=2), "demo")
-                    break
-                except Exception:  # noqa: BLE001 - not linked yet
-                    assert loop.time() < until, "the edge never linked to the hub"
-                    await asyncio.sleep(0.2)
+            await link_edges({"demo": nc})  # the hub-link's work, once the leaf-node link is up
         finally:
             await nc.close()
         out = await asyncio.to_thread(

@@ -17,15 +17,17 @@ import pytest
 import redis.asyncio as aioredis
 from ews_contracts.bus import ensure_streams_with
 from ews_contracts.events import DeviceStatusChanged, ReadingTaken
-from ews_contracts.hub import HUB_DOMAIN, edge_domain, hub_stream_name, link_to_hub
+from ews_contracts.hub import hub_stream_name
 from ews_contracts.live import LiveDevice, live_key
 from ews_contracts.settings import Settings
 from ews_contracts.site import Site, load_site
 from ews_contracts.siteconfig import ConfigStore
 from ews_contracts.streams import CONFIG, READINGS
 from ews_runtime import hublive
-from ews_runtime.servers import NatsServer, free_port
+from ews_runtime.servers import free_port
 from nats.js.api import StreamConfig
+
+from tests.helpers import edge_nats, hub_nats, link_edges
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 DEMO = load_site(Settings(EWS_DATA_DIR="/nonexistent").site_path)
@@ -282,16 +284,7 @@ async def test_through_a_real_edge_only_what_its_aggregator_accepts_reaches_the_
     nothing at the hub."""
     monkeypatch.setattr(hublive, "DISCOVER_EVERY", 0.5)
     leaf = free_port()
-    hub = NatsServer(
-        tmp_path / "hub", free_port(), domain=HUB_DOMAIN, leaf_port=leaf, log=tmp_path / "hub.log"
-    )
-    edge = NatsServer(
-        tmp_path / "north",
-        free_port(),
-        domain=edge_domain("north"),
-        leaf_remote=f"nats-leaf://127.0.0.1:{leaf}",
-        log=tmp_path / "north.log",
-    )
+    hub, edge = hub_nats(tmp_path, leaf), edge_nats(tmp_path, ["north"], leaf)["north"]
     hub.start()
     edge.start()
     redis = aioredis.from_url(redis_url)
@@ -304,15 +297,7 @@ async def test_through_a_real_edge_only_what_its_aggregator_accepts_reaches_the_
         await ConfigStore(js, "north").put(
             site_named("north"), expected=None, changed_by="test", how="site-file"
         )
-        deadline = time.monotonic() + 30
-        while True:  # until the leaf-node link is up
-            try:
-                await link_to_hub(nc.jetstream(domain=HUB_DOMAIN, timeout=2), "north")
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
+        await link_edges({"north": nc})  # once the leaf-node link is up
         settings = Settings(NATS_URL=hub.url, REDIS_URL=redis_url, EWS_DATA_DIR=str(tmp_path / "data"))
         task = asyncio.create_task(hublive.serve(settings))
         await send(js, reading("north", "m1", T0, power_active=5.0))
